@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+# Both create .venv, install fanoutd (building its C forwarding loop) and
+# whatever they need; `make test` also installs the system packages the
+# test suite drives for real (it uses apt-get, so run it as root).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install system-deps bench clean
+
+$(STAMP): pyproject.toml setup.py fanoutd/_forward.c
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/fanoutd
+
+system-deps:
+	sh .ci/system-deps
+
+test: install system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info fanoutd/*.so

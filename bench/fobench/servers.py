@@ -1,0 +1,139 @@
+"""The systems under test: start each on free loopback ports, stop it after.
+
+* ``fanoutd``: ``python -m fanoutd`` with shipped defaults (no config file,
+  no ``FANOUTD_*`` environment), ready when ``/readyz`` (or, on builds that
+  have no readiness probe yet, ``/healthz``) answers 200;
+* ``cbase``: the C baseline (two chained ``zmq_proxy`` calls, HWM 0);
+* ``redis``: Debian's ``redis-server``, no persistence;
+* ``nats``: Debian's ``nats-server``, with its monitoring port.
+
+A fresh server is started for every trial, so no run inherits another's
+queues, memory or subscriptions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procs import LOOPBACK, Child, ProcError, free_port, http_status, tcp_endpoint, wait_tcp
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+ZMQ_SYSTEMS = ("fanoutd", "cbase")
+RAW_SYSTEMS = ("redis", "nats")
+ALL_SYSTEMS = ("fanoutd", "cbase", "redis", "nats")
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class Server:
+    """A started system: its process and the loopback addresses to use."""
+
+    system: str
+    child: Child
+    collector: str = ""     # ZeroMQ systems: where producers connect
+    publish: str = ""       # ZeroMQ systems: where subscribers connect
+    push: str = ""          # ZeroMQ systems: where pullers connect
+    strip_topic: bool = False  # does the PUSH output drop the "topic " prefix?
+    port: int = 0           # Redis / NATS client port
+    monitor_port: int = 0   # NATS monitoring (HTTP) port
+    extras: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def is_zmq(self) -> bool:
+        return self.system in ZMQ_SYSTEMS
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without any fanoutd setting in it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FANOUTD_")}
+
+
+def start_fanoutd(python: str | None = None) -> Server:
+    ports = [free_port() for _ in range(4)]
+    ep = [tcp_endpoint(p) for p in ports[:3]]
+    metrics = f"{LOOPBACK}:{ports[3]}"
+    argv = [python or sys.executable, "-m", "fanoutd", "--collector", ep[0],
+            "--publish", ep[1], "--push", ep[2], "--metrics", metrics]
+    child = Child(argv, "fanoutd", env=_clean_env(), cwd=str(REPO_DIR))
+    server = Server("fanoutd", child, ep[0], ep[1], ep[2], strip_topic=True,
+                    extras={"metrics": metrics})
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            time.sleep(0.1)
+            raise child._fail(f"exited ({child.proc.returncode}) while starting")
+        ready = http_status(f"http://{metrics}/readyz", timeout=0.5)
+        if ready == 200 or (ready == 404 and http_status(f"http://{metrics}/healthz", 0.5) == 200):
+            return server
+        time.sleep(0.05)
+    server.stop()
+    raise ProcError(f"fanoutd not ready on http://{metrics}/readyz after {START_TIMEOUT:.0f} s")
+
+
+def start_cbase(binary: Path) -> Server:
+    ep = [tcp_endpoint(free_port()) for _ in range(3)]
+    child = Child([str(binary), *ep], "cbase")
+    server = Server("cbase", child, ep[0], ep[1], ep[2], strip_topic=False)
+    try:
+        child.expect("ready", START_TIMEOUT)
+    except ProcError:
+        server.stop()
+        raise
+    return server
+
+
+def start_redis() -> Server:
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    argv = [exe, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", LOOPBACK,
+            "--daemonize", "no", "--logfile", ""]
+    server = Server("redis", Child(argv, "redis-server"), port=port)
+    try:
+        wait_tcp(port, START_TIMEOUT, server.child)
+    except ProcError:
+        server.stop()
+        raise
+    return server
+
+
+def start_nats() -> Server:
+    exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port, monitor = free_port(), free_port()
+    argv = [exe, "-a", LOOPBACK, "-p", str(port), "-m", str(monitor)]
+    server = Server("nats", Child(argv, "nats-server"), port=port, monitor_port=monitor)
+    try:
+        wait_tcp(port, START_TIMEOUT, server.child)
+        deadline = time.monotonic() + START_TIMEOUT
+        while http_status(f"http://{LOOPBACK}:{monitor}/healthz") != 200:
+            if time.monotonic() > deadline:
+                raise ProcError("nats-server: monitoring /healthz never answered 200")
+            time.sleep(0.05)
+    except ProcError:
+        server.stop()
+        raise
+    return server
+
+
+def start(system: str, bins: dict[str, Path], python: str | None = None) -> Server:
+    """Start one system by name."""
+    if system == "fanoutd":
+        return start_fanoutd(python)
+    if system == "cbase":
+        return start_cbase(bins["cbase"])
+    if system == "redis":
+        return start_redis()
+    if system == "nats":
+        return start_nats()
+    raise ValueError(f"unknown system {system!r}")

@@ -1,0 +1,74 @@
+"""The ``fanoutd`` command line: parsing only, then hand a Config to the Broker.
+
+Flags are generated from the settings table in :mod:`fanoutd.config`, so the
+command line, the TOML file and the environment can never disagree about
+what a setting is called.  Only flags actually given are passed on, which is
+what lets them override the file and the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import SETTINGS, ConfigError, as_dict, load
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanoutd",
+        description="ZeroMQ fanout broker: a SUB collector re-emitted on a PUB and a non-blocking PUSH.",
+        epilog="Every setting can also come from the TOML file or a FANOUTD_<NAME> environment variable; "
+               "precedence: defaults < file < environment < flags.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (also $FANOUTD_CONFIG)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print it as JSON and exit")
+    parser.add_argument("--version", action="version", version=f"fanoutd {__version__}")
+    for s in SETTINGS:
+        kwargs: dict[str, Any] = {"dest": s.name, "default": argparse.SUPPRESS, "help": s.help}
+        if s.kind == "endpoints":
+            kwargs.update(action="append", metavar="EP")
+        elif s.kind == "topics":
+            kwargs.update(action="append", metavar="TOPIC")
+        elif s.kind == "bool":
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        else:
+            kwargs.update(metavar=s.kind.upper())
+        parser.add_argument(s.flag, **kwargs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config")
+    check = args.pop("check_config")
+    environ = dict(os.environ)
+    source = functools.partial(load, args, environ, config_file)
+    try:
+        config = source()
+    except ConfigError as exc:
+        print(f"fanoutd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if check:
+        print(json.dumps(as_dict(config), indent=2))
+        return 0
+    # The daemon's modules (gevent, zmq) load only once we know we will run.
+    from .logs import configure
+    from .config import log_level
+    from .service import Broker, StartupError
+
+    configure(log_level(config))
+    try:
+        return Broker(config, reload=source).run()
+    except StartupError as exc:
+        print(f"fanoutd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG

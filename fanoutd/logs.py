@@ -1,0 +1,47 @@
+"""Logging set-up: timestamps on a terminal, syslog priorities under journald.
+
+journald stamps every line itself and understands a ``<N>`` priority
+prefix, so when stderr is the journal stream (``$JOURNAL_STREAM`` names its
+device and inode) lines carry the priority instead of a second timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``; tracebacks stay attached to their record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
+
+
+def stderr_is_journal(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    stream = environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return bool(stream) and f"{st.st_dev}" == dev and f"{st.st_ino}" == ino
+
+
+def configure(level: int) -> None:
+    """Route the root logger to stderr at ``level``; safe to call again on reload."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_fanoutd", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._fanoutd = True  # type: ignore[attr-defined]
+        if stderr_is_journal():
+            handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,125 @@
+"""Prometheus metrics and health endpoints, served by gevent's WSGI server.
+
+Nothing is counted in Python per message: the native loop keeps its own
+counters and this module's collector turns a snapshot of them into metric
+families at scrape time, in a private ``CollectorRegistry`` (no global
+state, no import-time metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import zmq
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from . import __version__
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+# (output, reason) -> engine counter
+DROPS = {
+    ("push", "no_puller"): "push_dropped_no_puller",
+    ("push", "hwm"): "push_dropped_hwm",
+    ("publish", "hwm"): "publish_dropped",
+}
+REJECTS = {"oversize": "rejected_oversize", "too_many_frames": "rejected_too_many_frames"}
+
+
+class BrokerCollector:
+    """Turns engine counters, peer counts and the config into metric families at scrape time."""
+
+    def __init__(self, counters: Callable[[], Mapping[str, int]], peers: Callable[[], Mapping[str, int]],
+                 config: Callable[[], Config]) -> None:
+        self._counters = counters
+        self._peers = peers
+        self._config = config
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._counters()
+        yield _counter("fanoutd_received_messages", "Messages read from the collector.", c["received_messages"])
+        yield _counter("fanoutd_received_bytes", "Bytes read from the collector, over all frames.",
+                       c["received_bytes"])
+        yield _counter("fanoutd_published_messages", "Messages handed to the PUB output.",
+                       c["published_messages"])
+        yield _counter("fanoutd_pushed_messages", "Messages handed to a puller on the PUSH output.",
+                       c["pushed_messages"])
+        drops = CounterMetricFamily("fanoutd_dropped_messages",
+                                    "Messages an output refused: push no_puller (nobody connected), push hwm "
+                                    "(every puller full), publish hwm (send refused).", labels=["output", "reason"])
+        for (output, reason), key in DROPS.items():
+            drops.add_metric([output, reason], c[key])
+        yield drops
+        rejects = CounterMetricFamily("fanoutd_rejected_messages",
+                                      "Messages refused at the collector for breaking a limit.", labels=["reason"])
+        for reason, key in REJECTS.items():
+            rejects.add_metric([reason], c[key])
+        yield rejects
+        peers = GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, per socket.",
+                                  labels=["socket"])
+        for role, count in sorted(self._peers().items()):
+            peers.add_metric([role], count)
+        yield peers
+        yield from _limits(self._config())
+        info = InfoMetricFamily("fanoutd_build", "Versions of fanoutd and the ZeroMQ stack it runs on.")
+        info.add_metric([], {"version": __version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()})
+        yield info
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _limits(config: Config) -> Iterable[Metric]:
+    yield GaugeMetricFamily("fanoutd_max_message_size_bytes", "Configured max_message_size.",
+                            value=config.max_message_size)
+    yield GaugeMetricFamily("fanoutd_max_frames", "Configured max_frames.", value=config.max_frames)
+    hwm = GaugeMetricFamily("fanoutd_high_water_mark_messages",
+                            "Configured high-water mark per socket (per peer on outputs).", labels=["socket"])
+    hwm.add_metric(["collector"], config.collector_hwm)
+    hwm.add_metric(["publish"], config.publish_hwm)
+    hwm.add_metric(["push"], config.push_hwm)
+    yield hwm
+
+
+def make_registry(collector: BrokerCollector) -> CollectorRegistry:
+    """A private registry with fanoutd's metrics and the process metrics prometheus-client gives."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]) -> Callable[..., Any]:
+    """WSGI app: /metrics, /healthz (process up), /readyz (sockets bound, engine running)."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            status, body = "200 OK", "ok\n"
+        elif path == "/readyz":
+            ok, why = ready()
+            status, body = ("200 OK" if ok else "503 Service Unavailable"), why + "\n"
+        else:
+            status, body = "404 Not Found", "not found: try /metrics, /healthz or /readyz\n"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [body.encode()]
+
+    return app
+
+
+def serve(address: tuple[str, int], app: Callable[..., Any]) -> WSGIServer:
+    """Start the HTTP server on the hub; raises OSError if the address cannot be bound."""
+    server = WSGIServer(address, app, log=None, error_log=log)
+    server.start()
+    return server

@@ -1,0 +1,82 @@
+"""Connected-peer counts, from ZeroMQ socket-monitor events, read on the gevent hub.
+
+The engine's worker thread asks libzmq to publish monitor events of each
+data socket on an inproc address; this module reads them in the main thread
+through a green context that shadows the same libzmq context.  The push
+count is handed back to the native loop so that a refused PUSH send can be
+told apart: nobody connected (``no_puller``) or everyone full (``hwm``).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Iterable
+
+import gevent
+import zmq
+import zmq.green
+
+from .engine import monitor_address
+
+log = logging.getLogger(__name__)
+
+_EVENT = struct.Struct("=Hi")
+
+
+class PeerTracker:
+    """Keeps ``counts()[role]``: connections accepted and not yet closed, per socket."""
+
+    def __init__(self, context: zmq.Context, roles: Iterable[str],
+                 on_change: Callable[[str, int], None] | None = None) -> None:
+        self._green = zmq.green.Context.shadow(context.underlying)
+        self._roles = tuple(roles)
+        self._fds: dict[str, set[int]] = {role: set() for role in self._roles}
+        self._on_change = on_change
+        self._sockets: list[zmq.Socket] = []
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def counts(self) -> dict[str, int]:
+        return {role: len(fds) for role, fds in self._fds.items()}
+
+    def start(self) -> None:
+        for role in self._roles:
+            sock = self._green.socket(zmq.PAIR)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(monitor_address(role))
+            self._sockets.append(sock)
+            self._greenlets.append(gevent.spawn(self._read, role, sock))
+
+    def _read(self, role: str, sock: zmq.Socket) -> None:
+        fds = self._fds[role]
+        while True:
+            try:
+                frames = sock.recv_multipart()
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
+                raise
+            if len(frames) != 2 or len(frames[0]) != _EVENT.size:
+                log.warning("ignoring a malformed monitor event on %s", role)
+                continue
+            event, value = _EVENT.unpack(frames[0])
+            if event == zmq.EVENT_MONITOR_STOPPED:
+                return
+            before = len(fds)
+            if event == zmq.EVENT_ACCEPTED:
+                fds.add(value)
+            elif event == zmq.EVENT_DISCONNECTED:
+                fds.discard(value)
+            if len(fds) != before:
+                log.debug("%s: %d peer(s) connected on %s", role, len(fds), frames[1].decode(errors="replace"))
+                if self._on_change is not None:
+                    self._on_change(role, len(fds))
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Wait briefly for the monitors to report they stopped, then close the sockets."""
+        gevent.joinall(self._greenlets, timeout=timeout)
+        gevent.killall(self._greenlets, timeout=timeout)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets.clear()
+        self._greenlets.clear()

@@ -1,0 +1,228 @@
+"""The daemon end to end: real subprocess, real sockets, free loopback ports."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import pytest
+import zmq
+
+from conftest import connected, ready_producer, settle, warm_up
+
+
+def test_health_and_readiness(start_daemon):
+    d = start_daemon()
+    assert d.get("/healthz") == (200, "ok\n")
+    assert d.get("/readyz") == (200, "ready\n")
+    assert d.get("/nope")[0] == 404
+
+
+def test_flow_publish_unchanged_push_stripped(start_daemon, sockets):
+    d = start_daemon()
+    sub = connected(sockets, zmq.SUB, d.publish)
+    pull = connected(sockets, zmq.PULL, d.push)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, sub, pull)
+    prod.send(b"orders hello world")
+    prod.send_multipart([b"orders", b"part1", b"part2"])
+    prod.send(b"nospace")
+    prod.send(b"trailing ")
+    assert sub.recv_multipart() == [b"orders hello world"]
+    assert sub.recv_multipart() == [b"orders", b"part1", b"part2"]
+    assert sub.recv_multipart() == [b"nospace"]
+    assert sub.recv_multipart() == [b"trailing "]
+    assert pull.recv_multipart() == [b"hello world"]
+    assert pull.recv_multipart() == [b"part1", b"part2"]
+    assert pull.recv_multipart() == [b"nospace"]
+    assert pull.recv_multipart() == [b""]
+
+
+def test_push_keeps_whole_messages_when_asked(start_daemon, sockets):
+    d = start_daemon("--no-push-strip-topic")
+    pull = connected(sockets, zmq.PULL, d.push)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, pull)
+    prod.send(b"orders hello")
+    prod.send_multipart([b"orders", b"x"])
+    assert pull.recv_multipart() == [b"orders hello"]
+    assert pull.recv_multipart() == [b"orders", b"x"]
+
+
+def test_subscribers_filter_by_topic(start_daemon, sockets):
+    d = start_daemon()
+    everything = connected(sockets, zmq.SUB, d.publish)
+    orders = sockets(zmq.SUB)
+    orders.setsockopt(zmq.SUBSCRIBE, b"orders")
+    orders.connect(d.publish)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, everything)
+    deadline = time.monotonic() + 10
+    while not orders.poll(50):  # the topic subscriber's subscription is live once it gets one
+        assert time.monotonic() < deadline
+        prod.send(b"orders warm")
+    while orders.poll(200):
+        orders.recv()
+    while everything.poll(200):
+        everything.recv()
+    prod.send(b"prices 1")
+    prod.send(b"orders 2")
+    assert everything.recv() == b"prices 1"
+    assert everything.recv() == b"orders 2"
+    assert orders.recv() == b"orders 2"
+    assert not orders.poll(300)
+
+
+def test_no_puller_never_blocks_publish_and_counts_drops(start_daemon, sockets):
+    d = start_daemon()
+    sub = connected(sockets, zmq.SUB, d.publish, rcvhwm=0)
+    prod = ready_producer(sockets, d.collector)
+    probes = warm_up(prod, sub)
+    n = 20_000
+    for i in range(n):
+        prod.send(b"t %d" % i)
+    got = [sub.recv() for _ in range(n)]
+    assert got[0] == b"t 0" and got[-1] == b"t %d" % (n - 1)
+    total = n + probes
+    assert d.wait_value("fanoutd_received_messages_total", total) == total
+    assert d.wait_value("fanoutd_published_messages_total", total) == total
+    assert d.value("fanoutd_pushed_messages_total") == 0
+    assert d.value("fanoutd_dropped_messages_total", output="push", reason="no_puller") == total
+    assert d.value("fanoutd_dropped_messages_total", output="push", reason="hwm") == 0
+
+
+def test_full_pullers_are_counted_as_hwm_not_no_puller(start_daemon, sockets):
+    d = start_daemon("--push-hwm", "10")
+    pull = connected(sockets, zmq.PULL, d.push, rcvhwm=10)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, pull)
+    settle(d, "push", 1)
+    base = d.value("fanoutd_received_messages_total")
+    payload = b"t " + b"x" * 4096
+    n = 20_000  # far more than HWMs plus kernel buffers hold: the puller never reads
+    for _ in range(n):
+        prod.send(payload)
+    total = base + n
+    assert d.wait_value("fanoutd_received_messages_total", total) == total
+    pushed = d.value("fanoutd_pushed_messages_total")
+    hwm = d.value("fanoutd_dropped_messages_total", output="push", reason="hwm")
+    no_puller = d.value("fanoutd_dropped_messages_total", output="push", reason="no_puller")
+    assert hwm > 0
+    assert no_puller == 0
+    assert pushed + hwm == total
+
+
+def test_oversize_is_rejected_and_the_next_message_flows(start_daemon, sockets):
+    d = start_daemon("--max-message-size", "1KiB")
+    sub = connected(sockets, zmq.SUB, d.publish)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, sub)
+    prod.send(b"big " + b"x" * 2000)
+    prod.send_multipart([b"big", b"x" * 600, b"y" * 600])  # each frame fits, the sum does not
+    prod.send(b"small ok")
+    assert sub.recv() == b"small ok"
+    assert d.wait_value("fanoutd_rejected_messages_total", 2, reason="oversize") == 2
+
+
+def test_too_many_frames_is_rejected_and_the_next_message_flows(start_daemon, sockets):
+    d = start_daemon("--max-frames", "4")
+    sub = connected(sockets, zmq.SUB, d.publish)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, sub)
+    prod.send_multipart([b"t"] + [b"f"] * 9)
+    prod.send_multipart([b"t", b"1", b"2", b"3"])
+    assert sub.recv_multipart() == [b"t", b"1", b"2", b"3"]
+    assert d.wait_value("fanoutd_rejected_messages_total", 1, reason="too_many_frames") == 1
+
+
+def test_collector_topics_limit_what_is_collected(start_daemon, sockets):
+    d = start_daemon("--collector-topics", "keep")
+    sub = connected(sockets, zmq.SUB, d.publish)
+    prod = ready_producer(sockets, d.collector)
+    deadline = time.monotonic() + 10
+    while not sub.poll(50):
+        assert time.monotonic() < deadline
+        prod.send(b"keep warm")
+    while sub.poll(200):
+        sub.recv()
+    prod.send(b"other 1")
+    prod.send(b"keep 2")
+    assert sub.recv() == b"keep 2"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_flushes_and_exits_zero(start_daemon, sockets, signum):
+    d = start_daemon()
+    sub = connected(sockets, zmq.SUB, d.publish, rcvhwm=0)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, sub)
+    for i in range(1000):
+        prod.send(b"t %d" % i)
+    time.sleep(0.2)
+    start = time.monotonic()
+    assert d.stop(signum) == 0
+    assert time.monotonic() - start < 5 + 3  # drain_timeout plus slack
+    got = []
+    while sub.poll(500):
+        got.append(sub.recv())
+    assert len(got) == 1000
+    assert "stopped: received" in d.log()
+
+
+def test_second_signal_aborts(start_daemon):
+    d = start_daemon("--drain-timeout", "30")
+    d.send_signal(signal.SIGTERM)
+    d.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=10) in (0, 1)  # 0 if the first stop finished before the second landed
+    assert "received SIGTERM" in d.log()
+
+
+def test_collector_port_in_use_is_one_clear_line(start_daemon):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        d = start_daemon("--collector", f"tcp://127.0.0.1:{port}", ready=False)
+        assert d.proc.wait(timeout=15) == 2
+    out = d.log().strip().splitlines()
+    assert out[-1] == f"fanoutd: cannot start: cannot bind collector to tcp://127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in d.log()
+
+
+def test_metrics_port_in_use_is_one_clear_line(start_daemon):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        d = start_daemon("--metrics", f"127.0.0.1:{port}", ready=False)
+        assert d.proc.wait(timeout=15) == 2
+    assert d.log().strip().splitlines()[-1] == (
+        f"fanoutd: cannot start: cannot serve metrics on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in d.log()
+
+
+def test_sighup_reloads_live_settings_from_the_file(start_daemon, sockets, tmp_path):
+    conf = tmp_path / "fanoutd.toml"
+    conf.write_text("max_message_size = 100000\n")
+    d = start_daemon("--config", str(conf))
+    assert d.value("fanoutd_max_message_size_bytes") == 100000
+    sub = connected(sockets, zmq.SUB, d.publish)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, sub)
+    conf.write_text('max_message_size = 1000\npublish_hwm = 5\nlog_level = "info"\n')
+    d.send_signal(signal.SIGHUP)
+    assert d.wait_value("fanoutd_max_message_size_bytes", 1000) == 1000
+    prod.send(b"t " + b"x" * 2000)
+    prod.send(b"t ok")
+    assert sub.recv() == b"t ok"
+    assert d.wait_value("fanoutd_rejected_messages_total", 1, reason="oversize") == 1
+    log = d.log()
+    assert "publish_hwm changed but need a restart" in log
+    conf.write_text("max_message_size = -1\n")
+    d.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "reload failed" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "reload failed, keeping the running configuration" in d.log()
+    assert d.get("/readyz")[0] == 200
