@@ -64,6 +64,7 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 #define BATCH 512
 #define TICK_MS 100
 #define FRAMES_CAP 256
+#define TOPICS_CAP 64
 
 typedef struct {
     PyObject_HEAD
@@ -73,6 +74,12 @@ typedef struct {
     uint64_t shared[C_COUNT];
     int mode, push_peers, max_frames, strip_topic;
     uint64_t max_size;
+    /* per-topic counting (off when ntopics == 0): fixed at construction */
+    int ntopics;
+    char *topic_data[TOPICS_CAP];
+    size_t topic_len[TOPICS_CAP];
+    uint64_t topic_shared[TOPICS_CAP + 1];
+    uint64_t topic_local[TOPICS_CAP + 1];
     /* owned by the running loop */
     uint64_t local[C_COUNT];
     zmsg_t parts[FRAMES_CAP];
@@ -86,6 +93,24 @@ static void publish_counters(Forwarder *f)
 {
     for (int i = 0; i < C_COUNT; i++)
         STORE(f->shared[i], f->local[i]);
+    for (int i = 0; i < f->ntopics + 1; i++)
+        STORE(f->topic_shared[i], f->topic_local[i]);
+}
+
+/* Count a message under its topic if it is on the allowlist, else under "other". */
+static void count_topic(Forwarder *f, int n)
+{
+    const char *data = Z.msg_data(&f->parts[0]);
+    size_t len = Z.msg_size(&f->parts[0]);
+    if (n == 1) {
+        const char *space = memchr(data, ' ', len);
+        if (space)
+            len = (size_t)(space - data);
+    }
+    int i = 0;
+    while (i < f->ntopics && !(f->topic_len[i] == len && memcmp(f->topic_data[i], data, len) == 0))
+        i++;
+    f->topic_local[i]++;
 }
 
 static void close_parts(Forwarder *f, int n)
@@ -188,6 +213,8 @@ static int forward_one(Forwarder *f)
     }
     f->local[C_RECEIVED]++;
     f->local[C_RECEIVED_BYTES] += total;
+    if (f->ntopics)
+        count_topic(f, n);
     int rc = 0;
     if (overflow)
         f->local[C_REJECT_FRAMES]++;
@@ -312,13 +339,71 @@ static PyObject *Forwarder_counters(Forwarder *f, PyObject *Py_UNUSED(ignored))
     return d;
 }
 
+static PyObject *Forwarder_topic_counters(Forwarder *f, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *t = PyTuple_New(f->ntopics + 1);
+    for (int i = 0; t && i < f->ntopics + 1; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(LOAD(f->topic_shared[i]));
+        if (!v) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+static int set_topics(Forwarder *f, PyObject *topics)
+{
+    PyObject *seq = PySequence_Fast(topics, "topics must be a sequence of bytes");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > TOPICS_CAP) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d topics can be counted", TOPICS_CAP);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char *data;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(seq, i), &data, &len) < 0)
+            break;
+        f->topic_data[i] = PyMem_Malloc(len ? (size_t)len : 1);
+        if (!f->topic_data[i]) {
+            PyErr_NoMemory();
+            break;
+        }
+        memcpy(f->topic_data[i], data, (size_t)len);
+        f->topic_len[i] = (size_t)len;
+        f->ntopics = (int)i + 1;
+    }
+    Py_DECREF(seq);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static void Forwarder_dealloc(Forwarder *f)
+{
+    for (int i = 0; i < f->ntopics; i++)
+        PyMem_Free(f->topic_data[i]);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
 static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"collector", "publish", "push", "max_message_size", "max_frames", "strip_topic", NULL};
-    unsigned long long collector, publish, push, max_size;
-    int max_frames, strip;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK$Kip", names, &collector, &publish, &push,
-                                     &max_size, &max_frames, &strip))
+    static char *names[] = {"collector", "publish", "push", "max_message_size", "max_frames", "strip_topic",
+                            "topics", NULL};
+    unsigned long long collector, publish, push, max_size = 1 << 20;
+    int max_frames = 16, strip = 1;
+    PyObject *topics = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipO", names, &collector, &publish, &push,
+                                     &max_size, &max_frames, &strip, &topics))
+        return -1;
+    if (f->ntopics || f->collector) {
+        PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
+        return -1;
+    }
+    if (topics && set_topics(f, topics) < 0)
         return -1;
     if (!collector) {
         PyErr_SetString(PyExc_ValueError, "a collector socket is required");
@@ -341,6 +426,8 @@ static PyMethodDef Forwarder_methods[] = {
      "Tell the loop how many pullers are connected, to label push drops. Thread-safe."},
     {"counters", (PyCFunction)Forwarder_counters, METH_NOARGS,
      "A snapshot of the counters, at most one batch or one tick stale."},
+    {"topic_counters", (PyCFunction)Forwarder_topic_counters, METH_NOARGS,
+     "Received messages per counted topic, in the order given, then all others."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -349,10 +436,12 @@ static PyTypeObject ForwarderType = {
     .tp_name = "fanoutd._forward.Forwarder",
     .tp_basicsize = sizeof(Forwarder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Forwarder(collector, publish, push, *, max_message_size, max_frames, strip_topic): "
-              "socket handles are pyzmq Socket.underlying addresses (0 disables an output).",
+    .tp_doc = "Forwarder(collector, publish, push, *, max_message_size, max_frames, strip_topic, topics=()): "
+              "socket handles are pyzmq Socket.underlying addresses (0 disables an output); "
+              "topics is an allowlist of topics to count received messages for.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Forwarder_init,
+    .tp_dealloc = (destructor)Forwarder_dealloc,
     .tp_methods = Forwarder_methods,
 };
 
@@ -417,7 +506,8 @@ PyMODINIT_FUNC PyInit__forward(void)
     Py_INCREF(&ForwarderType);
     if (!names || PyModule_AddObject(m, "COUNTER_NAMES", names) < 0 ||
         PyModule_AddObject(m, "Forwarder", (PyObject *)&ForwarderType) < 0 ||
-        PyModule_AddIntConstant(m, "FRAMES_CAP", FRAMES_CAP) < 0) {
+        PyModule_AddIntConstant(m, "FRAMES_CAP", FRAMES_CAP) < 0 ||
+        PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -25,7 +25,9 @@ EXIT_CONFIG = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fanoutd",
-        description="ZeroMQ fanout broker: a SUB collector re-emitted on a PUB and a non-blocking PUSH.",
+        usage="%(prog)s [options]\n       %(prog)s top [--url URL] [--interval S] [--once]",
+        description="ZeroMQ fanout broker: a SUB collector re-emitted on a PUB and a non-blocking PUSH. "
+                    "`fanoutd top` shows a running daemon's live rates.",
         epilog="Every setting can also come from the TOML file or a FANOUTD_<NAME> environment variable; "
                "precedence: defaults < file < environment < flags.",
     )
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"dest": s.name, "default": argparse.SUPPRESS, "help": s.help}
         if s.kind == "endpoints":
             kwargs.update(action="append", metavar="EP")
-        elif s.kind == "topics":
+        elif s.kind in ("topics", "counted_topics"):
             kwargs.update(action="append", metavar="TOPIC")
         elif s.kind == "bool":
             kwargs.update(action=argparse.BooleanOptionalAction)
@@ -47,7 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fanoutd top",
+                                     description="Live rates, drops and peers of a running fanoutd.")
+    parser.add_argument("--url", default="http://127.0.0.1:9560/metrics",
+                        help="the daemon's metrics URL (default: %(default)s)")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between screens")
+    parser.add_argument("--once", action="store_true", help="print one screen (two scrapes apart) and exit")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "top":
+        top_args = build_top_parser().parse_args(argv[1:])
+        if top_args.interval <= 0:
+            print("fanoutd top: --interval must be positive", file=sys.stderr)
+            return EXIT_CONFIG
+        from .top import run
+        return run(top_args.url, top_args.interval, top_args.once)
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config")
     check = args.pop("check_config")

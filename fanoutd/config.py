@@ -57,6 +57,9 @@ SETTINGS: tuple[Setting, ...] = (
             "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz"),
     Setting("collector_topics", "topics", ("",),
             "topic prefixes the collector subscribes to (default: every topic)"),
+    Setting("metrics_topics", "counted_topics", (),
+            "topics to count received messages for, each its own series (at most 64); "
+            "all others are counted under topic=\"__other__\"; empty: per-topic counting off"),
     Setting("push_strip_topic", "bool", True,
             "hand pullers the payload without its topic (false: whole messages)", live=True),
     Setting("max_message_size", "size", 1 * MIB,
@@ -88,6 +91,7 @@ class Config:
     push: tuple[str, ...]
     metrics: tuple[str, int]
     collector_topics: tuple[str, ...]
+    metrics_topics: tuple[str, ...]
     push_strip_topic: bool
     max_message_size: int
     max_frames: int
@@ -141,6 +145,22 @@ def _topics(raw: Any) -> tuple[str, ...]:
     if isinstance(raw, (list, tuple)) and all(isinstance(p, str) for p in raw):
         return tuple(raw)
     raise ConfigError(f"expected a list of strings, got {raw!r}")
+
+
+TOPICS_CAP = 64
+
+
+def _counted_topics(raw: Any) -> tuple[str, ...]:
+    """An allowlist keeps the number of per-topic series bounded, whatever producers send."""
+    topics = _topics(raw) if raw != "" else ()
+    if len(topics) > TOPICS_CAP:
+        raise ConfigError(f"at most {TOPICS_CAP} topics can be counted, got {len(topics)}")
+    if len(set(topics)) != len(topics):
+        raise ConfigError("a topic is listed twice")
+    for topic in topics:
+        if " " in topic or not topic:
+            raise ConfigError(f"a counted topic must be non-empty and contain no space, got {topic!r}")
+    return topics
 
 
 def _hostport(raw: Any) -> tuple[str, int]:
@@ -217,6 +237,7 @@ PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "endpoints": _endpoints,
     "hostport": _hostport,
     "topics": _topics,
+    "counted_topics": _counted_topics,
     "bool": _bool,
     "size": _bounded(MIN_MESSAGE_SIZE, 1024 * MIB, "a size in bytes (suffixes KiB, MiB allowed)"),
     "frames": _bounded(1, MAX_FRAMES_CAP, "a number of frames"),

@@ -29,6 +29,9 @@ ROLES = ("collector", "publish", "push")
 MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
 
 
+OTHER_TOPIC = "__other__"
+
+
 class BindError(RuntimeError):
     """A socket could not be bound; the message names the socket and endpoint."""
 
@@ -150,7 +153,8 @@ class Engine:
         c = self._config
         self._forwarder = _forward.Forwarder(
             handles["collector"], handles.get("publish", 0), handles.get("push", 0),
-            max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic)
+            max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
+            topics=[t.encode() for t in c.metrics_topics])
         return None
 
     def start(self):  # -> gevent AsyncResult-like ThreadResult
@@ -193,6 +197,13 @@ class Engine:
         if self._forwarder is None:
             return dict.fromkeys(_forward.COUNTER_NAMES, 0)
         return self._forwarder.counters()
+
+    def topic_counters(self) -> dict[str, int]:
+        """Received messages per counted topic, plus ``__other__``; empty when counting is off."""
+        if self._forwarder is None or not self._config.metrics_topics:
+            return {}
+        values = self._forwarder.topic_counters()
+        return dict(zip((*self._config.metrics_topics, OTHER_TOPIC), values))
 
     def set_push_peers(self, count: int) -> None:
         if self._forwarder is not None:

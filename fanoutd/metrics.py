@@ -35,9 +35,10 @@ REJECTS = {"oversize": "rejected_oversize", "too_many_frames": "rejected_too_man
 class BrokerCollector:
     """Turns engine counters, peer counts and the config into metric families at scrape time."""
 
-    def __init__(self, counters: Callable[[], Mapping[str, int]], peers: Callable[[], Mapping[str, int]],
-                 config: Callable[[], Config]) -> None:
+    def __init__(self, counters: Callable[[], Mapping[str, int]], topics: Callable[[], Mapping[str, int]],
+                 peers: Callable[[], Mapping[str, int]], config: Callable[[], Config]) -> None:
         self._counters = counters
+        self._topics = topics
         self._peers = peers
         self._config = config
 
@@ -61,6 +62,14 @@ class BrokerCollector:
         for reason, key in REJECTS.items():
             rejects.add_metric([reason], c[key])
         yield rejects
+        topics = self._topics()
+        if topics:
+            family = CounterMetricFamily("fanoutd_topic_received_messages",
+                                         "Messages read from the collector per counted topic (metrics_topics); "
+                                         "every other topic under __other__.", labels=["topic"])
+            for topic, count in topics.items():
+                family.add_metric([topic], count)
+            yield family
         peers = GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, per socket.",
                                   labels=["socket"])
         for role, count in sorted(self._peers().items()):

@@ -82,7 +82,8 @@ class Broker:
             raise StartupError(str(exc)) from None
         peers = self._peers = PeerTracker(context, engine.roles, self._on_peers)
         peers.start()
-        registry = metrics.make_registry(metrics.BrokerCollector(engine.counters, peers.counts, lambda: self.config))
+        registry = metrics.make_registry(metrics.BrokerCollector(engine.counters, engine.topic_counters, peers.counts,
+                                                                   lambda: self.config))
         try:
             server = metrics.serve(self.config.metrics, metrics.make_app(registry, self._readiness))
         except OSError as exc:

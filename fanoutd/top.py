@@ -1,0 +1,104 @@
+"""``fanoutd top``: live rates, drops and peers of a running fanoutd, read from /metrics.
+
+It scrapes the same endpoint Prometheus does, so what it shows is exactly
+what a dashboard would; rates are differences between two scrapes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Sample = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
+
+CLEAR = "\x1b[H\x1b[2J"
+
+
+class ScrapeError(RuntimeError):
+    """The metrics endpoint could not be read; the message is one line."""
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ScrapeError(f"cannot read {url}: {reason}") from None
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _sum(sample: Sample, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in sample.items() if n == name and want <= set(ls))
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    total: float
+    rate: float
+
+
+def rows(before: Sample, after: Sample, seconds: float) -> list[Row]:
+    """The lines of the screen: each counter's total and its rate over the interval."""
+    spec = [
+        ("received", "fanoutd_received_messages_total", {}),
+        ("received bytes", "fanoutd_received_bytes_total", {}),
+        ("published", "fanoutd_published_messages_total", {}),
+        ("pushed", "fanoutd_pushed_messages_total", {}),
+        ("dropped push no_puller", "fanoutd_dropped_messages_total", {"output": "push", "reason": "no_puller"}),
+        ("dropped push hwm", "fanoutd_dropped_messages_total", {"output": "push", "reason": "hwm"}),
+        ("dropped publish hwm", "fanoutd_dropped_messages_total", {"output": "publish", "reason": "hwm"}),
+        ("rejected oversize", "fanoutd_rejected_messages_total", {"reason": "oversize"}),
+        ("rejected too_many_frames", "fanoutd_rejected_messages_total", {"reason": "too_many_frames"}),
+    ]
+    out = []
+    for label, name, labels in spec:
+        total = _sum(after, name, **labels)
+        out.append(Row(label, total, (total - _sum(before, name, **labels)) / seconds if seconds > 0 else 0.0))
+    return out
+
+
+def render(url: str, before: Sample, after: Sample, seconds: float) -> str:
+    lines = [f"fanoutd top  {url}  (every {seconds:.1f}s)", "", f"{'':28}{'per second':>14}{'total':>16}"]
+    for row in rows(before, after, seconds):
+        lines.append(f"{row.label:28}{row.rate:>14,.0f}{row.total:>16,.0f}")
+    lines.append("")
+    peers = ", ".join(f"{sock} {_sum(after, 'fanoutd_connected_peers', socket=sock):.0f}"
+                      for sock in ("collector", "publish", "push"))
+    lines.append(f"connected peers: {peers}")
+    rss = _sum(after, "process_resident_memory_bytes")
+    if rss:
+        lines.append(f"resident memory: {rss / 2**20:,.1f} MiB")
+    return "\n".join(lines) + "\n"
+
+
+def run(url: str, interval: float, once: bool, out: TextIO = sys.stdout) -> int:
+    """Redraw every ``interval`` seconds until interrupted; ``once`` prints one screen and exits."""
+    try:
+        before, t0 = scrape(url), time.monotonic()
+        while True:
+            time.sleep(interval)
+            after, t1 = scrape(url), time.monotonic()
+            out.write(("" if once else CLEAR) + render(url, before, after, t1 - t0))
+            out.flush()
+            if once:
+                return 0
+            before, t0 = after, t1
+    except ScrapeError as exc:
+        print(f"fanoutd top: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
