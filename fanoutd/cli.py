@@ -25,7 +25,8 @@ EXIT_CONFIG = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fanoutd",
-        usage="%(prog)s [options]\n       %(prog)s top [--url URL] [--interval S] [--once]",
+        usage="%(prog)s [options]\n       %(prog)s top [--url URL] [--interval S] [--once]\n"
+              "       %(prog)s keygen DIRECTORY NAME",
         description="ZeroMQ fanout broker: a SUB collector re-emitted on a PUB and a non-blocking PUSH. "
                     "`fanoutd top` shows a running daemon's live rates.",
         epilog="Every setting can also come from the TOML file or a FANOUTD_<NAME> environment variable; "
@@ -59,8 +60,42 @@ def build_top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_keygen_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanoutd keygen",
+        description="Write a CURVE key pair in zmq.auth format: NAME.key (public, give it out) and "
+                    "NAME.key_secret (keep it private). The daemon's goes to curve_secret_key; clients' "
+                    "public files go into a *_clients directory.")
+    parser.add_argument("directory", help="where to write the two files (created if missing)")
+    parser.add_argument("name", help="base name of the files, e.g. server or producer-eu1")
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    return parser
+
+
+def keygen(directory: str, name: str, force: bool) -> int:
+    import zmq.auth
+
+    paths = [os.path.join(directory, f"{name}.key"), os.path.join(directory, f"{name}.key_secret")]
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not force:
+        print(f"fanoutd keygen: {existing[0]} exists (use --force to overwrite)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        os.makedirs(directory, exist_ok=True)
+        public, secret = zmq.auth.create_certificates(directory, name)
+        os.chmod(secret, 0o600)
+    except OSError as exc:
+        print(f"fanoutd keygen: cannot write to {directory}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"public key:  {public}\nsecret key:  {secret}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "keygen":
+        key_args = build_keygen_parser().parse_args(argv[1:])
+        return keygen(key_args.directory, key_args.name, key_args.force)
     if argv and argv[0] == "top":
         top_args = build_top_parser().parse_args(argv[1:])
         if top_args.interval <= 0:
@@ -79,6 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fanoutd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if check:
+        from .auth import load_policies, server_secret_key
+        try:
+            load_policies(config)
+            if config.curve_secret_key:
+                server_secret_key(config)
+        except ConfigError as exc:
+            print(f"fanoutd: configuration error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         print(json.dumps(as_dict(config), indent=2))
         return 0
     # The daemon's modules (gevent, zmq) load only once we know we will run.

@@ -77,6 +77,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("io_threads", "threads", 2,
             "libzmq I/O threads (2 measured fastest on 2 cores: connections are spread over them)"),
     Setting("log_level", "level", "info", "debug, info, warning or error", live=True),
+    Setting("curve_secret_key", "path", "",
+            "the daemon's CURVE secret certificate (zmq.auth format; `fanoutd keygen` writes one)"),
+    *(setting for role in ("collector", "publish", "push") for setting in (
+        Setting(f"{role}_curve", "bool", False, f"require CURVE encryption and authentication on {role}"),
+        Setting(f"{role}_clients", "path", "",
+                f"directory of client public certificates allowed on {role} (empty: any CURVE key)", live=True),
+        Setting(f"{role}_allow", "networks", (), f"IP networks allowed to connect to {role} (empty: any)",
+                live=True),
+        Setting(f"{role}_deny", "networks", (), f"IP networks refused on {role}", live=True),
+    )),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 LIVE: frozenset[str] = frozenset(s.name for s in SETTINGS if s.live)
@@ -103,7 +113,25 @@ class Config:
     drain_timeout: float
     io_threads: int
     log_level: str
+    curve_secret_key: str = ""
+    collector_curve: bool = False
+    collector_clients: str = ""
+    collector_allow: tuple[str, ...] = ()
+    collector_deny: tuple[str, ...] = ()
+    publish_curve: bool = False
+    publish_clients: str = ""
+    publish_allow: tuple[str, ...] = ()
+    publish_deny: tuple[str, ...] = ()
+    push_curve: bool = False
+    push_clients: str = ""
+    push_allow: tuple[str, ...] = ()
+    push_deny: tuple[str, ...] = ()
     config_file: str | None = None
+
+    def secured(self) -> list[str]:
+        """Roles with any access control (CURVE or IP lists)."""
+        return [role for role in ("collector", "publish", "push")
+                if getattr(self, f"{role}_curve") or getattr(self, f"{role}_allow") or getattr(self, f"{role}_deny")]
 
     def changed(self, other: Config) -> list[str]:
         """Names of the settings whose values differ between self and other."""
@@ -161,6 +189,22 @@ def _counted_topics(raw: Any) -> tuple[str, ...]:
         if " " in topic or not topic:
             raise ConfigError(f"a counted topic must be non-empty and contain no space, got {topic!r}")
     return topics
+
+
+def _path(raw: Any) -> str:
+    if not isinstance(raw, str) or "\0" in raw:
+        raise ConfigError(f"expected a path, got {raw!r}")
+    return raw
+
+
+def _networks(raw: Any) -> tuple[str, ...]:
+    items = _list(raw)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"not an IP address or network: {item!r}") from None
+    return items
 
 
 def _hostport(raw: Any) -> tuple[str, int]:
@@ -238,6 +282,8 @@ PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "hostport": _hostport,
     "topics": _topics,
     "counted_topics": _counted_topics,
+    "path": _path,
+    "networks": _networks,
     "bool": _bool,
     "size": _bounded(MIN_MESSAGE_SIZE, 1024 * MIB, "a size in bytes (suffixes KiB, MiB allowed)"),
     "frames": _bounded(1, MAX_FRAMES_CAP, "a number of frames"),
@@ -308,6 +354,11 @@ def _check_whole(config: Config) -> None:
             seen[ep] = name
     if config.heartbeat_interval and config.heartbeat_timeout < config.heartbeat_interval:
         raise ConfigError("heartbeat_timeout must be at least heartbeat_interval")
+    for role in ("collector", "publish", "push"):
+        if getattr(config, f"{role}_curve") and not config.curve_secret_key:
+            raise ConfigError(f"{role}_curve needs curve_secret_key (create one with `fanoutd keygen`)")
+        if getattr(config, f"{role}_clients") and not getattr(config, f"{role}_curve"):
+            raise ConfigError(f"{role}_clients lists CURVE keys but {role}_curve is off")
 
 
 def log_level(config: Config) -> int:

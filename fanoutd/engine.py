@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 ROLES = ("collector", "publish", "push")
 
 # What the native loop can report, and the monitor events we ask libzmq for.
-MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
+MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
+                  | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 OTHER_TOPIC = "__other__"
@@ -43,7 +45,7 @@ class SocketSpec:
     role: str
     kind: int
     endpoints: tuple[str, ...]
-    options: tuple[tuple[int, int], ...]
+    options: tuple[tuple[int, int | bytes], ...]
     subscribe: tuple[bytes, ...] = field(default=())
 
 
@@ -58,21 +60,35 @@ def frame_guard(config: Config) -> int:
     return 2 * config.max_message_size + 64 * 1024
 
 
-def describe(config: Config) -> tuple[SocketSpec, ...]:
+def security_options(config: Config, role: str, secret_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:
+    """ZAP domain (the role) for sockets with access control, plus the CURVE server keys."""
+    if role not in config.secured():
+        return ()
+    options: tuple[tuple[int, int | bytes], ...] = ((zmq.ZAP_DOMAIN, role.encode()),)
+    if getattr(config, f"{role}_curve"):
+        if secret_key is None:
+            raise ValueError("a CURVE socket needs the server secret key")
+        options += ((zmq.CURVE_SERVER, 1), (zmq.CURVE_SECRETKEY, secret_key))
+    return options
+
+
+def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpec, ...]:
     """The three sockets this config asks for; outputs with no endpoints are left out."""
-    heartbeat: tuple[tuple[int, int], ...] = ()
+    heartbeat: tuple[tuple[int, int | bytes], ...] = ()
     if config.heartbeat_interval > 0:
         ivl, timeout = int(config.heartbeat_interval * 1000), int(config.heartbeat_timeout * 1000)
         heartbeat = ((zmq.HEARTBEAT_IVL, ivl), (zmq.HEARTBEAT_TIMEOUT, timeout), (zmq.HEARTBEAT_TTL, timeout))
     specs = [
         SocketSpec("collector", zmq.SUB, config.collector,
                    ((zmq.RCVHWM, config.collector_hwm), (zmq.MAXMSGSIZE, frame_guard(config)),
-                    (zmq.LINGER, 0)) + heartbeat,
+                    (zmq.LINGER, 0)) + heartbeat + security_options(config, "collector", secret_key),
                    tuple(t.encode() for t in config.collector_topics)),
         SocketSpec("publish", zmq.PUB, config.publish,
-                   ((zmq.SNDHWM, config.publish_hwm), (zmq.LINGER, 0)) + heartbeat),
+                   ((zmq.SNDHWM, config.publish_hwm), (zmq.LINGER, 0)) + heartbeat
+                   + security_options(config, "publish", secret_key)),
         SocketSpec("push", zmq.PUSH, config.push,
-                   ((zmq.SNDHWM, config.push_hwm), (zmq.LINGER, 0)) + heartbeat),
+                   ((zmq.SNDHWM, config.push_hwm), (zmq.LINGER, 0)) + heartbeat
+                   + security_options(config, "push", secret_key)),
     ]
     return tuple(s for s in specs if s.endpoints)
 
@@ -116,10 +132,10 @@ class Engine:
     and the sockets close themselves in the worker when the loop returns.
     """
 
-    def __init__(self, config: Config, context: zmq.Context) -> None:
+    def __init__(self, config: Config, context: zmq.Context, secret_key: bytes | None = None) -> None:
         self._config = config
         self._context = context
-        self._specs = describe(config)
+        self._specs = describe(config, secret_key)
         self._sockets: dict[str, zmq.Socket] = {}
         self._forwarder: _forward.Forwarder | None = None
         self._pool = ThreadPool(1)

@@ -9,6 +9,7 @@ state, no import-time metrics).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -32,18 +33,27 @@ DROPS = {
 REJECTS = {"oversize": "rejected_oversize", "too_many_frames": "rejected_too_many_frames"}
 
 
+@dataclass(frozen=True)
+class Sources:
+    """Where each number comes from; each callable returns a fresh snapshot."""
+
+    counters: Callable[[], Mapping[str, int]]
+    topics: Callable[[], Mapping[str, int]]
+    peers: Callable[[], Mapping[str, int]]
+    handshake_failures: Callable[[], Mapping[tuple[str, str], int]]
+    auth_denied: Callable[[], Mapping[tuple[str, str], int]]
+    config: Callable[[], Config]
+
+
 class BrokerCollector:
     """Turns engine counters, peer counts and the config into metric families at scrape time."""
 
-    def __init__(self, counters: Callable[[], Mapping[str, int]], topics: Callable[[], Mapping[str, int]],
-                 peers: Callable[[], Mapping[str, int]], config: Callable[[], Config]) -> None:
-        self._counters = counters
-        self._topics = topics
-        self._peers = peers
-        self._config = config
+    def __init__(self, sources: Sources) -> None:
+        self._sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        c = self._counters()
+        src = self._sources
+        c = src.counters()
         yield _counter("fanoutd_received_messages", "Messages read from the collector.", c["received_messages"])
         yield _counter("fanoutd_received_bytes", "Bytes read from the collector, over all frames.",
                        c["received_bytes"])
@@ -62,7 +72,7 @@ class BrokerCollector:
         for reason, key in REJECTS.items():
             rejects.add_metric([reason], c[key])
         yield rejects
-        topics = self._topics()
+        topics = src.topics()
         if topics:
             family = CounterMetricFamily("fanoutd_topic_received_messages",
                                          "Messages read from the collector per counted topic (metrics_topics); "
@@ -72,13 +82,26 @@ class BrokerCollector:
             yield family
         peers = GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, per socket.",
                                   labels=["socket"])
-        for role, count in sorted(self._peers().items()):
+        for role, count in sorted(src.peers().items()):
             peers.add_metric([role], count)
         yield peers
-        yield from _limits(self._config())
+        yield _labelled("fanoutd_handshake_failures", "Connections whose ZMTP handshake failed, per socket: "
+                        "protocol (e.g. plaintext client on a CURVE socket), auth (refused by ZAP), other.",
+                        ["socket", "reason"], src.handshake_failures())
+        yield _labelled("fanoutd_auth_denied", "Connections refused by access control, per socket: address "
+                        "(IP allow/deny lists), key (CURVE key not in the allowlist), mechanism.",
+                        ["socket", "reason"], src.auth_denied())
+        yield from _limits(src.config())
         info = InfoMetricFamily("fanoutd_build", "Versions of fanoutd and the ZeroMQ stack it runs on.")
         info.add_metric([], {"version": __version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()})
         yield info
+
+
+def _labelled(name: str, doc: str, labels: list[str], values: Mapping[tuple[str, str], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import gevent
@@ -22,6 +23,11 @@ from .engine import monitor_address
 log = logging.getLogger(__name__)
 
 _EVENT = struct.Struct("=Hi")
+HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
 
 
 class PeerTracker:
@@ -32,6 +38,7 @@ class PeerTracker:
         self._green = zmq.green.Context.shadow(context.underlying)
         self._roles = tuple(roles)
         self._fds: dict[str, set[int]] = {role: set() for role in self._roles}
+        self.handshake_failures: Counter[tuple[str, str]] = Counter()
         self._on_change = on_change
         self._sockets: list[zmq.Socket] = []
         self._greenlets: list[gevent.Greenlet] = []
@@ -39,13 +46,16 @@ class PeerTracker:
     def counts(self) -> dict[str, int]:
         return {role: len(fds) for role, fds in self._fds.items()}
 
-    def start(self) -> None:
+    def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
+        """Start reading every monitor; ``on_crash`` hears of an unexpected failure."""
         for role in self._roles:
             sock = self._green.socket(zmq.PAIR)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(monitor_address(role))
             self._sockets.append(sock)
-            self._greenlets.append(gevent.spawn(self._read, role, sock))
+            greenlet = gevent.spawn(self._read, role, sock)
+            greenlet.link_exception(on_crash)
+            self._greenlets.append(greenlet)
 
     def _read(self, role: str, sock: zmq.Socket) -> None:
         fds = self._fds[role]
@@ -62,6 +72,10 @@ class PeerTracker:
             event, value = _EVENT.unpack(frames[0])
             if event == zmq.EVENT_MONITOR_STOPPED:
                 return
+            if event in HANDSHAKE_FAILURES:
+                self.handshake_failures[(role, HANDSHAKE_FAILURES[event])] += 1
+                log.debug("%s: handshake failed (%s)", role, HANDSHAKE_FAILURES[event])
+                continue
             before = len(fds)
             if event == zmq.EVENT_ACCEPTED:
                 fds.add(value)

@@ -20,7 +20,7 @@ import gevent
 import gevent.event
 import zmq
 
-from . import logs, metrics, systemd
+from . import auth, logs, metrics, systemd
 from .config import LIVE, Config, ConfigError, log_level
 from .engine import BindError, Engine
 from .peers import PeerTracker
@@ -43,17 +43,24 @@ class Broker:
         self._reload_source = reload
         self._wake = gevent.event.Event()
         self._stop_requests = 0
+        self._crashed: gevent.Greenlet | None = None
         self._reload_requested = False
         self._ready = False
         self._stopping = False
         self._engine: Engine | None = None
         self._peers: PeerTracker | None = None
+        self._zap: auth.ZapHandler | None = None
 
     # ---- signals: record intent only
 
     def _on_stop(self, signum: int) -> None:
         self._stop_requests += 1
         log.info("received %s", signal.Signals(signum).name)
+        self._wake.set()
+
+    def _on_crash(self, greenlet: gevent.Greenlet) -> None:
+        """A helper greenlet died unexpectedly: gevent printed its traceback; the loop exits non-zero."""
+        self._crashed = greenlet
         self._wake.set()
 
     def _on_reload(self) -> None:
@@ -74,23 +81,34 @@ class Broker:
                 handler.cancel()
 
     def _serve(self, context: zmq.Context) -> int:
-        engine = self._engine = Engine(self.config, context)
+        try:
+            policies = auth.load_policies(self.config)
+            secret = auth.server_secret_key(self.config) if self.config.curve_secret_key else None
+        except ConfigError as exc:
+            context.term()
+            raise StartupError(str(exc)) from None
+        # The ZAP handler must answer before any secured socket accepts a peer.
+        zap = self._zap = auth.ZapHandler(context, policies)
+        if policies:
+            zap.start(self._on_crash)
+        engine = self._engine = Engine(self.config, context, secret)
         try:
             engine.open()
         except BindError as exc:
+            zap.close()
             engine.terminate(timeout=2.0)
             raise StartupError(str(exc)) from None
         peers = self._peers = PeerTracker(context, engine.roles, self._on_peers)
-        peers.start()
-        registry = metrics.make_registry(metrics.BrokerCollector(engine.counters, engine.topic_counters, peers.counts,
-                                                                   lambda: self.config))
+        peers.start(self._on_crash)
+        sources = metrics.Sources(engine.counters, engine.topic_counters, peers.counts,
+                                  lambda: peers.handshake_failures, lambda: zap.denied, lambda: self.config)
+        registry = metrics.make_registry(metrics.BrokerCollector(sources))
         try:
             server = metrics.serve(self.config.metrics, metrics.make_app(registry, self._readiness))
         except OSError as exc:
             engine.stop(time.monotonic(), abort=True)
             engine.start().get()
-            peers.close()
-            engine.terminate(timeout=2.0)
+            self._finish(time.monotonic())
             host, port = self.config.metrics
             raise StartupError(f"cannot serve metrics on {host}:{port}: {os.strerror(exc.errno or 0)}") from None
         result = engine.start()
@@ -101,6 +119,8 @@ class Broker:
                  ",".join(self.config.push) or "-", *self.config.metrics)
         systemd.notify("READY=1", "STATUS=" + self._status())
         helpers = [gevent.spawn(self._report), gevent.spawn(self._watchdog)]
+        for helper in helpers:
+            helper.link_exception(self._on_crash)
         try:
             status = self._main_loop(result)
         finally:
@@ -114,6 +134,14 @@ class Broker:
             self._wake.clear()
             if result.ready():
                 return self._engine_ended(result)
+            if self._crashed is not None:
+                exc = self._crashed.exception
+                log.error("%s failed, exiting so the service manager restarts fanoutd: %r", self._crashed, exc)
+                self._ready = False
+                self._engine.stop(time.monotonic(), abort=True)
+                result.get()
+                self._finish(deadline=time.monotonic())
+                return 1
             if self._stop_requests:
                 return self._shutdown(result)
             if self._reload_requested:
@@ -161,8 +189,9 @@ class Broker:
 
     def _finish(self, deadline: float) -> bool:
         """Close monitors and terminate the context within the flush bound."""
-        assert self._engine is not None and self._peers is not None
+        assert self._engine is not None and self._peers is not None and self._zap is not None
         self._peers.close()
+        self._zap.close()
         return self._engine.terminate(timeout=max(0.0, deadline - time.monotonic()) + 2.0)
 
     # ---- live behaviour
@@ -177,26 +206,31 @@ class Broker:
             self._engine.set_push_peers(count)
 
     def _reload(self) -> None:
-        assert self._engine is not None
+        assert self._engine is not None and self._zap is not None
         if self._reload_source is None:
             log.warning("SIGHUP ignored: no configuration source to reload")
             return
         systemd.notify("RELOADING=1")
         try:
             new = self._reload_source()
+            auth.load_policies(new)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             systemd.notify("READY=1")
             return
         changed = self.config.changed(new)
         live = [name for name in changed if name in LIVE]
-        later = [name for name in changed if name not in LIVE]
-        applied = self.config
+        if new.secured() != self.config.secured():
+            # Access control switched on or off for a socket changes its ZAP domain: a restart.
+            live = [name for name in live if not name.endswith(("_clients", "_allow", "_deny"))]
+        later = [name for name in changed if name not in live]
+        applied = dataclasses.replace(self.config, **{name: getattr(new, name) for name in live})
         if live:
-            applied = dataclasses.replace(self.config, **{name: getattr(new, name) for name in live})
             self._engine.apply_limits(applied)
             logs.configure(log_level(applied))
             self.config = applied
+        # Key directories are re-read even when their paths did not change.
+        self._zap.update(auth.load_policies(applied))
         log.info("reloaded: applied %s", ", ".join(f"{n}={getattr(applied, n)!r}" for n in live) or "nothing")
         if later:
             log.warning("reload: %s changed but need a restart to take effect", ", ".join(later))
