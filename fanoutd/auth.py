@@ -63,14 +63,12 @@ class Policy:
 
 
 def load_policies(config: Config) -> dict[str, Policy]:
-    """The policy of every socket with access control, read from the config's files."""
+    """The policy of every socket (an open one where nothing is configured), read from the config's files."""
     out = {}
     for role in ("collector", "publish", "push"):
         curve = getattr(config, f"{role}_curve")
         directory = getattr(config, f"{role}_clients")
         allow, deny = getattr(config, f"{role}_allow"), getattr(config, f"{role}_deny")
-        if not (curve or allow or deny):
-            continue
         clients = None
         if directory:
             if not os.path.isdir(directory):

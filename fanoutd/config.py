@@ -128,10 +128,6 @@ class Config:
     push_deny: tuple[str, ...] = ()
     config_file: str | None = None
 
-    def secured(self) -> list[str]:
-        """Roles with any access control (CURVE or IP lists)."""
-        return [role for role in ("collector", "publish", "push")
-                if getattr(self, f"{role}_curve") or getattr(self, f"{role}_allow") or getattr(self, f"{role}_deny")]
 
     def changed(self, other: Config) -> list[str]:
         """Names of the settings whose values differ between self and other."""

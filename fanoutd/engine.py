@@ -61,9 +61,14 @@ def frame_guard(config: Config) -> int:
 
 
 def security_options(config: Config, role: str, secret_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:
-    """ZAP domain (the role) for sockets with access control, plus the CURVE server keys."""
-    if role not in config.secured():
-        return ()
+    """The ZAP domain (the role) on every socket, plus the CURVE server keys where asked for.
+
+    A ZAP domain on every socket does two things: each connection is seen
+    (and checked) by the ZAP handler, and libzmq refuses legacy ZMTP 1.0/2.0
+    peers whenever ZAP is on. Those skip the socket-type check, so without
+    this any stray TCP client that writes a byte could pose as a puller and
+    swallow PUSH messages.
+    """
     options: tuple[tuple[int, int | bytes], ...] = ((zmq.ZAP_DOMAIN, role.encode()),)
     if getattr(config, f"{role}_curve"):
         if secret_key is None:

@@ -87,10 +87,9 @@ class Broker:
         except ConfigError as exc:
             context.term()
             raise StartupError(str(exc)) from None
-        # The ZAP handler must answer before any secured socket accepts a peer.
+        # The ZAP handler must answer before any socket accepts a peer.
         zap = self._zap = auth.ZapHandler(context, policies)
-        if policies:
-            zap.start(self._on_crash)
+        zap.start(self._on_crash)
         engine = self._engine = Engine(self.config, context, secret)
         try:
             engine.open()
@@ -220,9 +219,6 @@ class Broker:
             return
         changed = self.config.changed(new)
         live = [name for name in changed if name in LIVE]
-        if new.secured() != self.config.secured():
-            # Access control switched on or off for a socket changes its ZAP domain: a restart.
-            live = [name for name in live if not name.endswith(("_clients", "_allow", "_deny"))]
         later = [name for name in changed if name not in live]
         applied = dataclasses.replace(self.config, **{name: getattr(new, name) for name in live})
         if live:

@@ -76,7 +76,7 @@ class Daemon:
     push: str
     http: str
     log_path: Path
-    extra: dict[str, str] = field(default_factory=dict)
+    ports: list[int] = field(default_factory=list)
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -126,8 +126,9 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """start_daemon(*flags, env=None, ready=True) -> Daemon on fresh ports; killed at teardown."""
     started: list[Daemon] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True) -> Daemon:
-        ports = [free_port() for _ in range(4)]
+    def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True,
+              ports: list[int] | None = None) -> Daemon:
+        ports = ports or [free_port() for _ in range(4)]
         endpoints = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
         log_path = tmp_path / f"fanoutd-{len(started)}.log"
         args = ["--collector", endpoints[0], "--publish", endpoints[1], "--push", endpoints[2],
@@ -137,7 +138,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         with open(log_path, "w") as log:
             proc = subprocess.Popen(daemon_command(*args), stdout=log, stderr=subprocess.STDOUT,
                                     text=True, env=environ, cwd=tmp_path)
-        daemon = Daemon(proc, *endpoints, f"http://127.0.0.1:{ports[3]}", log_path)
+        daemon = Daemon(proc, *endpoints, f"http://127.0.0.1:{ports[3]}", log_path, ports=ports)
         started.append(daemon)
         if ready:
             wait_ready(daemon)

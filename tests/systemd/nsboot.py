@@ -231,7 +231,7 @@ mount -t tmpfs -o mode=1777,nosuid,nodev,size=1g nsboot-tmp "$R/tmp"
 while IFS= read -r p; do
   [ -n "$p" ] || continue
   if [ -d "$p" ]; then mkdir -p "$R$p"; else mkdir -p "$R$(dirname "$p")"; touch "$R$p"; fi
-  mount --rbind "$p" "$R$p"
+  mount --bind "$p" "$R$p"
   mount -o remount,bind,ro "$R$p"
 done < "$W/binds"
 
@@ -254,7 +254,7 @@ pivot_root . .nsboot-oldroot
 umount -l /.nsboot-oldroot
 rmdir /.nsboot-oldroot
 exec env -i container=nsboot PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  "$SYSTEMD" --system --log-target=console --show-status=false --unit=nsboot.target
+  "$SYSTEMD" --system --show-status=false --unit=nsboot.target
 """
 
 TARGET_UNIT = f"""\

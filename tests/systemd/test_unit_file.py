@@ -90,5 +90,6 @@ def test_required_settings() -> None:
     }
     for key, value in expected.items():
         assert d.get(key) == [value], f"{key}: expected {value!r}, unit has {d.get(key)}"
-    assert d["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    # AF_NETLINK: libzmq's bind resolves interface names with getifaddrs first.
+    assert d["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX AF_NETLINK"]
     assert d["CapabilityBoundingSet"] == [""], "the daemon needs no capability (ports are above 1024)"

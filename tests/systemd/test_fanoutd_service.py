@@ -1,0 +1,124 @@
+"""systemd/fanoutd.service, as shipped, running the real daemon under a real systemd.
+
+The box (see nsboot.py) gets the unit file unchanged plus one drop-in that
+points ExecStart at ``python -m fanoutd`` of the Python running the tests
+and binds that Python and the repository read-only into the service's
+sandbox (a test machine has no /usr/local/bin/fanoutd).  The configuration
+is /etc/fanoutd/fanoutd.toml in the box, on loopback ports of the box's own
+network namespace, so nothing on the host can collide with it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nsboot import SystemdBox, python_paths, service_paths_dropin
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = "fanoutd.service"
+CONFIG = """\
+collector = ["tcp://127.0.0.1:5560"]
+publish = ["tcp://127.0.0.1:5561"]
+push = ["tcp://127.0.0.1:5562"]
+metrics = "127.0.0.1:9560"
+drain_timeout = 2.0
+"""
+PORTS = (5560, 5561, 5562, 9560)
+
+# Run in the box (as root, in its network namespace): one message through
+# the daemon, producer -> collector -> PUB -> subscriber.
+ROUND_TRIP = """\
+import sys, time, zmq
+ctx = zmq.Context()
+sub = ctx.socket(zmq.SUB); sub.setsockopt(zmq.SUBSCRIBE, b""); sub.setsockopt(zmq.LINGER, 0)
+sub.connect("tcp://127.0.0.1:5561")
+pub = ctx.socket(zmq.PUB); pub.setsockopt(zmq.LINGER, 0); pub.connect("tcp://127.0.0.1:5560")
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline:
+    pub.send_multipart([b"t", b"hello from the box"])
+    if sub.poll(100):
+        print(sub.recv_multipart()[1].decode()); sys.exit(0)
+sys.exit("no message came through fanoutd")
+"""
+
+
+def dropin() -> str:
+    paths = service_paths_dropin([sys.prefix, sys.base_prefix, str(REPO)]).replace("[Service]\n", "")
+    return ("[Service]\n"
+            "ExecStart=\n"
+            f"ExecStart={sys.executable} -m fanoutd --config /etc/fanoutd/fanoutd.toml\n"
+            "Environment=PYTHONDONTWRITEBYTECODE=1\n" + paths)
+
+
+@pytest.fixture
+def box() -> Iterator[SystemdBox]:
+    assert (REPO / "fanoutd" / "__main__.py").exists(), "python -m fanoutd is missing from the repository"
+    with SystemdBox(
+        units={UNIT: (REPO / "systemd" / UNIT).read_text(), f"{UNIT}.d/test.conf": dropin()},
+        files={"/etc/fanoutd/fanoutd.toml": CONFIG},
+        binds=[*python_paths(), str(REPO)],
+    ) as b:
+        yield b
+
+
+def props(box: SystemdBox) -> dict[str, str]:
+    return box.show(UNIT, "ActiveState", "SubState", "Result", "MainPID", "NRestarts", "StatusText",
+                    "ExecMainStatus", "WatchdogUSec")
+
+
+def listening(box: SystemdBox) -> set[int]:
+    out = box.run(["ss", "-Hltn"]).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.timeout(120)
+def test_start_after_ready_reload_watchdog_stop(box: SystemdBox) -> None:
+    assert listening(box) & set(PORTS) == set(), "ports already taken in a fresh box"
+    box.systemctl("start", UNIT, timeout=45)
+    # `systemctl start` returned: READY=1 has come, so every socket is bound now.
+    p = props(box)
+    assert (p["ActiveState"], p["SubState"]) == ("active", "running"), (p, box.journal(UNIT))
+    assert set(PORTS) <= listening(box), (listening(box), box.journal(UNIT))
+    ready = box.run([sys.executable, "-c",
+                     "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9560/readyz', timeout=5).status)"])
+    assert ready.stdout.strip() == "200"
+
+    # It runs sandboxed, as the unit says.
+    status = box.run(["cat", f"/proc/{p['MainPID']}/status"]).stdout
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines())}
+    assert 61184 <= int(fields["Uid"].split()[0]) <= 65519, status  # a DynamicUser uid
+    assert (fields["NoNewPrivs"], fields["Seccomp"], fields["CapEff"]) == ("1", "2", "0000000000000000"), status
+
+    # Messages flow (MemoryDenyWriteExecute and the syscall filter let gevent and libzmq work).
+    trip = box.run([sys.executable, "-c", ROUND_TRIP], timeout=30, check=False)
+    assert trip.returncode == 0 and "hello from the box" in trip.stdout, (trip.stdout, trip.stderr,
+                                                                          box.journal(UNIT))
+
+    # The watchdog (WatchdogSec=10s) is fed: still the same process after it would have fired.
+    assert p["WatchdogUSec"] in ("10s", "10000000"), p
+    time.sleep(12)
+    q = props(box)
+    assert (q["ActiveState"], q["MainPID"], q["NRestarts"]) == ("active", p["MainPID"], "0"), (q, box.journal(UNIT))
+
+    # Reload: SIGHUP, same process, still up.
+    box.systemctl("reload", UNIT)
+    box.wait_for("the reload to be logged", lambda: "reload" in box.journal(UNIT).lower(), timeout=15)
+    time.sleep(1)
+    q = props(box)
+    assert (q["ActiveState"], q["MainPID"]) == ("active", p["MainPID"]), (q, box.journal(UNIT))
+
+    # Stop: SIGTERM, drain, exit 0 well within TimeoutStopSec=30s.
+    t0 = time.monotonic()
+    box.systemctl("stop", UNIT, timeout=45)
+    took = time.monotonic() - t0
+    q = props(box)
+    assert (q["ActiveState"], q["Result"], q["ExecMainStatus"]) == ("inactive", "success", "0"), \
+        (q, box.journal(UNIT))
+    assert took < 30, f"stop took {took:.1f}s"
+    assert listening(box) & set(PORTS) == set()
+    assert box.run(["test", "-e", "/run/fanoutd"], check=False).returncode == 1, "RuntimeDirectory left behind"
