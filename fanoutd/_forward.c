@@ -52,12 +52,14 @@ static struct {
 enum {
     C_RECEIVED, C_RECEIVED_BYTES, C_PUBLISHED, C_PUBLISH_DROPPED,
     C_PUSHED, C_PUSH_NO_PULLER, C_PUSH_HWM,
-    C_REJECT_OVERSIZE, C_REJECT_FRAMES, C_TICKS, C_COUNT
+    C_REJECT_OVERSIZE, C_REJECT_FRAMES, C_TICKS,
+    C_RECEIVED_UPSTREAM, C_RELAYED, C_REJECT_LOOP, C_REJECT_ROUTE, C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
     "pushed_messages", "push_dropped_no_puller", "push_dropped_hwm",
     "rejected_oversize", "rejected_too_many_frames", "ticks",
+    "received_upstream_messages", "relayed_messages", "rejected_loop", "rejected_bad_route",
 };
 
 enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
@@ -65,10 +67,16 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 #define TICK_MS 100
 #define FRAMES_CAP 256
 #define TOPICS_CAP 64
+/* Federation: relayed messages carry a last frame listing the 8-byte ids of
+ * the nodes they passed; a node drops one that already names it, so a
+ * message can never circulate, whatever the topology. */
+#define NODE_ID_LEN 8
+#define MAX_HOPS 32
 
 typedef struct {
     PyObject_HEAD
-    void *collector, *publish, *push;
+    void *collector, *publish, *push, *upstream, *relay;
+    char node_id[NODE_ID_LEN];
     int running;
     /* shared with other threads: atomics only */
     uint64_t shared[C_COUNT];
@@ -82,7 +90,7 @@ typedef struct {
     uint64_t topic_local[TOPICS_CAP + 1];
     /* owned by the running loop */
     uint64_t local[C_COUNT];
-    zmsg_t parts[FRAMES_CAP];
+    zmsg_t parts[FRAMES_CAP + 1];
     zmsg_t scratch;
 } Forwarder;
 
@@ -180,24 +188,64 @@ static int publish_out(Forwarder *f, int n)
     return 0;
 }
 
-/* Forward one message: 1 done, 0 collector empty, -1 error (see errno_). */
-static int forward_one(Forwarder *f)
+/* Hand the message to downstream fanoutd nodes, with this node added to its route. */
+static int relay_out(Forwarder *f, int n, zmsg_t *route)
+{
+    zmsg_t out;
+    for (int i = 0; i < n; i++) {
+        Z.msg_init(&out);
+        Z.msg_copy(&out, &f->parts[i]);
+        if (Z.msg_send(&out, f->relay, Z_DONTWAIT | Z_SNDMORE) < 0) {
+            Z.msg_close(&out);
+            return Z.errno_() == EAGAIN ? 0 : -1;
+        }
+    }
+    size_t len = route ? Z.msg_size(route) : 0;
+    if (Z.msg_init_size(&out, len + NODE_ID_LEN) < 0)
+        return -1;
+    if (len)
+        memcpy(Z.msg_data(&out), Z.msg_data(route), len);
+    memcpy((char *)Z.msg_data(&out) + len, f->node_id, NODE_ID_LEN);
+    if (Z.msg_send(&out, f->relay, Z_DONTWAIT) < 0) {
+        Z.msg_close(&out);
+        return -1;
+    }
+    f->local[C_RELAYED]++;
+    return 0;
+}
+
+/* The counter a relayed message's route frame earns, or -1 when it may pass. */
+static int check_route(Forwarder *f, zmsg_t *route)
+{
+    size_t len = Z.msg_size(route);
+    if (len == 0 || len % NODE_ID_LEN || len > MAX_HOPS * NODE_ID_LEN)
+        return C_REJECT_ROUTE;
+    const char *ids = Z.msg_data(route);
+    for (size_t off = 0; off < len; off += NODE_ID_LEN)
+        if (memcmp(ids + off, f->node_id, NODE_ID_LEN) == 0)
+            return C_REJECT_LOOP;
+    return -1;
+}
+
+/* Forward one message from input (the collector, or the upstream link whose
+ * messages end in a route frame): 1 done, 0 input empty, -1 error (errno_). */
+static int forward_one(Forwarder *f, void *input, int from_upstream)
 {
     zmsg_t *p = f->parts;
     Z.msg_init(&p[0]);
-    if (Z.msg_recv(&p[0], f->collector, Z_DONTWAIT) < 0) {
+    if (Z.msg_recv(&p[0], input, Z_DONTWAIT) < 0) {
         int err = Z.errno_();
         Z.msg_close(&p[0]);
         return err == EAGAIN ? 0 : -1;
     }
-    int n = 1, overflow = 0, max_frames = LOAD(f->max_frames);
+    int n = 1, overflow = 0, max_frames = LOAD(f->max_frames) + from_upstream;
     uint64_t total = Z.msg_size(&p[0]);
     int more = Z.msg_more(&p[0]);
     /* Multipart messages arrive whole: the remaining frames never block. */
     while (more) {
         zmsg_t *dst = n < max_frames ? &p[n] : &f->scratch;
         Z.msg_init(dst);
-        if (Z.msg_recv(dst, f->collector, 0) < 0) {
+        if (Z.msg_recv(dst, input, 0) < 0) {
             Z.msg_close(dst);
             close_parts(f, n);
             return -1;
@@ -213,21 +261,44 @@ static int forward_one(Forwarder *f)
     }
     f->local[C_RECEIVED]++;
     f->local[C_RECEIVED_BYTES] += total;
+    zmsg_t *route = NULL;
+    int verdict = -1, rc = 0;
+    if (from_upstream) {
+        f->local[C_RECEIVED_UPSTREAM]++;
+        if (!overflow && n < 2) {
+            verdict = C_REJECT_ROUTE;
+        } else if (!overflow && (verdict = check_route(f, &p[n - 1])) < 0) {
+            route = &p[--n];
+            total -= Z.msg_size(route);
+        }
+    }
     if (f->ntopics)
         count_topic(f, n);
-    int rc = 0;
-    if (overflow)
+    if (verdict >= 0)
+        f->local[verdict]++;
+    else if (overflow)
         f->local[C_REJECT_FRAMES]++;
     else if (total > LOAD(f->max_size))
         f->local[C_REJECT_OVERSIZE]++;
     else {
         if (f->push)
             rc = push_out(f, n);
+        if (rc == 0 && f->relay)
+            rc = relay_out(f, n, route);
         if (rc == 0 && f->publish)
             rc = publish_out(f, n);
     }
-    close_parts(f, n);
+    close_parts(f, n + (route != NULL));
     return rc < 0 ? -1 : 1;
+}
+
+/* Forward up to BATCH messages from one input; returns the count, or -1. */
+static int drain(Forwarder *f, void *input, int from_upstream)
+{
+    int handled = 0, rc = 0;
+    while (handled < BATCH && (rc = forward_one(f, input, from_upstream)) > 0)
+        handled++;
+    return rc < 0 ? -1 : handled;
 }
 
 static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
@@ -245,28 +316,28 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
-        int mode = LOAD(f->mode), handled = 0, rc = 0;
+        int mode = LOAD(f->mode);
         if (mode == MODE_ABORT) {
             result = "aborted";
             break;
         }
-        while (handled < BATCH && (rc = forward_one(f)) > 0)
-            handled++;
+        int from_collector = drain(f, f->collector, 0);
+        int from_upstream = from_collector < 0 || !f->upstream ? 0 : drain(f, f->upstream, 1);
         f->local[C_TICKS]++;
         publish_counters(f);
-        if (rc < 0) {
+        if (from_collector < 0 || from_upstream < 0) {
             err = Z.errno_();
             result = err == Z_ETERM ? "terminated" : NULL;
             break;
         }
-        if (handled == BATCH)
+        if (from_collector == BATCH || from_upstream == BATCH)
             continue;
         if (mode == MODE_DRAIN) {
             result = "drained";
             break;
         }
-        zpollitem_t item = {f->collector, 0, Z_POLLIN, 0};
-        if (Z.poll(&item, 1, TICK_MS) < 0 && (err = Z.errno_()) != EINTR) {
+        zpollitem_t items[2] = {{f->collector, 0, Z_POLLIN, 0}, {f->upstream, 0, Z_POLLIN, 0}};
+        if (Z.poll(items, f->upstream ? 2 : 1, TICK_MS) < 0 && (err = Z.errno_()) != EINTR) {
             result = err == Z_ETERM ? "terminated" : NULL;
             break;
         }
@@ -392,13 +463,24 @@ static void Forwarder_dealloc(Forwarder *f)
 static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"collector", "publish", "push", "max_message_size", "max_frames", "strip_topic",
-                            "topics", NULL};
-    unsigned long long collector, publish, push, max_size = 1 << 20;
+                            "topics", "upstream", "relay", "node_id", NULL};
+    unsigned long long collector, publish, push, max_size = 1 << 20, upstream = 0, relay = 0;
     int max_frames = 16, strip = 1;
     PyObject *topics = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipO", names, &collector, &publish, &push,
-                                     &max_size, &max_frames, &strip, &topics))
+    const char *node_id = NULL;
+    Py_ssize_t node_id_len = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#", names, &collector, &publish, &push,
+                                     &max_size, &max_frames, &strip, &topics, &upstream, &relay,
+                                     &node_id, &node_id_len))
         return -1;
+    if ((upstream || relay) && node_id_len != NODE_ID_LEN) {
+        PyErr_Format(PyExc_ValueError, "federation needs a node_id of %d bytes", NODE_ID_LEN);
+        return -1;
+    }
+    if (node_id)
+        memcpy(f->node_id, node_id, NODE_ID_LEN);
+    f->upstream = (void *)(uintptr_t)upstream;
+    f->relay = (void *)(uintptr_t)relay;
     if (f->ntopics || f->collector) {
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
         return -1;
@@ -436,9 +518,10 @@ static PyTypeObject ForwarderType = {
     .tp_name = "fanoutd._forward.Forwarder",
     .tp_basicsize = sizeof(Forwarder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Forwarder(collector, publish, push, *, max_message_size, max_frames, strip_topic, topics=()): "
-              "socket handles are pyzmq Socket.underlying addresses (0 disables an output); "
-              "topics is an allowlist of topics to count received messages for.",
+    .tp_doc = "Forwarder(collector, publish, push, *, max_message_size, max_frames, strip_topic, topics=(), "
+              "upstream=0, relay=0, node_id=b''): socket handles are pyzmq Socket.underlying addresses "
+              "(0 disables one); topics is an allowlist of topics to count received messages for; upstream "
+              "and relay are the federation link in and out, node_id this node's 8-byte id.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Forwarder_init,
     .tp_dealloc = (destructor)Forwarder_dealloc,
@@ -507,7 +590,9 @@ PyMODINIT_FUNC PyInit__forward(void)
     if (!names || PyModule_AddObject(m, "COUNTER_NAMES", names) < 0 ||
         PyModule_AddObject(m, "Forwarder", (PyObject *)&ForwarderType) < 0 ||
         PyModule_AddIntConstant(m, "FRAMES_CAP", FRAMES_CAP) < 0 ||
-        PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0) {
+        PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0 ||
+        PyModule_AddIntConstant(m, "NODE_ID_LEN", NODE_ID_LEN) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_HOPS", MAX_HOPS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -75,6 +75,7 @@ def load_policies(config: Config) -> dict[str, Policy]:
                 raise ConfigError(f"{role}_clients: {directory} is not a directory")
             clients = frozenset(zmq.auth.load_certificates(directory))
         out[role] = Policy(curve, clients, _networks(allow), _networks(deny))
+    out["relay"] = out["publish"]  # downstream nodes are subscribers too
     return out
 
 

@@ -53,6 +53,10 @@ SETTINGS: tuple[Setting, ...] = (
             "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)"),
     Setting("push", "endpoints", ("tcp://127.0.0.1:5562",),
             "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH output)"),
+    Setting("upstream", "endpoints", (),
+            "federation: relay endpoint(s) of upstream fanoutd nodes this node's collector also reads from"),
+    Setting("relay", "endpoints", (),
+            "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: none)"),
     Setting("metrics", "hostport", "127.0.0.1:9560",
             "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz"),
     Setting("collector_topics", "topics", ("",),
@@ -99,6 +103,8 @@ class Config:
     collector: tuple[str, ...]
     publish: tuple[str, ...]
     push: tuple[str, ...]
+    upstream: tuple[str, ...]
+    relay: tuple[str, ...]
     metrics: tuple[str, int]
     collector_topics: tuple[str, ...]
     metrics_topics: tuple[str, ...]
@@ -343,7 +349,10 @@ def _check_whole(config: Config) -> None:
     if not config.publish and not config.push:
         raise ConfigError("publish and push are both empty: nothing would leave the broker")
     seen: dict[str, str] = {}
-    for name in ("collector", "publish", "push"):
+    for ep in config.upstream:
+        if "*" in ep:
+            raise ConfigError(f"upstream: {ep} names no host to connect to")
+    for name in ("collector", "publish", "push", "relay", "upstream"):
         for ep in getattr(config, name):
             if ep in seen:
                 raise ConfigError(f"{name}: endpoint {ep} is also used by {seen[ep]}")

@@ -23,10 +23,10 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
-ROLES = ("collector", "publish", "push")
+ROLES = ("collector", "upstream", "publish", "push", "relay")  # inputs first: the order sockets close in
 
 # What the native loop can report, and the monitor events we ask libzmq for.
-MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
+MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -47,6 +47,7 @@ class SocketSpec:
     endpoints: tuple[str, ...]
     options: tuple[tuple[int, int | bytes], ...]
     subscribe: tuple[bytes, ...] = field(default=())
+    connect: bool = False  # connect to the endpoints instead of binding them
 
 
 def frame_guard(config: Config) -> int:
@@ -60,6 +61,11 @@ def frame_guard(config: Config) -> int:
     return 2 * config.max_message_size + 64 * 1024
 
 
+def policy_role(role: str) -> str:
+    """Whose access-control settings a socket uses: the relay serves downstream nodes as publish does."""
+    return "publish" if role == "relay" else role
+
+
 def security_options(config: Config, role: str, secret_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:
     """The ZAP domain (the role) on every socket, plus the CURVE server keys where asked for.
 
@@ -70,7 +76,7 @@ def security_options(config: Config, role: str, secret_key: bytes | None) -> tup
     swallow PUSH messages.
     """
     options: tuple[tuple[int, int | bytes], ...] = ((zmq.ZAP_DOMAIN, role.encode()),)
-    if getattr(config, f"{role}_curve"):
+    if getattr(config, f"{policy_role(role)}_curve"):
         if secret_key is None:
             raise ValueError("a CURVE socket needs the server secret key")
         options += ((zmq.CURVE_SERVER, 1), (zmq.CURVE_SECRETKEY, secret_key))
@@ -94,12 +100,23 @@ def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpe
         SocketSpec("push", zmq.PUSH, config.push,
                    ((zmq.SNDHWM, config.push_hwm), (zmq.LINGER, 0)) + heartbeat
                    + security_options(config, "push", secret_key)),
+        SocketSpec("relay", zmq.PUB, config.relay,
+                   ((zmq.SNDHWM, config.publish_hwm), (zmq.LINGER, 0)) + heartbeat
+                   + security_options(config, "relay", secret_key)),
+        SocketSpec("upstream", zmq.SUB, config.upstream,
+                   ((zmq.RCVHWM, config.collector_hwm), (zmq.MAXMSGSIZE, frame_guard(config)), (zmq.LINGER, 0),
+                    (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000)) + heartbeat,
+                   tuple(t.encode() for t in config.collector_topics), connect=True),
     ]
     return tuple(s for s in specs if s.endpoints)
 
 
-def open_socket(context: zmq.Context, spec: SocketSpec) -> zmq.Socket:
-    """Create, configure and bind one socket; on failure nothing is left open."""
+def open_socket(context: zmq.Context, spec: SocketSpec, monitor: str | None = None) -> zmq.Socket:
+    """Create, configure, monitor and bind (or connect) one socket; on failure nothing is left open.
+
+    The monitor is attached before the first bind or connect, or an early
+    peer's connection event would be missed and its count be wrong forever.
+    """
     sock = context.socket(spec.kind)
     endpoint = ""
     try:
@@ -107,11 +124,14 @@ def open_socket(context: zmq.Context, spec: SocketSpec) -> zmq.Socket:
             sock.setsockopt(option, value)
         for topic in spec.subscribe:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
+        if monitor is not None:
+            sock.monitor(monitor, MONITOR_EVENTS)
         for endpoint in spec.endpoints:
-            sock.bind(endpoint)
+            (sock.connect if spec.connect else sock.bind)(endpoint)
     except zmq.ZMQError as exc:
         sock.close(linger=0)
-        raise BindError(f"cannot bind {spec.role} to {endpoint}: {zmq.strerror(exc.errno)}") from None
+        verb = "connect" if spec.connect else "bind"
+        raise BindError(f"cannot {verb} {spec.role} to {endpoint}: {zmq.strerror(exc.errno)}") from None
     return sock
 
 
@@ -137,7 +157,9 @@ class Engine:
     and the sockets close themselves in the worker when the loop returns.
     """
 
-    def __init__(self, config: Config, context: zmq.Context, secret_key: bytes | None = None) -> None:
+    def __init__(self, config: Config, context: zmq.Context, secret_key: bytes | None = None,
+                 node_id: bytes = b"") -> None:
+        self.node_id = node_id
         self._config = config
         self._context = context
         self._specs = describe(config, secret_key)
@@ -162,8 +184,7 @@ class Engine:
         _forward.bind_libzmq(libzmq_path())
         try:
             for spec in self._specs:
-                self._sockets[spec.role] = open_socket(self._context, spec)
-                self._sockets[spec.role].monitor(monitor_address(spec.role), MONITOR_EVENTS)
+                self._sockets[spec.role] = open_socket(self._context, spec, monitor_address(spec.role))
         except BindError as exc:
             self._close(linger_ms=0)
             return exc
@@ -175,7 +196,8 @@ class Engine:
         self._forwarder = _forward.Forwarder(
             handles["collector"], handles.get("publish", 0), handles.get("push", 0),
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
-            topics=[t.encode() for t in c.metrics_topics])
+            topics=[t.encode() for t in c.metrics_topics], upstream=handles.get("upstream", 0),
+            relay=handles.get("relay", 0), node_id=self.node_id)
         return None
 
     def start(self):  # -> gevent AsyncResult-like ThreadResult

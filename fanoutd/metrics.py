@@ -30,7 +30,8 @@ DROPS = {
     ("push", "hwm"): "push_dropped_hwm",
     ("publish", "hwm"): "publish_dropped",
 }
-REJECTS = {"oversize": "rejected_oversize", "too_many_frames": "rejected_too_many_frames"}
+REJECTS = {"oversize": "rejected_oversize", "too_many_frames": "rejected_too_many_frames",
+           "loop": "rejected_loop", "bad_route": "rejected_bad_route"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Sources:
     handshake_failures: Callable[[], Mapping[tuple[str, str], int]]
     auth_denied: Callable[[], Mapping[tuple[str, str], int]]
     config: Callable[[], Config]
+    node_id: str = ""
 
 
 class BrokerCollector:
@@ -57,6 +59,10 @@ class BrokerCollector:
         yield _counter("fanoutd_received_messages", "Messages read from the collector.", c["received_messages"])
         yield _counter("fanoutd_received_bytes", "Bytes read from the collector, over all frames.",
                        c["received_bytes"])
+        yield _counter("fanoutd_received_upstream_messages", "Of the received messages, those that came from "
+                       "an upstream fanoutd (federation).", c["received_upstream_messages"])
+        yield _counter("fanoutd_relayed_messages", "Messages handed to the relay output for downstream fanoutd nodes.",
+                       c["relayed_messages"])
         yield _counter("fanoutd_published_messages", "Messages handed to the PUB output.",
                        c["published_messages"])
         yield _counter("fanoutd_pushed_messages", "Messages handed to a puller on the PUSH output.",
@@ -92,8 +98,10 @@ class BrokerCollector:
                         "(IP allow/deny lists), key (CURVE key not in the allowlist), mechanism.",
                         ["socket", "reason"], src.auth_denied())
         yield from _limits(src.config())
-        info = InfoMetricFamily("fanoutd_build", "Versions of fanoutd and the ZeroMQ stack it runs on.")
-        info.add_metric([], {"version": __version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()})
+        info = InfoMetricFamily("fanoutd_build", "Versions of fanoutd and the ZeroMQ stack it runs on, and this "
+                                "node's federation id (new at every start).")
+        info.add_metric([], {"version": __version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
+                             "node": src.node_id})
         yield info
 
 

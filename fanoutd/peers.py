@@ -77,7 +77,7 @@ class PeerTracker:
                 log.debug("%s: handshake failed (%s)", role, HANDSHAKE_FAILURES[event])
                 continue
             before = len(fds)
-            if event == zmq.EVENT_ACCEPTED:
+            if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
                 fds.add(value)
             elif event == zmq.EVENT_DISCONNECTED:
                 fds.discard(value)

@@ -43,6 +43,7 @@ class Broker:
         self._reload_source = reload
         self._wake = gevent.event.Event()
         self._stop_requests = 0
+        self.node_id = os.urandom(8)  # names this node in federation routes
         self._crashed: gevent.Greenlet | None = None
         self._reload_requested = False
         self._ready = False
@@ -90,7 +91,7 @@ class Broker:
         # The ZAP handler must answer before any socket accepts a peer.
         zap = self._zap = auth.ZapHandler(context, policies)
         zap.start(self._on_crash)
-        engine = self._engine = Engine(self.config, context, secret)
+        engine = self._engine = Engine(self.config, context, secret, node_id=self.node_id)
         try:
             engine.open()
         except BindError as exc:
@@ -100,7 +101,8 @@ class Broker:
         peers = self._peers = PeerTracker(context, engine.roles, self._on_peers)
         peers.start(self._on_crash)
         sources = metrics.Sources(engine.counters, engine.topic_counters, peers.counts,
-                                  lambda: peers.handshake_failures, lambda: zap.denied, lambda: self.config)
+                                  lambda: peers.handshake_failures, lambda: zap.denied, lambda: self.config,
+                                  self.node_id.hex())
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         try:
             server = metrics.serve(self.config.metrics, metrics.make_app(registry, self._readiness))
@@ -198,7 +200,11 @@ class Broker:
     def _readiness(self) -> tuple[bool, str]:
         if self._stopping:
             return False, "stopping"
-        return (True, "ready") if self._ready else (False, "starting")
+        if not self._ready:
+            return False, "starting"
+        if self.config.upstream and self._peers is not None and not self._peers.counts().get("upstream"):
+            return False, "no upstream connected"
+        return True, "ready"
 
     def _on_peers(self, role: str, count: int) -> None:
         if role == "push" and self._engine is not None:

@@ -8,6 +8,7 @@ is killed at teardown whatever the test did.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,23 @@ RECV_TIMEOUT_MS = 5000
 
 
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback TCP port below the ephemeral range.
+
+    Ports the kernel hands out for bind(0) are ephemeral ones, which outgoing
+    connections also use as source ports: a client reconnecting to a killed
+    daemon could then hold the very port the restarted daemon needs, or even
+    connect to itself. Random ports under 32768 avoid both.
+    """
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(200):
+        port = random.randrange(20000, min(low, 32768))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
 
 
 @pytest.fixture

@@ -1,0 +1,84 @@
+"""Federation on loopback: trees of fanoutd nodes, loop refusal, an upstream that goes away."""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from conftest import connected, free_port, ready_producer, wait_ready, warm_up
+
+
+def relay_flag() -> tuple[str, str]:
+    return "--relay", f"tcp://127.0.0.1:{free_port()}"
+
+
+def relay_of(d) -> str:
+    return next(a for a in d.proc.args if a.startswith("tcp://") and d.proc.args[d.proc.args.index(a) - 1] == "--relay")
+
+
+def test_a_chain_hub_edge_edge_delivers_everywhere_once(start_daemon, sockets):
+    hub = start_daemon(*relay_flag())
+    edge1 = start_daemon("--upstream", relay_of(hub), *relay_flag())
+    edge2 = start_daemon("--upstream", relay_of(edge1))
+    subs = [connected(sockets, zmq.SUB, d.publish) for d in (hub, edge1, edge2)]
+    pulls = [connected(sockets, zmq.PULL, d.push) for d in (hub, edge1, edge2)]
+    prod = ready_producer(sockets, hub.collector)
+    warm_up(prod, *subs, *pulls)
+    prod.send(b"orders 42")
+    prod.send_multipart([b"orders", b"a", b"b"])
+    for sub in subs:
+        assert sub.recv_multipart() == [b"orders 42"]
+        assert sub.recv_multipart() == [b"orders", b"a", b"b"]
+        assert not sub.poll(200)
+    for pull in pulls:
+        assert pull.recv_multipart() == [b"42"]
+        assert pull.recv_multipart() == [b"a", b"b"]
+    assert edge2.value("fanoutd_received_upstream_messages_total") >= 2
+    assert hub.value("fanoutd_relayed_messages_total") >= 2
+    # an edge's own producers reach its subtree, not its upstream
+    edge_prod = ready_producer(sockets, edge1.collector)
+    edge_prod.send(b"local 1")
+    assert subs[1].recv() == b"local 1" and subs[2].recv() == b"local 1"
+    assert not subs[0].poll(300)
+
+
+def test_a_loop_is_cut_a_message_never_circulates(start_daemon, sockets):
+    a_relay, b_relay = relay_flag(), relay_flag()
+    a = start_daemon(*a_relay, "--upstream", b_relay[1], ready=False)
+    b = start_daemon(*b_relay, "--upstream", a_relay[1])
+    wait_ready(a)
+    sub_a = connected(sockets, zmq.SUB, a.publish)
+    sub_b = connected(sockets, zmq.SUB, b.publish)
+    prod = ready_producer(sockets, a.collector)
+    warm_up(prod, sub_a, sub_b)
+    before = a.value("fanoutd_rejected_messages_total", reason="loop")
+    prod.send(b"once only")
+    assert sub_a.recv() == b"once only" and sub_b.recv() == b"once only"
+    assert not sub_a.poll(500) and not sub_b.poll(100)
+    assert a.wait_value("fanoutd_rejected_messages_total", before + 1, reason="loop") == before + 1
+
+
+def test_edge_survives_its_upstream_going_away(start_daemon, sockets):
+    hub = start_daemon(*relay_flag())
+    edge = start_daemon("--upstream", relay_of(hub), "--heartbeat-interval", "0.5", "--heartbeat-timeout", "1.5")
+    sub = connected(sockets, zmq.SUB, edge.publish)
+    prod = ready_producer(sockets, hub.collector)
+    warm_up(prod, sub)
+    hub.proc.kill()
+    hub.proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while edge.get("/readyz")[0] == 200:
+        assert time.monotonic() < deadline, "the edge should report it lost its upstream"
+        time.sleep(0.1)
+    assert edge.get("/readyz") == (503, "no upstream connected\n")
+    assert edge.value("fanoutd_connected_peers", socket="upstream") == 0
+    local = ready_producer(sockets, edge.collector)  # the edge keeps serving its own producers
+    local.send(b"t still here")
+    assert sub.recv() == b"t still here"
+    hub2 = start_daemon("--relay", relay_of(hub), ports=hub.ports)
+    wait_ready(edge)
+    prod2 = ready_producer(sockets, hub2.collector)
+    warm_up(prod2, sub)
+    prod2.send(b"t back")
+    assert sub.recv() == b"t back"
