@@ -1,7 +1,10 @@
 """The Python clients against plain pyzmq stand-ins for fanoutd's sockets.
 
 Real sockets on loopback, ports picked by the kernel (bind to ``*`` and read
-LAST_ENDPOINT).  The stand-ins: a bound SUB for the collector, a bound XPUB
+LAST_ENDPOINT).  The stand-ins: a bound SUB for the collector, read
+continuously by its own thread as fanoutd's is (libzmq attaches a new
+connection, and so sends the SUB's subscription over it, only when the
+socket is used: an idle bound SUB never lets a producer become ready), a bound XPUB
 for the publisher (on the wire a PUB, but it lets the test wait until the
 subscription has arrived instead of sleeping), a bound PUSH for the push
 socket.  Every receive has a timeout, every client is closed at teardown
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import subprocess
 import sys
 import threading
@@ -76,9 +80,64 @@ def track(ctx: zmq.Context) -> Iterator[Callable[[Any], Any]]:
         close_within(client)
 
 
+class Collector:
+    """fanoutd's collector, as far as a producer can tell: a bound SUB that is always reading."""
+
+    def __init__(self, ctx: zmq.Context, hold: bool = False) -> None:
+        self.messages: queue.Queue[list[bytes]] = queue.Queue()
+        self.endpoint = ""
+        self._stop = threading.Event()
+        self.reading = threading.Event()  # clear: accept and subscribe, but read nothing (a stall)
+        if not hold:
+            self.reading.set()
+        bound_event = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ctx, bound_event), daemon=True)
+        self._thread.start()
+        assert bound_event.wait(5), "collector stand-in did not bind"
+
+    def _run(self, ctx: zmq.Context, bound_event: threading.Event) -> None:
+        sock = ctx.socket(zmq.SUB)  # owned by this thread from creation to close
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.bind("tcp://127.0.0.1:*")
+            self.endpoint = endpoint(sock)
+            bound_event.set()
+            while not self._stop.is_set():
+                if sock.poll(20) and self.reading.is_set():  # poll alone attaches new connections
+                    self.messages.put(sock.recv_multipart())
+        finally:
+            sock.close(linger=0)
+
+    def recv(self, timeout: float = 5.0) -> list[bytes]:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"collector stand-in got nothing within {timeout}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        assert not self._thread.is_alive(), "collector stand-in thread did not stop"
+
+
 @pytest.fixture
-def collector(sockets: Make) -> tuple[zmq.Socket, str]:
-    return bound(sockets, zmq.SUB)
+def collectors(ctx: zmq.Context) -> Iterator[Callable[..., Collector]]:
+    """make(hold=False) -> a running Collector stand-in, stopped at teardown."""
+    made: list[Collector] = []
+
+    def make(hold: bool = False) -> Collector:
+        made.append(Collector(ctx, hold))
+        return made[-1]
+
+    yield make
+    for collector in made:
+        collector.stop()
+
+
+@pytest.fixture
+def collector(collectors: Callable[..., Collector]) -> Collector:
+    return collectors()
 
 
 @pytest.fixture
@@ -95,53 +154,62 @@ def await_subscription(xpub: zmq.Socket, *topics: bytes, flag: bytes = b"\x01") 
 
 
 def test_producer_waits_for_the_collector_then_sends_a_single_frame(collector, track):
-    sub, ep = collector
-    producer = track(Producer(ep))
+    producer = track(Producer(collector.endpoint))
     producer.wait_ready(5)
     assert producer.ready
     producer.send("orders", b"hello")
     producer.send(b"orders", "w\u00f6rld")
-    assert sub.recv_multipart() == [b"orders hello"]
-    assert sub.recv_multipart() == [b"orders w\xc3\xb6rld"]
+    assert collector.recv() == [b"orders hello"]
+    assert collector.recv() == [b"orders w\xc3\xb6rld"]
 
 
 def test_wait_in_the_constructor(collector, track):
-    sub, ep = collector
-    producer = track(Producer(ep, wait=5))
+    producer = track(Producer(collector.endpoint, wait=5))
     assert producer.ready
     producer.send("t", "x")
-    assert sub.recv() == b"t x"
+    assert collector.recv() == [b"t x"]
 
 
 def test_multipart_arrives_as_frames(collector, track):
-    sub, ep = collector
-    producer = track(Producer(ep, wait=5))
+    producer = track(Producer(collector.endpoint, wait=5))
     producer.send_multipart("orders", b"a", "b", b"")
     producer.send_multipart(b"with space", b"p")  # spaces are fine in a multipart topic
-    assert sub.recv_multipart() == [b"orders", b"a", b"b", b""]
-    assert sub.recv_multipart() == [b"with space", b"p"]
+    assert collector.recv() == [b"orders", b"a", b"b", b""]
+    assert collector.recv() == [b"with space", b"p"]
 
 
 def test_send_json_is_compact_utf8_in_one_frame(collector, track):
-    sub, ep = collector
-    producer = track(Producer(ep, wait=5))
+    producer = track(Producer(collector.endpoint, wait=5))
     producer.send_json("orders", {"id": 1, "name": "\u00e9", "tags": [1, 2]})
-    assert sub.recv_multipart() == [b'orders {"id":1,"name":"\xc3\xa9","tags":[1,2]}']
+    assert collector.recv() == [b'orders {"id":1,"name":"\xc3\xa9","tags":[1,2]}']
     with pytest.raises(ValueError):
         producer.send_json("orders", {"x": math.nan})
 
 
-def test_every_collector_must_subscribe_before_ready(sockets, track):
-    (sub1, ep1), (sub2, ep2) = bound(sockets, zmq.SUB), bound(sockets, zmq.SUB)
-    producer = track(Producer([ep1, ep2]))
+def test_every_collector_must_subscribe_before_ready(collectors, track):
+    one, two = collectors(), collectors()
+    producer = track(Producer([one.endpoint, two.endpoint]))
     producer.wait_ready(5)
     producer.send("t", "both")
-    assert sub1.recv() == b"t both" and sub2.recv() == b"t both"
+    assert one.recv() == two.recv() == [b"t both"]
 
-    half = track(Producer([ep1, nowhere()]))
+    half = track(Producer([one.endpoint, nowhere()]))
     with pytest.raises(TimeoutError, match="1 of 2 subscriptions"):
         half.wait_ready(0.5)
     assert not half.ready
+
+
+def test_drop_false_waits_for_room_then_times_out(sockets, track):
+    stalled, ep = bound(sockets, zmq.SUB, rcvhwm=1, rcvbuf=4096)
+    producer = track(Producer(ep, drop=False, send_timeout=0.2, hwm=1, linger=0))
+    while not producer.ready:  # let the stand-in attach the connection (see Collector), then stop reading
+        stalled.poll(20)
+    payload = b"x" * 65536
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="took no message for 0.2s"):
+        for _ in range(100_000):  # kernel buffers fill first; then the send waits 0.2 s and gives up
+            producer.send("t", payload)
+    assert time.monotonic() - started < 10
 
 
 def test_wait_ready_times_out_clearly_when_nothing_listens(track):
@@ -226,7 +294,7 @@ def test_protective_defaults(track):
     assert producer.socket.getsockopt(zmq.LINGER) == 1000
     assert subscriber.socket.getsockopt(zmq.LINGER) == 0
     assert puller.socket.getsockopt(zmq.LINGER) == 0
-    assert producer.socket.socket_type == zmq.XPUB
+    assert producer.socket.type == zmq.XPUB
 
 
 def test_options_are_configurable(track):
@@ -253,9 +321,11 @@ def test_bad_options_are_refused(options, message):
         Puller(nowhere(), **options)
 
 
-def test_curve_has_a_place_but_is_not_implemented_yet():
-    with pytest.raises(NotImplementedError, match="CURVE"):
+def test_curve_keys_come_all_three_or_none():
+    with pytest.raises(ValueError, match="missing curve_publickey, curve_secretkey"):
         Producer(nowhere(), curve_serverkey=b"x" * 40)
+    with pytest.raises(ValueError, match="40-character Z85"):
+        Puller(nowhere(), curve_serverkey=b"x", curve_publickey=b"y" * 40, curve_secretkey=b"z" * 40)
 
 
 def test_an_injected_context_is_left_alone(ctx, track):
@@ -387,7 +457,7 @@ def test_importable_without_gevent():
     code = ("import sys; sys.modules['gevent'] = None\n"  # any `import gevent` would now fail
             "import fanoutd_client, fanoutd_client.tool\n"
             "assert not any(m == 'zmq.green' or m.startswith('gevent') for m in sys.modules if sys.modules[m])\n")
-    result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(CLIENTS_DIR)},
+    result = subprocess.run([sys.executable, "-c", code], check=False, env={"PYTHONPATH": str(CLIENTS_DIR)},
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
 
@@ -395,13 +465,12 @@ def test_importable_without_gevent():
 def test_an_injected_green_context_works(collector, publisher):
     import zmq.green
 
-    sub, collector_ep = collector
     pub, publish_ep = publisher
     green = zmq.green.Context()
     try:
-        with Producer(collector_ep, context=green, wait=5) as producer:
+        with Producer(collector.endpoint, context=green, wait=5) as producer:
             producer.send("t", "green")
-        assert sub.recv() == b"t green"
+        assert collector.recv() == [b"t green"]
         with Subscriber(publish_ep, "t", context=green) as subscriber:
             await_subscription(pub, b"t")
             pub.send(b"t back")
@@ -427,9 +496,8 @@ def test_multipart_split_keeps_the_first_frame_as_topic(frames):
 
 
 def test_send_json_round_trips_through_split(collector, track):
-    sub, ep = collector
-    producer = track(Producer(ep, wait=5))
+    producer = track(Producer(collector.endpoint, wait=5))
     value = {"a": [1, "\u2603", None]}
     producer.send_json("t", value)
-    topic, payload = split_message(sub.recv_multipart())
+    topic, payload = split_message(collector.recv())
     assert topic == b"t" and json.loads(payload) == value

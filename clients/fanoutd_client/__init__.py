@@ -1,0 +1,27 @@
+"""Thin clients for fanoutd, the ZeroMQ fanout broker (and the ``fanout`` tool).
+
+``Producer`` sends to the collector, ``Subscriber`` reads the PUB output,
+``Puller`` reads the PUSH output.  Each is one socket with protective
+defaults; see :mod:`fanoutd_client._base` for what they are and why.
+Nothing here imports gevent: under gevent, pass ``context=zmq.green.Context()``.
+"""
+
+from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, load_curve_keys,
+                    validate_endpoint)
+from .consumers import Puller, Subscriber, split_message
+from .producer import Producer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_COLLECTOR",
+    "DEFAULT_PUBLISH",
+    "DEFAULT_PUSH",
+    "ClientOptions",
+    "Producer",
+    "Puller",
+    "Subscriber",
+    "load_curve_keys",
+    "split_message",
+    "validate_endpoint",
+]

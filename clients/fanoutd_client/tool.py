@@ -1,0 +1,290 @@
+"""``fanout``: publish to, subscribe to and pull from fanoutd from a shell.
+
+    fanout pub  [-e EP]... [--wait S] [--count N] [--json] TOPIC [MESSAGE]
+    fanout sub  [-e EP]... [--count N] [--timeout S] [--raw] [TOPIC...]
+    fanout pull [-e EP]... [--count N] [--timeout S] [--json | --raw]
+
+Exit status: 0 done; 1 nothing arrived in time, collector not ready, or a
+runtime error; 2 bad arguments; 130 interrupted (Ctrl-C); 141 stdout closed.
+Every error is one line on stderr, never a traceback: this is a tool for
+shell scripts, whose authors need the status and a reason, not our stack.
+
+Output is one line per message.  By default bytes that are not UTF-8 are
+shown as ``\\xNN`` and control characters (newline included) are escaped,
+so a message can never span lines; ``--raw`` writes the bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, NoReturn
+
+import zmq
+
+from ._base import DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, load_curve_keys, normalize_endpoints
+from .consumers import Puller, Subscriber
+from .producer import Producer, single_frame_topic
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
+PUB_LINGER = 5.0  # seconds the tool waits on exit to flush what it sent
+PUB_SEND_TIMEOUT = 10.0  # seconds a full collector queue may hold up the next line
+
+# Control characters (tab aside) as escapes, so a message can neither span
+# lines nor drive the terminal; C1 controls (U+0080-U+009F, e.g. NEL, CSI)
+# and the Unicode line/paragraph separators as \uNNNN, to tell them from
+# invalid bytes, which decoding shows as \xNN.
+_ESCAPES = ({c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c != 0x09} | {0x0A: "\\n", 0x0D: "\\r"}
+            | {c: f"\\u{c:04x}" for c in [*range(0x80, 0xA0), 0x2028, 0x2029]})
+
+
+class UsageError(Exception):
+    """Bad arguments: exit 2."""
+
+
+class Failure(Exception):
+    """The command ran but could not do its job: exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(minimum_exclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (minimum_exclusive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {'>' if minimum_exclusive else '>='} 0, not {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fanout", description="Publish to, subscribe to and pull from fanoutd.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{pub,sub,pull}")
+
+    def command(name: str, help: str, env: str, default: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("-e", "--endpoint", action="append", metavar="EP",
+                         help=f"endpoint to connect to, repeatable (default: ${env} "
+                              f"(comma-separated) or {default})")
+        sub.add_argument("--keys", metavar="FILE",
+                         help="your CURVE secret certificate (NAME.key_secret from `fanoutd keygen`)")
+        sub.add_argument("--server-key", metavar="FILE", help="the daemon's CURVE public certificate (NAME.key)")
+        sub.set_defaults(env=env, default_endpoint=default)
+        return sub
+
+    pub = command("pub", "send messages to the collector (waits until it is ready)",
+                  "FANOUT_COLLECTOR", DEFAULT_COLLECTOR)
+    pub.add_argument("--wait", type=_seconds(False), default=5.0, metavar="S",
+                     help="seconds to wait for the collector's subscription (default 5; 0: don't wait, "
+                          "and early messages may be lost)")
+    pub.add_argument("--count", type=_count, metavar="N",
+                     help="send MESSAGE N times (default 1); with stdin, stop after N lines")
+    pub.add_argument("--json", action="store_true",
+                     help="refuse messages that are not JSON (stdin: blank lines skipped)")
+    pub.add_argument("topic", metavar="TOPIC", help="topic (no spaces)")
+    pub.add_argument("message", metavar="MESSAGE", nargs="?",
+                     help="payload; if omitted each line of stdin is one message")
+    pub.set_defaults(handler=_pub)
+
+    sub = command("sub", "print `topic payload` lines from the publisher", "FANOUT_PUBLISH", DEFAULT_PUBLISH)
+    _receiver_options(sub)
+    sub.add_argument("--raw", action="store_true", help="write message bytes unescaped")
+    sub.add_argument("topics", metavar="TOPIC", nargs="*", help="topic prefixes (default: everything)")
+    sub.set_defaults(handler=_sub)
+
+    pull = command("pull", "print payload lines pulled from the push socket", "FANOUT_PUSH", DEFAULT_PUSH)
+    _receiver_options(pull)
+    shape = pull.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true",
+                       help="print payloads as compact JSON; skip (and report) any that are not")
+    shape.add_argument("--raw", action="store_true", help="write payload bytes unescaped")
+    pull.set_defaults(handler=_pull)
+    return parser
+
+
+def _receiver_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=_count, metavar="N", help="exit after N messages")
+    parser.add_argument("--timeout", type=_seconds(True), metavar="S",
+                        help="exit after S idle seconds: status 0 if anything arrived, else 1")
+
+
+def _curve(args: argparse.Namespace) -> dict[str, bytes]:
+    """Client CURVE keyword arguments from --keys/--server-key (both or neither)."""
+    if not args.keys and not args.server_key:
+        return {}
+    if not (args.keys and args.server_key):
+        raise UsageError(f"fanout {args.command}: --keys and --server-key go together")
+    try:
+        return load_curve_keys(args.keys, args.server_key)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"fanout {args.command}: cannot load CURVE keys: {exc}") from None
+
+
+def _endpoints(args: argparse.Namespace) -> tuple[str, ...]:
+    source = "--endpoint"
+    items = args.endpoint
+    if not items:
+        env = os.environ.get(args.env, "").strip()
+        source, items = (args.env, [e.strip() for e in env.split(",") if e.strip()]) if env else \
+            ("default", [args.default_endpoint])
+    try:
+        return normalize_endpoints(items)
+    except ValueError as exc:
+        raise UsageError(f"fanout {args.command}: {source}: {exc}") from None
+
+
+def printable(data: bytes) -> bytes:
+    """``data`` as one line of UTF-8 text: invalid bytes as \\xNN, controls escaped."""
+    return data.decode("utf-8", "backslashreplace").translate(_ESCAPES).encode("utf-8")
+
+
+def _emit(out: BinaryIO, line: bytes) -> None:
+    out.write(line + b"\n")
+    out.flush()  # a line as soon as it arrives: the reader may be `grep` in a pipeline
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        return False
+    return True
+
+
+def _stdin_lines(limit: int | None) -> Iterator[bytes]:
+    lines = (line.rstrip(b"\n").removesuffix(b"\r") for line in sys.stdin.buffer)
+    return itertools.islice(lines, limit)
+
+
+def _pub(args: argparse.Namespace) -> int:
+    try:
+        topic = single_frame_topic(os.fsencode(args.topic))  # fsencode: argv bytes as given
+    except ValueError as exc:
+        raise UsageError(f"fanout pub: {exc}") from None
+    if args.message is not None:
+        message = os.fsencode(args.message)
+        if args.json and not _is_json(message):
+            raise UsageError("fanout pub: --json: MESSAGE is not valid JSON")
+        messages: Iterator[bytes] = itertools.repeat(message, args.count or 1)
+    else:
+        messages = _stdin_lines(args.count)
+    # drop=False: piping a file in must not lose lines when the queue fills up
+    sent = 0
+    with Producer(_endpoints(args), linger=PUB_LINGER, drop=False, send_timeout=PUB_SEND_TIMEOUT,
+                  **_curve(args)) as producer:
+        if args.wait > 0:
+            try:
+                producer.wait_ready(args.wait)
+            except TimeoutError as exc:
+                raise Failure(f"fanout pub: {exc}") from None
+        for number, message in enumerate(messages, 1):
+            if args.json and args.message is None:
+                if not message.strip():
+                    continue
+                if not _is_json(message):
+                    raise Failure(f"fanout pub: --json: stdin line {number} is not valid JSON "
+                                  f"({sent} messages before it were sent)")
+            try:
+                producer.send(topic, message)
+            except TimeoutError as exc:
+                raise Failure(f"fanout pub: {exc}; {sent} messages were sent") from None
+            sent += 1
+    return EXIT_OK
+
+
+def _receive(args: argparse.Namespace, recv: Callable[[float | None], bytes | None]) -> int:
+    """Print what ``recv`` returns (None: skip) until --count lines or --timeout idle seconds."""
+    received = 0
+    while args.count is None or received < args.count:
+        try:
+            line = recv(args.timeout)
+        except TimeoutError:
+            if received:
+                return EXIT_OK
+            raise Failure(f"fanout {args.command}: no messages within {args.timeout:g}s "
+                          f"from {', '.join(_endpoints(args))}") from None
+        if line is not None:
+            _emit(sys.stdout.buffer, line)
+            received += 1
+    return EXIT_OK
+
+
+def _sub(args: argparse.Namespace) -> int:
+    topics = [os.fsencode(t) for t in args.topics] or [b""]
+    show = (lambda data: data) if args.raw else printable
+
+    with Subscriber(_endpoints(args), topics, **_curve(args)) as subscriber:
+        def recv(timeout: float | None) -> bytes:
+            frames = subscriber.recv_multipart(timeout)
+            # a single frame already is `topic payload`; a multipart one is shown the same way
+            return show(frames[0] if len(frames) == 1 else frames[0] + b" " + b"".join(frames[1:]))
+        return _receive(args, recv)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    with Puller(_endpoints(args), **_curve(args)) as puller:
+        def recv(timeout: float | None) -> bytes | None:
+            payload = puller.recv(timeout)
+            if args.raw:
+                return payload
+            if not args.json:
+                return printable(payload)
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                print(f"fanout pull: skipped a payload that is not JSON ({len(payload)} bytes)",
+                      file=sys.stderr, flush=True)
+                return None
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _receive(args, recv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (the console script exits with it)."""
+    command = "fanout"
+    try:
+        args = build_parser().parse_args(argv)
+        command = f"fanout {args.command}"
+        status: int = args.handler(args)
+        return status
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except Failure as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    except zmq.ZMQError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`fanout sub | head -1`): say nothing, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The thin clients and the `fanout` tool against the real daemon: the README's promise, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq.auth
+
+from conftest import settle
+from fanoutd_client import Producer, Puller, Subscriber, load_curve_keys
+
+
+def test_producer_subscriber_puller_round_trip(start_daemon):
+    d = start_daemon()
+    with Subscriber(d.publish, topics=["orders"]) as sub, Puller(d.push) as pull, \
+            Producer(d.collector) as prod:
+        prod.wait_ready(5)
+        deadline = time.monotonic() + 10
+        while True:  # the subscriber's own subscription needs a moment to reach the daemon
+            prod.send("orders", b"warm")
+            try:
+                sub.recv(timeout=0.1)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+        while True:
+            try:
+                sub.recv(timeout=0.3)
+            except TimeoutError:
+                break
+        while True:
+            try:
+                pull.recv(timeout=0.3)
+            except TimeoutError:
+                break
+        prod.send("orders", b"hello")
+        prod.send_json("orders", {"id": 7})
+        prod.send_multipart("orders", b"a", b"b")
+        prod.send("prices", b"not for this subscriber")
+        assert sub.recv(timeout=5) == (b"orders", b"hello")
+        topic, payload = sub.recv(timeout=5)
+        assert topic == b"orders" and json.loads(payload) == {"id": 7}
+        assert sub.recv_multipart(timeout=5) == [b"orders", b"a", b"b"]
+        with pytest.raises(TimeoutError):
+            sub.recv(timeout=0.3)
+        assert pull.recv(timeout=5) == b"hello"
+        assert pull.recv_json(timeout=5) == {"id": 7}
+        assert pull.recv_multipart(timeout=5) == [b"a", b"b"]
+        assert pull.recv(timeout=5) == b"not for this subscriber"
+
+
+def test_producer_wait_ready_solves_the_slow_joiner(start_daemon):
+    """Without the wait, the first messages of a fresh PUB vanish (libzmq #2267); with it, none do."""
+    d = start_daemon()
+    with Puller(d.push) as pull:
+        settle(d, "push", 1)  # the puller side is not what this test is about
+        for _ in range(5):
+            with Producer(d.collector) as prod:
+                prod.wait_ready(5)
+                for i in range(100):
+                    prod.send("t", b"%d" % i)
+            got = [pull.recv(timeout=5) for _ in range(100)]
+            assert got == [b"%d" % i for i in range(100)]
+
+
+def run_tool(*args: str, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fanoutd_client.tool", *args], input=input, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_fanout_tool_pub_sub_pull_through_the_daemon(start_daemon):
+    d = start_daemon()
+    sub = subprocess.Popen([sys.executable, "-m", "fanoutd_client.tool", "sub", "-e", d.publish, "--count", "3",
+                            "--timeout", "20", "orders"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pull = subprocess.Popen([sys.executable, "-m", "fanoutd_client.tool", "pull", "-e", d.push, "--count", "3",
+                             "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while d.value("fanoutd_connected_peers", socket="publish") < 1 or \
+                d.value("fanoutd_connected_peers", socket="push") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)  # the subscription follows the connection
+        r = run_tool("pub", "-e", d.collector, "orders", input="one\ntwo\nthree\n")
+        assert r.returncode == 0, r.stderr
+        out, err = sub.communicate(timeout=30)
+        assert sub.returncode == 0, err
+        assert out.splitlines() == ["orders one", "orders two", "orders three"]
+        out, err = pull.communicate(timeout=30)
+        assert pull.returncode == 0, err
+        assert out.splitlines() == ["one", "two", "three"]
+    finally:
+        for p in (sub, pull):
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
+
+
+def test_clients_and_tool_with_curve(start_daemon, tmp_path):
+    for name in ("server", "me"):
+        zmq.auth.create_certificates(tmp_path, name)
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "me.key").write_bytes((tmp_path / "me.key").read_bytes())
+    d = start_daemon("--curve-secret-key", str(tmp_path / "server.key_secret"),
+                     "--collector-curve", "--collector-clients", str(tmp_path / "allowed"),
+                     "--push-curve", "--push-clients", str(tmp_path / "allowed"))
+    keys = load_curve_keys(str(tmp_path / "me.key_secret"), str(tmp_path / "server.key"))
+    with Puller(d.push, **keys) as pull:
+        r = run_tool("pub", "-e", d.collector, "--keys", str(tmp_path / "me.key_secret"),
+                     "--server-key", str(tmp_path / "server.key"), "--count", "50", "t", "secret")
+        assert r.returncode == 0, r.stderr
+        assert pull.recv(timeout=10) == b"secret"
+    r = run_tool("pub", "-e", d.collector, "--wait", "1", "t", "plain")
+    assert r.returncode == 1 and "not ready" in r.stderr
+    r = run_tool("pub", "-e", d.collector, "--keys", str(tmp_path / "me.key_secret"), "t", "x")
+    assert r.returncode == 2 and "--keys and --server-key go together" in r.stderr
