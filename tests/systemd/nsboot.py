@@ -31,6 +31,10 @@ process is killed):
   which wants only the units named in ``enable`` besides journald; the units
   the vendor wants at boot (tmpfiles, udev, getty, logind, dbus, ...) are
   masked.
+* console: ``/dev/console`` in the box is the staging directory's
+  ``console.log``, which also gets PID 1's stdout and stderr: the setup
+  script's errors and whatever systemd prints before its journal runs
+  (systemd itself finds no terminal there and logs to the journal).
 * paths: ``binds`` (default: what ``sys.executable`` needs to run, see
   :func:`python_paths`) are bind-mounted read-only at the same place in the
   box, so that a venv under ``/tmp`` or on another file system is there too.
@@ -102,14 +106,15 @@ class BoxError(RuntimeError):
     """The box could not be built, booted or reached; the message says why."""
 
 
-def python_paths(executable: str | None = None) -> list[str]:
-    """The directories the box must show for ``executable`` (default: this Python) to run.
+def python_paths() -> list[str]:
+    """The directories the box must show for this Python (``sys.executable``) to run.
 
     The venv (``sys.prefix``), the interpreter it points to (``sys.base_prefix``,
-    the resolved executable) and every existing ``sys.path`` directory, which
-    covers editable installs of the project; nested paths are collapsed.
+    the resolved executable) and every existing ``sys.path`` directory; nested
+    paths are collapsed.  An editable install maps the project's packages
+    to its source tree without a ``sys.path`` entry: add that tree yourself.
     """
-    exe = executable or sys.executable
+    exe = sys.executable
     found = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
              os.path.dirname(os.path.abspath(exe)), os.path.dirname(os.path.realpath(exe))}
     found.update(p for p in sys.path if p and os.path.isdir(p))
@@ -174,6 +179,21 @@ def _host_mounts_under(path: str) -> list[str]:
     return out
 
 
+def _remove_staging_dir(d: Path) -> None:
+    """Remove a staging directory: the files nsboot wrote, and its mount points only if empty."""
+    leaked = _host_mounts_under(str(d))
+    if leaked:
+        raise BoxError(f"mounts of the box are visible on the host, not removing {d}: {leaked}")
+    for sub in ("etc-systemd-system", "files"):
+        shutil.rmtree(d / sub, ignore_errors=True)
+    for f in ("setup.sh", "binds", "masks", "console.log"):
+        (d / f).unlink(missing_ok=True)
+    for sub in ("root", "layers"):
+        if (d / sub).exists():
+            (d / sub).rmdir()  # mount points: rmdir only ever removes an empty directory
+    d.rmdir()
+
+
 def _preexec(cgroup_procs: str) -> Callable[[], None]:
     def run() -> None:
         # Die with the test process; join the box's cgroup before the cgroup
@@ -198,6 +218,8 @@ mount -t overlay -o "lowerdir=/,upperdir=$L/upper,workdir=$L/work" nsboot-root "
   || { say "cannot mount an overlayfs of / (is the overlay module available?)"; exit 90; }
 
 # /proc: the box's own; /proc/sys read-only but for the per-netns /proc/sys/net.
+mountpoint -q "$R" || { say "$R is not a mount point after mounting the overlay"; exit 91; }
+
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount --bind "$R/proc/sys" "$R/proc/sys"
 mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
@@ -257,7 +279,7 @@ exec env -i container=nsboot PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/
   "$SYSTEMD" --system --show-status=false --unit=nsboot.target
 """
 
-TARGET_UNIT = f"""\
+TARGET_UNIT = """\
 [Unit]
 Description=nsboot: the only target a box boots to
 Requires=basic.target
@@ -307,7 +329,7 @@ class SystemdBox:
 
     # ---------------------------------------------------------------- life cycle
 
-    def __enter__(self) -> "SystemdBox":
+    def __enter__(self) -> SystemdBox:
         self.start()
         return self
 
@@ -317,6 +339,7 @@ class SystemdBox:
     def start(self) -> None:
         try:
             self._check_host()
+            self.cleanup_stale()
             self._stage()
             self._boot()
         except BaseException:
@@ -326,7 +349,7 @@ class SystemdBox:
     def _check_host(self) -> None:
         if os.geteuid() != 0:
             raise BoxError("SystemdBox needs root (it mounts, makes namespaces and runs systemd as PID 1)")
-        for tool in ("unshare", "nsenter", "mount", "pivot_root", "mknod", "systemctl", "journalctl"):
+        for tool in ("unshare", "nsenter", "mount", "mountpoint", "pivot_root", "mknod", "systemctl", "journalctl"):
             if shutil.which(tool) is None:
                 raise BoxError(f"SystemdBox needs {tool!r} on PATH (util-linux / systemd packages)")
         self._systemd = next((c for c in SYSTEMD_CANDIDATES if os.access(c, os.X_OK)), "")
@@ -334,7 +357,7 @@ class SystemdBox:
             raise BoxError(f"no systemd binary at {' or '.join(SYSTEMD_CANDIDATES)} (apt-get install systemd)")
         with open("/proc/filesystems") as f:
             if not re.search(r"\boverlay\b", f.read()):
-                subprocess.run(["modprobe", "overlay"], capture_output=True, timeout=10)
+                subprocess.run(["modprobe", "overlay"], capture_output=True, timeout=10, check=False)
         with open("/proc/filesystems") as f:
             if not re.search(r"\boverlay\b", f.read()):
                 raise BoxError("the kernel has no overlay file system (modprobe overlay failed)")
@@ -370,13 +393,13 @@ class SystemdBox:
             "/etc/hostname": "nsboot\n",
             **self.files,
         }
-        for path, content in files.items():
+        for name, content in files.items():
             mode = 0o644
             if isinstance(content, tuple):
                 content, mode = content
-            if not path.startswith("/"):
-                raise BoxError(f"files: {path!r} is not an absolute path")
-            target = d / "files" / path.lstrip("/")
+            if not name.startswith("/"):
+                raise BoxError(f"files: {name!r} is not an absolute path")
+            target = d / "files" / name.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content.encode() if isinstance(content, str) else content)
             os.chmod(target, mode)
@@ -401,7 +424,8 @@ class SystemdBox:
                "/bin/sh", str(self._dir / "setup.sh"), str(self._dir), self._systemd]
         with open(self._dir / "console.log", "ab") as log:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          preexec_fn=_preexec(str(self._cgroup / "cgroup.procs")),
+                                          preexec_fn=_preexec(  # noqa: PLW1509 - the harness starts boxes from one thread
+                                              str(self._cgroup / "cgroup.procs")),
                                           env={"PATH": BOX_PATH, "LANG": "C.UTF-8"})
         deadline = time.monotonic() + self.boot_timeout
         # 1. the box's PID 1 has become systemd
@@ -419,8 +443,13 @@ class SystemdBox:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                try:
+                    jobs = self.run(["systemctl", "list-jobs", "--no-pager"], timeout=10, check=False).stdout
+                except subprocess.TimeoutExpired:
+                    jobs = "(systemctl list-jobs timed out)"
                 raise BoxError(f"systemd in the box did not finish booting within {self.boot_timeout}s "
-                               f"(state {self.state!r}):\n" + self.console())
+                               f"(state {self.state!r}); jobs:\n{jobs}\njournal:\n{self.journal()[-6000:]}\n"
+                               f"console:\n{self.console()}")
             if self._proc.poll() is not None:
                 raise BoxError(f"systemd in the box exited with {self._proc.returncode}:\n" + self.console())
             try:
@@ -436,9 +465,16 @@ class SystemdBox:
         assert self._proc is not None
         try:
             text = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children").read_text().split()
-        except OSError:
+            return int(text[0]) if text else None
+        except OSError:  # no CONFIG_PROC_CHILDREN: look for the process whose parent is unshare
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[1] == str(self._proc.pid):
+                    return int(stat.parent.name)
             return None
-        return int(text[0]) if text else None
 
     @staticmethod
     def _exe(pid: int) -> str | None:
@@ -448,48 +484,87 @@ class SystemdBox:
             return None
 
     def close(self) -> None:
-        """Power the box off, kill what is left, remove its cgroups and staging files. Idempotent."""
+        """Power the box off, kill what is left, remove its cgroups and staging files. Idempotent.
+
+        Every step is bounded in time; the first error is raised after all steps ran.
+        """
+        errors: list[BaseException] = []
+        for step in (self._stop_processes, self._remove_cgroup, self._remove_staging):
+            try:
+                step()
+            except BaseException as exc:  # noqa: BLE001 - go on tearing down, raise below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _stop_processes(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None and self.pid:
-                try:
-                    os.kill(self.pid, signal.SIGRTMIN + 4)  # systemd: start poweroff.target
-                except ProcessLookupError:
-                    pass
-                try:
-                    proc.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            if proc.poll() is None:
-                for pid in (self.pid, proc.pid):
-                    if pid:
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                proc.wait(timeout=10)
-        if self._cgroup is not None:
-            deadline = time.monotonic() + 10
-            while self._cgroup.exists() and time.monotonic() < deadline:
-                _remove_cgroup_tree(self._cgroup)
-                if self._cgroup.exists():
-                    time.sleep(0.1)
-            if self._cgroup.exists():
+        if proc is None:
+            return
+        if proc.poll() is None and self.pid:
+            try:
+                os.kill(self.pid, signal.SIGRTMIN + 4)  # systemd: start poweroff.target
+                proc.wait(timeout=self.stop_timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if proc.poll() is None:
+            # SIGKILL to a PID namespace's init kills every process in the namespace.
+            for pid in (self.pid, proc.pid):
+                if pid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            proc.wait(timeout=10)
+
+    def _remove_cgroup(self) -> None:
+        if self._cgroup is None:
+            return
+        deadline = time.monotonic() + 10
+        while self._cgroup.exists():
+            _remove_cgroup_tree(self._cgroup)  # fails while dying processes are still in it
+            if not self._cgroup.exists():
+                break
+            if time.monotonic() > deadline:
                 raise BoxError(f"could not remove the box's cgroup {self._cgroup}")
-            self._cgroup = None
-        if self._dir is not None:
-            d, self._dir = self._dir, None
+            time.sleep(0.1)
+        self._cgroup = None
+
+    def _remove_staging(self) -> None:
+        if self._dir is None:
+            return
+        d, self._dir = self._dir, None
+        try:
             self._console_after = (d / "console.log").read_text(errors="replace")
-            leaked = _host_mounts_under(str(d))
-            if leaked:
-                raise BoxError(f"mounts of the box are visible on the host, not removing {d}: {leaked}")
-            for sub in ("etc-systemd-system", "files"):
-                shutil.rmtree(d / sub, ignore_errors=True)
-            for f in ("setup.sh", "binds", "masks", "console.log"):
-                (d / f).unlink(missing_ok=True)
-            for sub in ("root", "layers"):
-                (d / sub).rmdir()  # mount points: rmdir only ever removes them when empty
-            d.rmdir()
+        except OSError:
+            pass
+        _remove_staging_dir(d)
+
+    @staticmethod
+    def cleanup_stale() -> list[str]:
+        """Remove what boxes of dead test processes left: empty cgroups and staging directories.
+
+        Only boxes whose creating process (its pid is in the name) is gone are
+        touched, and only when nothing is mounted in their staging directory.
+        Returns what was removed.  ``start`` calls it.
+        """
+        removed = []
+        candidates = [p for base in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"), Path("/run"))
+                      if base.is_dir() for p in base.glob("nsboot-*")]
+        for path in candidates:
+            m = re.match(r"nsboot-(\d+)-[0-9a-f]{8}", path.name)
+            if not m or Path(f"/proc/{m.group(1)}").exists():
+                continue
+            try:
+                if path.parent.name == "run":
+                    _remove_staging_dir(path)
+                else:
+                    _remove_cgroup_tree(path)
+            except (OSError, BoxError):
+                continue
+            if not path.exists():
+                removed.append(str(path))
+        return removed
 
     # ---------------------------------------------------------------- inside the box
 
@@ -502,7 +577,7 @@ class SystemdBox:
                    "SYSTEMD_LOG_COLOR": "0", **(env or {})}
         full = ["nsenter", f"--target={self.pid}", "--mount", "--pid", "--net", "--uts", "--ipc",
                 "--root", "--wd", "--", "env", "-i", *[f"{k}={v}" for k, v in environ.items()], *cmd]
-        r = subprocess.run(full, input=input, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(full, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and r.returncode != 0:
             raise BoxError(f"in the box: {shlex.join(cmd)} exited with {r.returncode}\n"
                            f"stdout: {r.stdout}\nstderr: {r.stderr}")

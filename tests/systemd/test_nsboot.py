@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from nsboot import SystemdBox, service_paths_dropin
+from nsboot import BoxError, SystemdBox, service_paths_dropin
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -80,7 +79,7 @@ def wait_props(box: SystemdBox, what: str, check: Callable[[dict[str, str]], boo
 
     try:
         box.wait_for(what, ok, timeout=timeout, interval=0.1)
-    except Exception as exc:
+    except BoxError as exc:
         raise AssertionError(f"{exc}; last {seen}\n{box.journal(unit)}") from None
     return seen
 
