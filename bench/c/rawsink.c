@@ -6,7 +6,8 @@
  * reply to that ping arrives (so the server has taken the subscription) and
  * prints "ready".  From then on every message is a fixed-length frame:
  * PREFIX, LEN payload bytes, "\r\n".  Each frame's prefix and trailer are
- * checked (a mismatch counts as bad and ends the run, since framing is lost).
+ * checked (a mismatch counts as bad and ends the run, since framing is lost);
+ * a NATS "PING" between frames is answered with "PONG" and skipped.
  * With -l the payload's send time (bytes 8..16) gives the latency.  It stops
  * after COUNT frames, IDLE ms without data (after the first frame), or WAIT
  * ms with none at all.
@@ -93,13 +94,20 @@ int main(int argc, char **argv)
     printf("ready\n");
     fflush(stdout);
 
-    uint64_t received = 0, bad = 0, t_first = 0, t_last = 0;
+    uint64_t received = 0, bad = 0, t_first = 0, t_last = 0, max_gap = 0;
     const uint64_t t_ready = now_ns();
     while (received < count && !bad) {
         size_t off = 0;
         const uint64_t t = now_ns();
-        for (; off + flen <= have && received < count; off += flen) {
+        while (off < have && received < count) {
             const unsigned char *f = buf + off;
+            /* NATS pings its clients now and then, even mid-stream. */
+            if (have - off >= 6 && memcmp(f, "PING\r\n", 6) == 0) {
+                if (write(fd, "PONG\r\n", 6) != 6) { perror("rawsink: pong"); return 1; }
+                off += 6;
+                continue;
+            }
+            if (off + flen > have) break;
             if (memcmp(f, prefix, plen) != 0 || f[flen - 2] != '\r' || f[flen - 1] != '\n') {
                 fprintf(stderr, "rawsink: bad frame after %llu: %.40s\n", (unsigned long long)received,
                         (const char *)f);
@@ -107,9 +115,11 @@ int main(int argc, char **argv)
                 break;
             }
             if (!received) t_first = t;
+            else if (t - t_last > max_gap) max_gap = t - t_last;
             if (lat) lat[received] = t - get_u64(f + plen + 8);
             received++;
             t_last = t;
+            off += flen;
         }
         memmove(buf, buf + off, have - off);
         have -= off;
@@ -122,9 +132,9 @@ int main(int argc, char **argv)
                      : now - t_ready >= (uint64_t)wait_ms * 1000000ull)
             break;
     }
-    printf("{\"received\": %llu, \"bad\": %llu, \"t_first\": %llu, \"t_last\": %llu",
+    printf("{\"received\": %llu, \"bad\": %llu, \"t_first\": %llu, \"t_last\": %llu, \"max_gap\": %llu",
            (unsigned long long)received, (unsigned long long)bad,
-           (unsigned long long)t_first, (unsigned long long)t_last);
+           (unsigned long long)t_first, (unsigned long long)t_last, (unsigned long long)max_gap);
     if (lat) {
         qsort(lat, received, sizeof *lat, cmp_u64);
         printf(", \"p50\": %llu, \"p99\": %llu, \"max\": %llu",

@@ -13,7 +13,8 @@
  *
  * Usage: zsink -t sub|pull -e ENDPOINT -L LEN -n COUNT [-o OFFSET] [-l]
  *              [-i IDLE_MS] [-w WAIT_MS] [-S SECONDS]
- * Prints one JSON line: received, bad, t_first, t_last (ns) [, p50, p99, max (ns)].
+ * Prints one JSON line: received, bad, t_first, t_last, max_gap (longest silence
+ * between two measured messages) [, p50, p99, max] (all times in ns).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -64,7 +65,7 @@ int main(int argc, char **argv)
     }
 
     uint64_t *lat = latency ? malloc(count * sizeof *lat) : NULL;
-    uint64_t received = 0, bad = 0, t_first = 0, t_last = 0;
+    uint64_t received = 0, bad = 0, t_first = 0, t_last = 0, max_gap = 0;
     const uint64_t t_start = now_ns();
     int ready = 0;
     zmq_msg_t m;
@@ -98,14 +99,15 @@ int main(int argc, char **argv)
             continue;
         }
         if (!received) t_first = t;
+        else if (t - t_last > max_gap) max_gap = t - t_last;
         if (lat) lat[received] = t - get_u64(p + offset + 8);
         received++;
         t_last = t;
     }
     zmq_msg_close(&m);
-    printf("{\"received\": %llu, \"bad\": %llu, \"t_first\": %llu, \"t_last\": %llu",
+    printf("{\"received\": %llu, \"bad\": %llu, \"t_first\": %llu, \"t_last\": %llu, \"max_gap\": %llu",
            (unsigned long long)received, (unsigned long long)bad,
-           (unsigned long long)t_first, (unsigned long long)t_last);
+           (unsigned long long)t_first, (unsigned long long)t_last, (unsigned long long)max_gap);
     if (lat) {
         qsort(lat, received, sizeof *lat, cmp_u64);
         printf(", \"p50\": %llu, \"p99\": %llu, \"max\": %llu",

@@ -7,6 +7,7 @@ block on a child that hangs.  Only loopback addresses are ever used.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +40,16 @@ def tcp_endpoint(port: int) -> str:
     return f"tcp://{LOOPBACK}:{port}"
 
 
+_LIVE: weakref.WeakSet[Child] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Never leave a server or load generator behind, even after an error."""
+    for child in list(_LIVE):
+        child.stop(timeout=2.0)
+
+
 class Child:
     """A running child process whose stdout lines arrive on a queue."""
 
@@ -51,6 +63,7 @@ class Child:
             env=env, cwd=cwd, text=True, bufsize=1)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr_tail: list[str] = []
+        _LIVE.add(self)
         threading.Thread(target=self._pump_stdout, daemon=True).start()
         threading.Thread(target=self._pump_stderr, daemon=True).start()
 
@@ -139,6 +152,25 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
         return int(err.code)
     except (OSError, ValueError):
         return None
+
+
+def prometheus_counters(url: str, prefix: str, timeout: float = 2.0) -> dict[str, float]:
+    """Scrape a loopback /metrics page; return its ``*_total`` samples under ``prefix``."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode()
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(prefix) and " " in line:
+            name, _, value = line.rpartition(" ")
+            if name.split("{", 1)[0].endswith("_total"):
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
 
 
 def wait_tcp(port: int, timeout: float, child: Child | None = None) -> None:

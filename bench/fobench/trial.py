@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import servers
-from .procs import Child, ProcError, rss_bytes
+from .procs import Child, ProcError, prometheus_counters, rss_bytes
 from .rawproto import PROTOS, RawPublisher, sink_argv, subscriber_count
 
 READY_TIMEOUT = 15.0
@@ -50,6 +50,7 @@ class SinkResult:
     rate: float              # msg/s, from the first send to this sink's last receive
     p50_us: float | None = None
     p99_us: float | None = None
+    max_gap_ms: float = 0.0  # longest silence between two measured messages
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrialResult:
     sent: int = 0
     sinks: list[SinkResult] = field(default_factory=list)
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds, bytes)
+    counters: dict[str, float] = field(default_factory=dict)    # fanoutd's own, after the run
     error: str | None = None
 
     def measured(self) -> list[SinkResult]:
@@ -71,6 +73,16 @@ class TrialResult:
     def rate(self) -> float:
         """Delivered msg/s of the slowest reading sink."""
         return min((s.rate for s in self.measured()), default=0.0)
+
+    def drops(self) -> dict[str, float]:
+        """fanoutd's non-zero drop / reject counters, to tell drops from late deliveries."""
+        out = {}
+        for key, value in self.counters.items():
+            if value and ("drop" in key or "reject" in key):
+                name, _, labels = key.removeprefix("fanoutd_").partition("{")
+                values = [part.split("=", 1)[1].strip('"') for part in labels.rstrip("}").split(",") if "=" in part]
+                out[" ".join([name.split("_")[0], "/".join(values)]).strip()] = value
+        return out
 
     @property
     def lost(self) -> int:
@@ -86,7 +98,8 @@ def _sink_result(output: str, raw: dict[str, int], t_first_send: int) -> SinkRes
     received, span = raw["received"], (raw["t_last"] - t_first_send) / 1e9
     p50, p99 = raw.get("p50"), raw.get("p99")
     return SinkResult(output, received, raw["bad"], received / span if received and span > 0 else 0.0,
-                      p50 / 1e3 if p50 is not None else None, p99 / 1e3 if p99 is not None else None)
+                      p50 / 1e3 if p50 is not None else None, p99 / 1e3 if p99 is not None else None,
+                      raw.get("max_gap", 0) / 1e6)
 
 
 def _zsink(bins: dict[str, Path], kind: str, endpoint: str, length: int, offset: int,
@@ -141,6 +154,8 @@ def _run_zmq(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], res
         result.sent = int(pub["sent"])
         for output, sink in sinks:
             result.sinks.append(_sink_result(output, sink.result(budget), int(pub["t_first"])))
+        if "metrics" in server.extras:
+            result.counters = prometheus_counters(f"http://{server.extras['metrics']}/metrics", "fanoutd_")
     finally:
         stop.set()
         for child in children:

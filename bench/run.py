@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Benchmark fanoutd against a C baseline, Redis and NATS: ``python bench/run.py``.
+
+Runs the selected modes (default: the throughput matrix and latency), then
+writes ``results.md``, ``results.json`` and ``results.png`` into ``--out``
+(default: this directory; ``--quick`` writes to ``bench/build/quick``).
+See ``bench/README.md`` for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fobench import extra, matrix, report
+from fobench.build import BENCH_DIR, BUILD_DIR, build_all
+from fobench.servers import ALL_SYSTEMS
+
+MODES = ("throughput", "latency", "burst", "idle", "stall")
+DEFAULT_MODES = ("throughput", "latency")
+
+
+def _csv(kind: type, allowed: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> list:  # type: ignore[type-arg]
+        items = [kind(x) for x in text.split(",") if x]
+        if allowed is not None:
+            bad = [x for x in items if x not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {','.join(allowed)}")
+        return items
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny load: 100 B, 1 subscriber, 1 repeat, short latency run (< 60 s)")
+    p.add_argument("--modes", type=_csv(str, MODES + ("all",)), default=list(DEFAULT_MODES),
+                   help=f"comma list of {','.join(MODES)} or 'all' (default: {','.join(DEFAULT_MODES)})")
+    p.add_argument("--systems", type=_csv(str, ALL_SYSTEMS), default=list(ALL_SYSTEMS),
+                   help="comma list (default: all of fanoutd,cbase,redis,nats)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per cell (default 3)")
+    p.add_argument("--sizes", type=_csv(int), default=list(matrix.SIZES), help="message sizes, bytes")
+    p.add_argument("--subs", type=_csv(int), default=list(matrix.SUBS), help="subscriber counts")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the messages per run")
+    p.add_argument("--idle-ms", type=int, default=1000,
+                   help="a sink is done after this long without a message (default 1000)")
+    p.add_argument("--latency-seconds", type=float, default=3.0, help="length of a latency run")
+    p.add_argument("--idle-seconds", type=float, default=extra.IDLE_SECONDS)
+    p.add_argument("--stall-seconds", type=float, default=extra.STALL_SECONDS)
+    p.add_argument("--python", default=sys.executable, help="interpreter that runs 'python -m fanoutd'")
+    p.add_argument("--out", type=Path, default=None, help="where results.* go (default: bench/)")
+    args = p.parse_args(argv)
+    if "all" in args.modes:
+        args.modes = list(MODES)
+    if args.quick:
+        args.sizes, args.subs, args.repeats = [100], [1], 1
+        args.scale = min(args.scale, 0.1)
+        args.latency_seconds = min(args.latency_seconds, 0.5)
+        args.idle_seconds, args.stall_seconds = min(args.idle_seconds, 2), min(args.stall_seconds, 3)
+    if args.out is None:
+        args.out = BUILD_DIR / "quick" if args.quick else BENCH_DIR
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    bins = build_all()
+    runner = matrix.Runner(bins, args.python, args.idle_ms)
+    systems = args.systems
+    sections: list[tuple[str, list[str]]] = []
+    data: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    tput: list[matrix.Cell] = []
+    lat: list[matrix.Cell] = []
+
+    if "throughput" in args.modes:
+        tput = matrix.throughput(runner, systems, args.sizes, args.subs, args.repeats, args.scale)
+        title = f"Throughput: delivered msg/s per subscriber (median of {args.repeats}; ratio to the C baseline)"
+        sections.append((title, report.throughput_table(tput, systems)))
+        sections.append(("Throughput: every run", report.runs_table(tput)))
+        data["throughput"] = tput
+    if "latency" in args.modes:
+        lat = matrix.latency(runner, systems, args.repeats, args.latency_seconds)
+        title = (f"Latency: {matrix.LATENCY_RATE / 1e3:.0f}k msg/s, {matrix.LATENCY_SIZE} B, "
+                 f"{args.latency_seconds:g} s (median of {args.repeats})")
+        sections.append((title, report.latency_table(lat)))
+        data["latency"] = lat
+    if "burst" in args.modes:
+        count = max(1000, int(extra.BURST_COUNT * args.scale))
+        bursts = extra.burst(runner, systems, count)
+        sections.append((f"Burst: {count:,} x {extra.BURST_SIZE} B flat out, losses per output",
+                         report.burst_table(bursts)))
+        data["burst"] = bursts
+    if "idle" in args.modes:
+        idle = extra.idle_cpu(bins, systems, args.idle_seconds, args.python)
+        sections.append((f"Idle CPU over {args.idle_seconds:g} s", report.idle_table(idle)))
+        data["idle"] = idle
+    if "stall" in args.modes:
+        stalled = extra.stall(runner, [s for s in systems if s == "fanoutd"] or systems, args.stall_seconds)
+        title = f"Stalled subscriber: {args.stall_seconds:g} s of full load, one subscriber never reads"
+        sections.append((title, report.stall_lines(stalled)))
+        data["stall"] = stalled
+
+    unavailable = [f"- {s}: {why}" for s, why in runner.unavailable.items()]
+    if unavailable:
+        sections.append(("Systems that could not run", unavailable))
+    elapsed = time.monotonic() - started
+    command = " ".join(["python bench/run.py", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
+    generated = (f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{command}` "
+                 f"in {elapsed / 60:.1f} min.")
+    header = [generated, "", *report.environment(), "", "How to read these numbers: see bench/README.md."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_markdown(args.out / "results.md", sections, header)
+    report.write_json(args.out / "results.json", data)
+    plotted = bool(tput or lat) and report.write_plot(args.out / "results.png", tput, lat, systems)
+    print(f"wrote {args.out / 'results.md'}" + (f" and {args.out / 'results.png'}" if plotted else
+                                               " (no plot: matplotlib missing or nothing to plot)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
