@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 typedef struct { unsigned char _[64] __attribute__((aligned(sizeof(void *)))); } zmsg_t;
 typedef struct { void *socket; int fd; short events; short revents; } zpollitem_t;
@@ -315,6 +316,8 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
     const char *result = NULL;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
+    /* A name operators see in `top -H` and tools can find the loop by. */
+    prctl(PR_SET_NAME, "fanoutd-fwd", 0, 0, 0);
     for (;;) {
         int mode = LOAD(f->mode);
         if (mode == MODE_ABORT) {

@@ -46,6 +46,32 @@ sys.exit("no message came through fanoutd")
 """
 
 
+# Run in the box: freeze only the forwarding thread (ptrace-stop it by its
+# name) and hold it frozen until the process is gone: the main thread keeps
+# running, so only a watchdog that watches the loop itself can notice.
+FREEZE_LOOP = """\
+import ctypes, os, sys, time
+pid = sys.argv[1]
+tid = next(int(t) for t in os.listdir(f"/proc/{pid}/task")
+           if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "fanoutd-fwd")
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207
+for request in (PTRACE_SEIZE, PTRACE_INTERRUPT):
+    if libc.ptrace(request, tid, None, None) != 0:
+        sys.exit(f"ptrace {request:#x} on {tid}: {os.strerror(ctypes.get_errno())}")
+print("frozen", tid, flush=True)
+def alive():
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+deadline = time.monotonic() + 40
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.2)
+sys.exit("still alive after 40 s" if alive() else 0)  # exiting lets the traced thread go too
+"""
+
+
 def dropin() -> str:
     paths = service_paths_dropin([sys.prefix, sys.base_prefix, str(REPO)]).replace("[Service]\n", "")
     return ("[Service]\n"
@@ -111,6 +137,18 @@ def test_start_after_ready_reload_watchdog_stop(box: SystemdBox) -> None:
                  lambda: "max_frames=8" in box.journal(UNIT, output="cat"), timeout=15)
     q = props(box)
     assert (q["ActiveState"], q["MainPID"]) == ("active", p["MainPID"]), (q, box.journal(UNIT))
+
+    # A stalled engine: the forwarding thread frozen, everything else alive. The
+    # watchdog pings stop (they follow the loop's ticks), systemd kills and restarts.
+    frozen = box.run([sys.executable, "-c", FREEZE_LOOP, p["MainPID"]], timeout=60, check=False)
+    assert frozen.returncode == 0 and "frozen" in frozen.stdout, (frozen.stdout, frozen.stderr, props(box),
+                                                                  box.journal(UNIT))
+    box.wait_for("the watchdog restart", lambda: props(box)["NRestarts"] == "1"
+                 and props(box)["ActiveState"] == "active", timeout=30)
+    assert "Watchdog timeout" in box.journal(UNIT), box.journal(UNIT)
+    assert "has not gone round" in box.journal(UNIT, output="cat"), box.journal(UNIT)
+    trip = box.run([sys.executable, "-c", ROUND_TRIP], timeout=30, check=False)
+    assert trip.returncode == 0, (trip.stdout, trip.stderr, box.journal(UNIT))
 
     # Stop: SIGTERM, drain, exit 0 well within TimeoutStopSec=30s.
     t0 = time.monotonic()
