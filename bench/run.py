@@ -16,11 +16,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fobench import extra, matrix, report
+from fobench import extra, hops, matrix, report
 from fobench.build import BENCH_DIR, BUILD_DIR, build_all
 from fobench.servers import ALL_SYSTEMS
 
-MODES = ("throughput", "latency", "burst", "idle", "stall")
+MODES = ("throughput", "latency", "burst", "idle", "stall", "hops")
 DEFAULT_MODES = ("throughput", "latency")
 
 
@@ -105,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         title = f"Stalled subscriber: {args.stall_seconds:g} s of full load, one subscriber never reads"
         sections.append((title, report.stall_lines(stalled)))
         data["stall"] = stalled
+
+    if "hops" in args.modes and "fanoutd" in systems:
+        rows = hops.run(bins, args.repeats, args.latency_seconds, args.python)
+        title = (f"Federation: latency through chains of fanoutd nodes, {hops.RATE / 1e3:.0f}k msg/s, "
+                 f"{hops.SIZE} B (median of {args.repeats})")
+        sections.append((title, hops.table(rows)))
+        data["hops"] = rows
 
     unavailable = [f"- {s}: {why}" for s, why in runner.unavailable.items()]
     if unavailable:
