@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system-deps bench clean
+.PHONY: run test install system-deps bench soak clean
 
 $(STAMP): pyproject.toml setup.py fanoutd/_forward.c
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ system-deps:
 test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
-	$(BIN)/python bench/run.py
+# Side-by-side benchmarks (writes bench/results.md and .png); needs the system
+# packages of `make system-deps` and, for the plot, matplotlib.
+bench: install system-deps
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/run.py --modes all
+
+# Ten minutes at full rate with a subscriber that never reads; RSS over time.
+soak: install system-deps
+	$(BIN)/python bench/run.py --modes stall --systems fanoutd --stall-seconds 600 --out bench/soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info fanoutd/*.so
