@@ -33,7 +33,7 @@ def _node(python: str, upstream: str | None) -> tuple[Child, list[str], str]:
     while http_status(f"http://{metrics}/readyz", timeout=0.5) != 200:
         if child.proc.poll() is not None or time.monotonic() > deadline:
             child.stop()
-            raise ProcError(f"fanoutd node not ready on {metrics}")
+            raise child._fail(f"fanoutd node not ready on {metrics}")
         time.sleep(0.05)
     return child, ep, metrics
 
@@ -45,7 +45,7 @@ def run(bins: dict[str, Path], repeats: int, seconds: float, python: str | None 
         samples: list[tuple[float, float, float, float]] = []
         for _ in range(repeats):
             nodes: list[Child] = []
-            try:
+            try:  # a node that fails to start fails this row only, not the whole bench run
                 endpoints: list[list[str]] = []
                 upstream = None
                 for _ in range(hops):
@@ -63,9 +63,14 @@ def run(bins: dict[str, Path], repeats: int, seconds: float, python: str | None 
                 sub = next(s for s in result.sinks if s.output == "sub")
                 pull = next(s for s in result.sinks if s.output == "pull")
                 samples.append((sub.p50_us or 0, sub.p99_us or 0, pull.p50_us or 0, pull.p99_us or 0))
+            except ProcError as err:
+                print(f"  [hops] {hops} node(s): {err}", flush=True)
             finally:
                 for child in nodes:
                     child.stop()
+        if not samples:
+            rows.append([str(hops), "failed", "failed", "failed", "failed"])
+            continue
         medians = [sorted(col)[len(col) // 2] for col in zip(*samples)]
         rows.append([str(hops), *(f"{v:.0f}" for v in medians)])
     return rows
@@ -75,7 +80,7 @@ def table(rows: list[list[str]]) -> list[str]:
     out = ["| nodes in the chain | subscriber p50 µs | subscriber p99 µs | puller p50 µs | puller p99 µs |",
            "|---|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
-    if len(rows) > 1:
+    if len(rows) > 1 and "failed" not in (rows[0][1], rows[-1][1]):
         per_hop = (float(rows[-1][1]) - float(rows[0][1])) / (len(rows) - 1)
         out += ["", f"Added per hop (subscriber p50, first to last chain): {per_hop:.0f} µs."]
     return out

@@ -11,6 +11,7 @@ import atexit
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -30,10 +31,21 @@ class ProcError(RuntimeError):
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, below the ephemeral range.
+
+    bind(0) hands out ephemeral ports, which outgoing connections (a sink or a
+    federation link reconnecting) also take as source ports: a server started
+    next could then find its port taken. Random ports under 32768 avoid that.
+    """
+    for _ in range(200):
+        port = random.randrange(20000, 32768)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise ProcError("no free port below the ephemeral range")
 
 
 def tcp_endpoint(port: int) -> str:
