@@ -67,8 +67,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_frames", "frames", 16,
             "most frames a message may have; more are rejected and counted", live=True),
     Setting("collector_hwm", "count", 100_000, "high-water mark of the collector, in messages"),
-    Setting("publish_hwm", "count", 100_000, "high-water mark per subscriber on the PUB output, in messages"),
-    Setting("push_hwm", "count", 100_000, "high-water mark per puller on the PUSH output, in messages"),
+    # Output HWMs are sized so a burst of several hundred thousand messages flat out is absorbed
+    # while consumers catch up (bench: burst mode); the memory this implies is in the README.
+    Setting("publish_hwm", "count", 250_000, "high-water mark per subscriber on the PUB output, in messages"),
+    Setting("push_hwm", "count", 250_000, "high-water mark per puller on the PUSH output, in messages"),
     Setting("heartbeat_interval", "seconds", 5.0, "ZMTP heartbeat interval on every socket (0 disables)"),
     Setting("heartbeat_timeout", "seconds", 15.0, "a peer silent this long is disconnected"),
     Setting("drain_timeout", "seconds", 5.0,
