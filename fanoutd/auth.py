@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import gevent
 import zmq
 import zmq.auth
-import zmq.green
 from zmq.utils import z85
 
+from . import green
 from .config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class ZapHandler:
     """Answers libzmq's authentication requests from the gevent hub."""
 
     def __init__(self, context: zmq.Context, policies: Mapping[str, Policy]) -> None:
-        self._green = zmq.green.Context.shadow(context.underlying)
+        self._green = green.shadow(context)
         self._policies = dict(policies)
         self.denied: Counter[tuple[str, str]] = Counter()
         self._socket: zmq.Socket | None = None
@@ -119,13 +119,7 @@ class ZapHandler:
         self._policies = dict(policies)
 
     def _serve(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart()
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return
-                raise
+        for frames in green.messages(sock):
             try:
                 delimiter = frames.index(b"")
             except ValueError:

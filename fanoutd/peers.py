@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 
 import gevent
 import zmq
-import zmq.green
 
+from . import green
 from .engine import monitor_address
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class PeerTracker:
 
     def __init__(self, context: zmq.Context, roles: Iterable[str],
                  on_change: Callable[[str, int], None] | None = None) -> None:
-        self._green = zmq.green.Context.shadow(context.underlying)
+        self._green = green.shadow(context)
         self._roles = tuple(roles)
         self._fds: dict[str, set[int]] = {role: set() for role in self._roles}
         self.handshake_failures: Counter[tuple[str, str]] = Counter()
@@ -59,13 +59,7 @@ class PeerTracker:
 
     def _read(self, role: str, sock: zmq.Socket) -> None:
         fds = self._fds[role]
-        while True:
-            try:
-                frames = sock.recv_multipart()
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return
-                raise
+        for frames in green.messages(sock):
             if len(frames) != 2 or len(frames[0]) != _EVENT.size:
                 log.warning("ignoring a malformed monitor event on %s", role)
                 continue
