@@ -77,6 +77,10 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 typedef struct {
     PyObject_HEAD
     void *collector, *publish, *push, *upstream, *relay;
+    /* What the loop reads: the collector, then the PULL ingress, then the
+     * upstream link (whose messages carry a route frame). */
+    struct { void *socket; int from_upstream; } inputs[3];
+    int ninputs;
     char node_id[NODE_ID_LEN];
     int running;
     /* shared with other threads: atomics only */
@@ -324,23 +328,29 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
             result = "aborted";
             break;
         }
-        int from_collector = drain(f, f->collector, 0);
-        int from_upstream = from_collector < 0 || !f->upstream ? 0 : drain(f, f->upstream, 1);
+        int busy = 0, failed = 0;
+        for (int i = 0; i < f->ninputs && !failed; i++) {
+            int handled = drain(f, f->inputs[i].socket, f->inputs[i].from_upstream);
+            failed = handled < 0;
+            busy |= handled == BATCH;
+        }
         f->local[C_TICKS]++;
         publish_counters(f);
-        if (from_collector < 0 || from_upstream < 0) {
+        if (failed) {
             err = Z.errno_();
             result = err == Z_ETERM ? "terminated" : NULL;
             break;
         }
-        if (from_collector == BATCH || from_upstream == BATCH)
+        if (busy)
             continue;
         if (mode == MODE_DRAIN) {
             result = "drained";
             break;
         }
-        zpollitem_t items[2] = {{f->collector, 0, Z_POLLIN, 0}, {f->upstream, 0, Z_POLLIN, 0}};
-        if (Z.poll(items, f->upstream ? 2 : 1, TICK_MS) < 0 && (err = Z.errno_()) != EINTR) {
+        zpollitem_t items[3];
+        for (int i = 0; i < f->ninputs; i++)
+            items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
+        if (Z.poll(items, f->ninputs, TICK_MS) < 0 && (err = Z.errno_()) != EINTR) {
             result = err == Z_ETERM ? "terminated" : NULL;
             break;
         }
@@ -466,34 +476,44 @@ static void Forwarder_dealloc(Forwarder *f)
 static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"collector", "publish", "push", "max_message_size", "max_frames", "strip_topic",
-                            "topics", "upstream", "relay", "node_id", NULL};
-    unsigned long long collector, publish, push, max_size = 1 << 20, upstream = 0, relay = 0;
+                            "topics", "upstream", "relay", "node_id", "ingress", NULL};
+    unsigned long long collector, publish, push, max_size = 1 << 20, upstream = 0, relay = 0, ingress = 0;
     int max_frames = 16, strip = 1;
     PyObject *topics = NULL;
     const char *node_id = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#", names, &collector, &publish, &push,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#K", names, &collector, &publish, &push,
                                      &max_size, &max_frames, &strip, &topics, &upstream, &relay,
-                                     &node_id, &node_id_len))
+                                     &node_id, &node_id_len, &ingress))
         return -1;
-    if ((upstream || relay) && node_id_len != NODE_ID_LEN) {
-        PyErr_Format(PyExc_ValueError, "federation needs a node_id of %d bytes", NODE_ID_LEN);
-        return -1;
-    }
-    if (node_id)
-        memcpy(f->node_id, node_id, NODE_ID_LEN);
-    f->upstream = (void *)(uintptr_t)upstream;
-    f->relay = (void *)(uintptr_t)relay;
-    if (f->ntopics || f->collector) {
+    if (f->ninputs) {
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
         return -1;
     }
-    if (topics && set_topics(f, topics) < 0)
-        return -1;
     if (!collector) {
         PyErr_SetString(PyExc_ValueError, "a collector socket is required");
         return -1;
     }
+    if ((upstream || relay) && node_id_len != NODE_ID_LEN) {
+        PyErr_Format(PyExc_ValueError, "federation needs a node_id of %d bytes", NODE_ID_LEN);
+        return -1;
+    }
+    if (node_id && node_id_len == NODE_ID_LEN)
+        memcpy(f->node_id, node_id, NODE_ID_LEN);
+    f->upstream = (void *)(uintptr_t)upstream;
+    f->relay = (void *)(uintptr_t)relay;
+    f->inputs[f->ninputs].socket = (void *)(uintptr_t)collector;
+    f->inputs[f->ninputs++].from_upstream = 0;
+    if (ingress) {
+        f->inputs[f->ninputs].socket = (void *)(uintptr_t)ingress;
+        f->inputs[f->ninputs++].from_upstream = 0;
+    }
+    if (upstream) {
+        f->inputs[f->ninputs].socket = f->upstream;
+        f->inputs[f->ninputs++].from_upstream = 1;
+    }
+    if (topics && set_topics(f, topics) < 0)
+        return -1;
     f->collector = (void *)(uintptr_t)collector;
     f->publish = (void *)(uintptr_t)publish;
     f->push = (void *)(uintptr_t)push;
@@ -522,9 +542,10 @@ static PyTypeObject ForwarderType = {
     .tp_basicsize = sizeof(Forwarder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Forwarder(collector, publish, push, *, max_message_size, max_frames, strip_topic, topics=(), "
-              "upstream=0, relay=0, node_id=b''): socket handles are pyzmq Socket.underlying addresses "
+              "upstream=0, relay=0, node_id=b'', ingress=0): socket handles are pyzmq Socket.underlying addresses "
               "(0 disables one); topics is an allowlist of topics to count received messages for; upstream "
-              "and relay are the federation link in and out, node_id this node's 8-byte id.",
+              "and relay are the federation link in and out, node_id this node's 8-byte id; ingress a PULL "
+              "input read like the collector.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Forwarder_init,
     .tp_dealloc = (destructor)Forwarder_dealloc,

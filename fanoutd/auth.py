@@ -76,6 +76,7 @@ def load_policies(config: Config) -> dict[str, Policy]:
             clients = frozenset(zmq.auth.load_certificates(directory))
         out[role] = Policy(curve, clients, _networks(allow), _networks(deny))
     out["relay"] = out["publish"]  # downstream nodes are subscribers too
+    out["ingress"] = out["collector"]  # and PUSH producers are producers
     return out
 
 

@@ -48,6 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
             "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)"),
     Setting("push", "endpoints", ("tcp://127.0.0.1:5562",),
             "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH output)"),
+    Setting("ingress", "endpoints", (),
+            "endpoint(s) of an optional PULL input for producers that want back-pressure instead of drops "
+            "(they connect PUSH sockets; empty: none)"),
     Setting("upstream", "endpoints", (),
             "federation: relay endpoint(s) of upstream fanoutd nodes this node's collector also reads from"),
     Setting("relay", "endpoints", (),
@@ -100,6 +103,7 @@ class Config:
     collector: tuple[str, ...]
     publish: tuple[str, ...]
     push: tuple[str, ...]
+    ingress: tuple[str, ...]
     upstream: tuple[str, ...]
     relay: tuple[str, ...]
     metrics: tuple[str, int]
@@ -193,7 +197,7 @@ def _check_whole(config: Config) -> None:
     for ep in config.upstream:
         if "*" in ep:
             raise ConfigError(f"upstream: {ep} names no host to connect to")
-    for name in ("collector", "publish", "push", "relay", "upstream"):
+    for name in ("collector", "ingress", "publish", "push", "relay", "upstream"):
         for ep in getattr(config, name):
             if ep in seen:
                 raise ConfigError(f"{name}: endpoint {ep} is also used by {seen[ep]}")

@@ -23,7 +23,7 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
-ROLES = ("collector", "upstream", "publish", "push", "relay")  # inputs first: the order sockets close in
+ROLES = ("collector", "ingress", "upstream", "publish", "push", "relay")  # inputs first: the order sockets close in
 
 # What the native loop can report, and the monitor events we ask libzmq for.
 MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
@@ -62,8 +62,9 @@ def frame_guard(config: Config) -> int:
 
 
 def policy_role(role: str) -> str:
-    """Whose access-control settings a socket uses: the relay serves downstream nodes as publish does."""
-    return "publish" if role == "relay" else role
+    """Whose access-control settings a socket uses: the relay serves downstream nodes as publish does,
+    the ingress takes producers as the collector does."""
+    return {"relay": "publish", "ingress": "collector"}.get(role, role)
 
 
 def security_options(config: Config, role: str, secret_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:
@@ -100,6 +101,9 @@ def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpe
         SocketSpec("push", zmq.PUSH, config.push,
                    ((zmq.SNDHWM, config.push_hwm), (zmq.LINGER, 0)) + heartbeat
                    + security_options(config, "push", secret_key)),
+        SocketSpec("ingress", zmq.PULL, config.ingress,
+                   ((zmq.RCVHWM, config.collector_hwm), (zmq.MAXMSGSIZE, frame_guard(config)),
+                    (zmq.LINGER, 0)) + heartbeat + security_options(config, "ingress", secret_key)),
         SocketSpec("relay", zmq.PUB, config.relay,
                    ((zmq.SNDHWM, config.publish_hwm), (zmq.LINGER, 0)) + heartbeat
                    + security_options(config, "relay", secret_key)),
@@ -197,7 +201,7 @@ class Engine:
             handles["collector"], handles.get("publish", 0), handles.get("push", 0),
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
             topics=[t.encode() for t in c.metrics_topics], upstream=handles.get("upstream", 0),
-            relay=handles.get("relay", 0), node_id=self.node_id)
+            relay=handles.get("relay", 0), node_id=self.node_id, ingress=handles.get("ingress", 0))
         return None
 
     def start(self):  # -> gevent AsyncResult-like ThreadResult

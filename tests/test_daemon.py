@@ -9,7 +9,7 @@ import time
 import pytest
 import zmq
 
-from conftest import connected, ready_producer, settle, warm_up
+from conftest import connected, free_port, ready_producer, settle, warm_up
 
 
 def test_health_and_readiness(start_daemon):
@@ -226,3 +226,37 @@ def test_sighup_reloads_live_settings_from_the_file(start_daemon, sockets, tmp_p
         time.sleep(0.05)
     assert "reload failed, keeping the running configuration" in d.log()
     assert d.get("/readyz")[0] == 200
+
+
+def test_pull_ingress_forwards_and_pushes_back_instead_of_dropping(start_daemon, sockets):
+    ingress = f"tcp://127.0.0.1:{free_port()}"
+    d = start_daemon("--ingress", ingress, "--collector-hwm", "10")
+    sub = connected(sockets, zmq.SUB, d.publish, rcvhwm=0)
+    pull = connected(sockets, zmq.PULL, d.push, rcvhwm=0)
+    producer = sockets(zmq.PUSH, sndhwm=10, sndtimeo=300)
+    producer.connect(ingress)
+    deadline = time.monotonic() + 10
+    while not sub.poll(50):  # the subscriber's subscription needs a moment
+        assert time.monotonic() < deadline
+        producer.send(b"warm up")
+    while sub.poll(200):
+        sub.recv()
+    while pull.poll(200):
+        pull.recv()
+    producer.send_multipart([b"orders", b"1"])
+    producer.send(b"orders 2")
+    assert sub.recv_multipart() == [b"orders", b"1"] and sub.recv() == b"orders 2"
+    assert pull.recv_multipart() == [b"1"] and pull.recv() == b"2"
+    # Freeze the daemon: a PUB producer would keep "sending" into the void; a PUSH one is held back.
+    d.send_signal(signal.SIGSTOP)
+    try:
+        sent = 0
+        with pytest.raises(zmq.Again):
+            for sent in range(1_000_000):
+                producer.send(b"t %d" % sent)
+        assert sent < 1_000_000
+    finally:
+        d.send_signal(signal.SIGCONT)
+    got = [sub.recv() for _ in range(sent)]
+    assert got == [b"t %d" % i for i in range(sent)], "everything accepted was delivered, in order"
+    assert d.value("fanoutd_connected_peers", socket="ingress") == 1
