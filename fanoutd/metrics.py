@@ -42,6 +42,7 @@ class Sources:
     topics: Callable[[], Mapping[str, int]]
     peers: Callable[[], Mapping[str, int]]
     handshake_failures: Callable[[], Mapping[tuple[str, str], int]]
+    disconnects: Callable[[], Mapping[str, int]]
     auth_denied: Callable[[], Mapping[tuple[str, str], int]]
     config: Callable[[], Config]
     node_id: str = ""
@@ -91,6 +92,11 @@ class BrokerCollector:
         for role, count in sorted(src.peers().items()):
             peers.add_metric([role], count)
         yield peers
+        closed = CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
+                                     "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"])
+        for role, count in sorted(src.disconnects().items()):
+            closed.add_metric([role], count)
+        yield closed
         yield _labelled("fanoutd_handshake_failures", "Connections whose ZMTP handshake failed, per socket: "
                         "protocol (e.g. plaintext client on a CURVE socket), auth (refused by ZAP), other.",
                         ["socket", "reason"], src.handshake_failures())

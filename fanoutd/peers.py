@@ -39,6 +39,7 @@ class PeerTracker:
         self._roles = tuple(roles)
         self._fds: dict[str, set[int]] = {role: set() for role in self._roles}
         self.handshake_failures: Counter[tuple[str, str]] = Counter()
+        self.disconnects: Counter[str] = Counter()
         self._on_change = on_change
         self._sockets: list[zmq.Socket] = []
         self._greenlets: list[gevent.Greenlet] = []
@@ -75,6 +76,7 @@ class PeerTracker:
                 fds.add(value)
             elif event == zmq.EVENT_DISCONNECTED:
                 fds.discard(value)
+                self.disconnects[role] += 1
             if len(fds) != before:
                 log.debug("%s: %d peer(s) connected on %s", role, len(fds), frames[1].decode(errors="replace"))
                 if self._on_change is not None:

@@ -101,8 +101,8 @@ class Broker:
         peers = self._peers = PeerTracker(context, engine.roles, self._on_peers)
         peers.start(self._on_crash)
         sources = metrics.Sources(engine.counters, engine.topic_counters, peers.counts,
-                                  lambda: peers.handshake_failures, lambda: zap.denied, lambda: self.config,
-                                  self.node_id.hex())
+                                  lambda: peers.handshake_failures, lambda: peers.disconnects, lambda: zap.denied,
+                                  lambda: self.config, self.node_id.hex())
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         try:
             server = metrics.serve(self.config.metrics, metrics.make_app(registry, self._readiness))
@@ -136,18 +136,23 @@ class Broker:
             if result.ready():
                 return self._engine_ended(result)
             if self._crashed is not None:
-                exc = self._crashed.exception
-                log.error("%s failed, exiting so the service manager restarts fanoutd: %r", self._crashed, exc)
-                self._ready = False
-                self._engine.stop(time.monotonic(), abort=True)
-                result.get()
-                self._finish(deadline=time.monotonic())
-                return 1
+                return self._helper_crashed(result)
             if self._stop_requests:
                 return self._shutdown(result)
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
+
+    def _helper_crashed(self, result) -> int:
+        """A greenlet the daemon relies on died: stop at once and exit 1 so the service manager restarts us."""
+        assert self._engine is not None and self._crashed is not None
+        log.error("%s failed, exiting so the service manager restarts fanoutd: %r", self._crashed,
+                  self._crashed.exception)
+        self._ready = False
+        self._engine.stop(time.monotonic(), abort=True)
+        result.get()
+        self._finish(deadline=time.monotonic())
+        return 1
 
     def _engine_ended(self, result) -> int:
         self._ready = False

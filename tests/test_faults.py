@@ -178,6 +178,7 @@ def test_a_frozen_subscriber_is_dropped_by_heartbeats(start_daemon, sockets, tmp
         settle(d, "publish", 1)
         proc.send_signal(signal.SIGSTOP)  # the peer's kernel still ACKs; the peer itself is gone
         assert d.wait_value("fanoutd_connected_peers", 0, timeout=10, socket="publish") == 0
+        assert d.value("fanoutd_disconnects_total", socket="publish") == 1
     finally:
         proc.kill()
         proc.wait(timeout=10)

@@ -155,7 +155,13 @@ def _run_zmq(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], res
         for output, sink in sinks:
             result.sinks.append(_sink_result(output, sink.result(budget), int(pub["t_first"])))
         if "metrics" in server.extras:
-            result.counters = prometheus_counters(f"http://{server.extras['metrics']}/metrics", "fanoutd_")
+            url = f"http://{server.extras['metrics']}/metrics"
+            result.counters = prometheus_counters(url, "fanoutd_")
+            if spec.stall:  # long runs: did anything still arrive after the sinks' cutoff?
+                time.sleep(5)
+                late = prometheus_counters(url, "fanoutd_")
+                result.counters["received_after_cutoff"] = (late.get("fanoutd_received_messages_total", 0)
+                                                            - result.counters.get("fanoutd_received_messages_total", 0))
     finally:
         stop.set()
         for child in children:
