@@ -23,9 +23,10 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
-ROLES = ("collector", "ingress", "upstream", "publish", "push", "relay")  # inputs first: the order sockets close in
+INPUTS = ("collector", "ingress", "upstream")
+ROLES = (*INPUTS, "publish", "push", "relay")  # inputs first: the order sockets close in
 
-# What the native loop can report, and the monitor events we ask libzmq for.
+# The socket-monitor events peer counts, disconnects and handshake failures are built from.
 MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -219,7 +220,7 @@ class Engine:
             self._close(linger_ms=max(0, int(remaining * 1000)))
 
     def _close(self, linger_ms: int) -> None:
-        """Close in the worker: collector first (stop reading), outputs flush within linger."""
+        """Close in the worker: inputs first (stop reading), outputs flush within linger."""
         for role in ROLES:
             sock = self._sockets.pop(role, None)
             if sock is not None:
@@ -227,7 +228,7 @@ class Engine:
                     sock.disable_monitor()
                 except zmq.ZMQError as exc:
                     log.debug("disable_monitor on %s: %s", role, exc)
-                sock.close(linger=0 if role == "collector" else linger_ms)
+                sock.close(linger=0 if role in INPUTS else linger_ms)
 
     def stop(self, flush_deadline: float, abort: bool = False) -> None:
         """Ask the loop to drain the collector (or abort); thread-safe, returns at once.
