@@ -76,7 +76,7 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 
 typedef struct {
     PyObject_HEAD
-    void *collector, *publish, *push, *upstream, *relay;
+    void *publish, *push, *relay;
     /* What the loop reads: the collector, then the PULL ingress, then the
      * upstream link (whose messages carry a route frame). */
     struct { void *socket; int from_upstream; } inputs[3];
@@ -500,7 +500,6 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     }
     if (node_id && node_id_len == NODE_ID_LEN)
         memcpy(f->node_id, node_id, NODE_ID_LEN);
-    f->upstream = (void *)(uintptr_t)upstream;
     f->relay = (void *)(uintptr_t)relay;
     f->inputs[f->ninputs].socket = (void *)(uintptr_t)collector;
     f->inputs[f->ninputs++].from_upstream = 0;
@@ -509,12 +508,11 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         f->inputs[f->ninputs++].from_upstream = 0;
     }
     if (upstream) {
-        f->inputs[f->ninputs].socket = f->upstream;
+        f->inputs[f->ninputs].socket = (void *)(uintptr_t)upstream;
         f->inputs[f->ninputs++].from_upstream = 1;
     }
     if (topics && set_topics(f, topics) < 0)
         return -1;
-    f->collector = (void *)(uintptr_t)collector;
     f->publish = (void *)(uintptr_t)publish;
     f->push = (void *)(uintptr_t)push;
     return set_limits(f, max_size, max_frames, strip);
