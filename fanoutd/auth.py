@@ -62,6 +62,17 @@ class Policy:
         return None
 
 
+# Sockets that have no settings of their own take another's: the relay serves
+# downstream nodes as publish serves subscribers; the ingress takes producers
+# as the collector does.
+BORROWED_POLICY = {"relay": "publish", "ingress": "collector"}
+
+
+def policy_role(role: str) -> str:
+    """The socket whose access-control settings ``role`` uses."""
+    return BORROWED_POLICY.get(role, role)
+
+
 def load_policies(config: Config) -> dict[str, Policy]:
     """The policy of every socket (an open one where nothing is configured), read from the config's files."""
     out = {}
@@ -75,8 +86,8 @@ def load_policies(config: Config) -> dict[str, Policy]:
                 raise ConfigError(f"{role}_clients: {directory} is not a directory")
             clients = frozenset(zmq.auth.load_certificates(directory))
         out[role] = Policy(curve, clients, _networks(allow), _networks(deny))
-    out["relay"] = out["publish"]  # downstream nodes are subscribers too
-    out["ingress"] = out["collector"]  # and PUSH producers are producers
+    for role, owner in BORROWED_POLICY.items():
+        out[role] = out[owner]
     return out
 
 

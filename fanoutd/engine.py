@@ -19,6 +19,7 @@ from gevent import Timeout
 from gevent.threadpool import ThreadPool
 
 from . import _forward
+from .auth import policy_role
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,6 @@ def frame_guard(config: Config) -> int:
     may raise max_message_size within it.
     """
     return 2 * config.max_message_size + 64 * 1024
-
-
-def policy_role(role: str) -> str:
-    """Whose access-control settings a socket uses: the relay serves downstream nodes as publish does,
-    the ingress takes producers as the collector does."""
-    return {"relay": "publish", "ingress": "collector"}.get(role, role)
 
 
 def security_options(config: Config, role: str, secret_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:

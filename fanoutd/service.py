@@ -223,21 +223,21 @@ class Broker:
         systemd.notify("RELOADING=1")
         try:
             new = self._reload_source()
-            auth.load_policies(new)
+            changed = self.config.changed(new)
+            live = [name for name in changed if name in LIVE]
+            applied = dataclasses.replace(self.config, **{name: getattr(new, name) for name in live})
+            # Key directories are re-read even when their paths did not change.
+            policies = auth.load_policies(applied)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             systemd.notify("READY=1")
             return
-        changed = self.config.changed(new)
-        live = [name for name in changed if name in LIVE]
         later = [name for name in changed if name not in live]
-        applied = dataclasses.replace(self.config, **{name: getattr(new, name) for name in live})
         if live:
             self._engine.apply_limits(applied)
             logs.configure(log_level(applied))
             self.config = applied
-        # Key directories are re-read even when their paths did not change.
-        self._zap.update(auth.load_policies(applied))
+        self._zap.update(policies)
         log.info("reloaded: applied %s", ", ".join(f"{n}={getattr(applied, n)!r}" for n in live) or "nothing")
         if later:
             log.warning("reload: %s changed but need a restart to take effect", ", ".join(later))
