@@ -87,22 +87,18 @@ class BrokerCollector:
             for topic, count in topics.items():
                 family.add_metric([topic], count)
             yield family
-        peers = GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, per socket.",
-                                  labels=["socket"])
-        for role, count in sorted(src.peers().items()):
-            peers.add_metric([role], count)
-        yield peers
-        closed = CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
-                                     "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"])
-        for role, count in sorted(src.disconnects().items()):
-            closed.add_metric([role], count)
-        yield closed
-        yield _labelled("fanoutd_handshake_failures", "Connections whose ZMTP handshake failed, per socket: "
-                        "protocol (e.g. plaintext client on a CURVE socket), auth (refused by ZAP), other.",
-                        ["socket", "reason"], src.handshake_failures())
-        yield _labelled("fanoutd_auth_denied", "Connections refused by access control, per socket: address "
-                        "(IP allow/deny lists), key (CURVE key not in the allowlist), mechanism.",
-                        ["socket", "reason"], src.auth_denied())
+        yield _filled(GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, "
+                                        "per socket.", labels=["socket"]), src.peers())
+        yield _filled(CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
+                                          "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"]),
+                      src.disconnects())
+        yield _filled(CounterMetricFamily("fanoutd_handshake_failures", "Connections whose ZMTP handshake failed, "
+                                          "per socket: protocol (e.g. plaintext client on a CURVE socket), auth "
+                                          "(refused by ZAP), other.", labels=["socket", "reason"]),
+                      src.handshake_failures())
+        yield _filled(CounterMetricFamily("fanoutd_auth_denied", "Connections refused by access control, per "
+                                          "socket: address (IP allow/deny lists), key (CURVE key not in the "
+                                          "allowlist), mechanism.", labels=["socket", "reason"]), src.auth_denied())
         yield from _limits(src.config())
         info = InfoMetricFamily("fanoutd_build", "Versions of fanoutd and the ZeroMQ stack it runs on, and this "
                                 "node's federation id (new at every start).")
@@ -111,10 +107,11 @@ class BrokerCollector:
         yield info
 
 
-def _labelled(name: str, doc: str, labels: list[str], values: Mapping[tuple[str, str], int]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=labels)
+def _filled(family: GaugeMetricFamily | CounterMetricFamily,
+            values: Mapping[str, int] | Mapping[tuple[str, str], int]) -> Metric:
+    """``family`` with one sample per key: a label value, or a tuple of them."""
     for key, value in sorted(values.items()):
-        family.add_metric(list(key), value)
+        family.add_metric([key] if isinstance(key, str) else list(key), value)
     return family
 
 
