@@ -131,3 +131,10 @@ def test_shipped_example_config_is_valid():
     example = Path(__file__).resolve().parent.parent / "systemd" / "fanoutd.toml"
     c = load({}, NO_ENV, str(example))
     assert c.collector
+
+
+def test_config_limits_match_the_native_loop():
+    """The parsers' caps are what the C loop has room for: the two must never drift apart."""
+    from fanoutd import _forward, values
+    assert values.MAX_FRAMES_CAP == _forward.FRAMES_CAP
+    assert values.TOPICS_CAP == _forward.TOPICS_CAP
