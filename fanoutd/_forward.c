@@ -8,10 +8,13 @@
  * it: HTTP, signals, socket monitors, watchdog and reload.
  *
  * Why no link against libzmq: the sockets are created by pyzmq, so the loop
- * must call into exactly the libzmq pyzmq loaded (bundled in its wheel or the
- * system one).  bind_libzmq(path) resolves the few functions needed from that
- * already-loaded library; the declarations below are the stable libzmq 4.x
- * ABI, written out so no libzmq headers are needed to build.
+ * must call into exactly the libzmq pyzmq uses (bundled in its wheel, the
+ * system one, or linked into its extension).  bind_libzmq(path) resolves the
+ * few functions needed through pyzmq's own extension module at path, never
+ * by file name; inspect_libzmq(path) reports what that binding would be so
+ * fanoutd.zmqlib can refuse a mismatch first.  The declarations, in
+ * zmq_abi.h, are the stable libzmq 4.x ABI, written out so no libzmq headers
+ * are needed to build (and checked against zmq.h by tests/abi/probe.c).
  *
  * Counting: the loop keeps plain counters of its own and publishes them to
  * the shared array with relaxed atomic stores once per batch (at most BATCH
@@ -26,28 +29,11 @@
 #include <string.h>
 #include <sys/prctl.h>
 
-typedef struct { unsigned char _[64] __attribute__((aligned(sizeof(void *)))); } zmsg_t;
-typedef struct { void *socket; int fd; short events; short revents; } zpollitem_t;
+#include "zmq_abi.h"
 
-#define Z_DONTWAIT 1
-#define Z_SNDMORE 2
-#define Z_POLLIN 1
-#define Z_ETERM (156384712 + 53)
-
-static struct {
-    int (*msg_init)(zmsg_t *);
-    int (*msg_init_size)(zmsg_t *, size_t);
-    void *(*msg_data)(zmsg_t *);
-    size_t (*msg_size)(const zmsg_t *);
-    int (*msg_more)(const zmsg_t *);
-    int (*msg_recv)(zmsg_t *, void *, int);
-    int (*msg_send)(zmsg_t *, void *, int);
-    int (*msg_close)(zmsg_t *);
-    int (*msg_copy)(zmsg_t *, zmsg_t *);
-    int (*poll)(zpollitem_t *, int, long);
-    int (*errno_)(void);
-    int bound;
-} Z;
+/* The libzmq functions, set once by bind_libzmq. */
+static struct zabi Z;
+static int bound;
 
 /* Counter slots, in the order of COUNTER_NAMES. */
 enum {
@@ -126,10 +112,26 @@ static void count_topic(Forwarder *f, int n)
     f->topic_local[i]++;
 }
 
-static void close_parts(Forwarder *f, int n)
+/* Close the first n parts; -1 if libzmq refused one (a corrupt message). */
+static int close_parts(Forwarder *f, int n)
 {
+    int rc = 0;
     for (int i = 0; i < n; i++)
-        Z.msg_close(&f->parts[i]);
+        if (Z.msg_close(&f->parts[i]) < 0)
+            rc = -1;
+    return rc;
+}
+
+/* Make out a copy of src sharing its data; -1 (out left closed) on failure. */
+static int copy_part(zmsg_t *out, zmsg_t *src)
+{
+    if (Z.msg_init(out) < 0)
+        return -1;
+    if (Z.msg_copy(out, src) < 0) {
+        Z.msg_close(out);
+        return -1;
+    }
+    return 0;
 }
 
 /* Hand the payload to one puller without blocking; count a drop otherwise. */
@@ -146,9 +148,8 @@ static int push_out(Forwarder *f, int n)
             if (Z.msg_init_size(&out, len - off) < 0)
                 return -1;
             memcpy(Z.msg_data(&out), data + off, len - off);
-        } else {
-            Z.msg_init(&out);
-            Z.msg_copy(&out, &f->parts[0]);
+        } else if (copy_part(&out, &f->parts[0]) < 0) {
+            return -1;
         }
         rc = Z.msg_send(&out, f->push, Z_DONTWAIT);
         if (rc < 0)
@@ -157,8 +158,8 @@ static int push_out(Forwarder *f, int n)
         /* Once the first frame is queued, libzmq keeps the rest of the
          * message on the same pipe, so only the first send can be refused. */
         for (int i = strip ? 1 : 0; i < n; i++) {
-            Z.msg_init(&out);
-            Z.msg_copy(&out, &f->parts[i]);
+            if (copy_part(&out, &f->parts[i]) < 0)
+                return -1;
             flags = Z_DONTWAIT | (i < n - 1 ? Z_SNDMORE : 0);
             rc = Z.msg_send(&out, f->push, flags);
             if (rc < 0) {
@@ -198,8 +199,8 @@ static int relay_out(Forwarder *f, int n, zmsg_t *route)
 {
     zmsg_t out;
     for (int i = 0; i < n; i++) {
-        Z.msg_init(&out);
-        Z.msg_copy(&out, &f->parts[i]);
+        if (copy_part(&out, &f->parts[i]) < 0)
+            return -1;
         if (Z.msg_send(&out, f->relay, Z_DONTWAIT | Z_SNDMORE) < 0) {
             Z.msg_close(&out);
             return Z.errno_() == EAGAIN ? 0 : -1;
@@ -237,7 +238,8 @@ static int check_route(Forwarder *f, zmsg_t *route)
 static int forward_one(Forwarder *f, void *input, int from_upstream)
 {
     zmsg_t *p = f->parts;
-    Z.msg_init(&p[0]);
+    if (Z.msg_init(&p[0]) < 0)
+        return -1;
     if (Z.msg_recv(&p[0], input, Z_DONTWAIT) < 0) {
         int err = Z.errno_();
         Z.msg_close(&p[0]);
@@ -249,7 +251,10 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
     /* Multipart messages arrive whole: the remaining frames never block. */
     while (more) {
         zmsg_t *dst = n < max_frames ? &p[n] : &f->scratch;
-        Z.msg_init(dst);
+        if (Z.msg_init(dst) < 0) {
+            close_parts(f, n);
+            return -1;
+        }
         if (Z.msg_recv(dst, input, 0) < 0) {
             Z.msg_close(dst);
             close_parts(f, n);
@@ -259,7 +264,10 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
         more = Z.msg_more(dst);
         if (dst == &f->scratch) {
             overflow = 1;
-            Z.msg_close(dst);
+            if (Z.msg_close(dst) < 0) {
+                close_parts(f, n);
+                return -1;
+            }
         } else {
             n++;
         }
@@ -293,7 +301,8 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
         if (rc == 0 && f->publish)
             rc = publish_out(f, n);
     }
-    close_parts(f, n + (route != NULL));
+    if (close_parts(f, n + (route != NULL)) < 0)
+        rc = -1;
     return rc < 0 ? -1 : 1;
 }
 
@@ -308,7 +317,7 @@ static int drain(Forwarder *f, void *input, int from_upstream)
 
 static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
 {
-    if (!Z.bound) {
+    if (!bound) {
         PyErr_SetString(PyExc_RuntimeError, "bind_libzmq() has not been called");
         return NULL;
     }
@@ -320,8 +329,9 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
     const char *result = NULL;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    /* A name operators see in `top -H` and tools can find the loop by. */
-    prctl(PR_SET_NAME, "fanoutd-fwd", 0, 0, 0);
+    /* A name operators see in `top -H` and tools can find the loop by;
+     * a nicety, so a failure changes nothing. */
+    (void)prctl(PR_SET_NAME, "fanoutd-fwd", 0, 0, 0);
     for (;;) {
         int mode = LOAD(f->mode);
         if (mode == MODE_ABORT) {
@@ -550,43 +560,130 @@ static PyTypeObject ForwarderType = {
     .tp_methods = Forwarder_methods,
 };
 
-#define RESOLVE(field, name)                                                   \
-    do {                                                                       \
-        *(void **)(&Z.field) = dlsym(handle, name);                            \
-        if (!Z.field) {                                                        \
-            PyErr_Format(PyExc_ImportError, "%s lacks %s", path, name);        \
-            return NULL;                                                       \
-        }                                                                      \
-    } while (0)
+#define ZABI_NAME(ret, field, symbol, params) #symbol,
+static const char *const ZABI_NAMES[] = {ZABI_FUNCTIONS(ZABI_NAME, zmsg_t, zpollitem_t)};
+#define ZABI_COUNT (sizeof ZABI_NAMES / sizeof ZABI_NAMES[0])
+
+/* Resolve every function through the already-loaded object at path (pyzmq's
+ * extension).  dlsym on a handle searches that object, then its
+ * dependencies, so this reaches the libzmq the extension itself links to
+ * (bundled beside it, a system copy, or linked into it) and never another
+ * copy that merely happens to be mapped.  Returns the open handle, or NULL
+ * with ImportError set. */
+static void *resolve(const char *path, void *addr[ZABI_COUNT])
+{
+    void *handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!handle) {
+        PyErr_Format(PyExc_ImportError, "%s is not loaded: %s", path, dlerror());
+        return NULL;
+    }
+    for (size_t i = 0; i < ZABI_COUNT; i++) {
+        addr[i] = dlsym(handle, ZABI_NAMES[i]);
+        if (!addr[i]) {
+            PyErr_Format(PyExc_ImportError, "%s reaches no %s", path, ZABI_NAMES[i]);
+            dlclose(handle);
+            return NULL;
+        }
+    }
+    return handle;
+}
+
+/* The function table for resolved addresses, in ZABI_NAMES order. */
+static struct zabi table(void *const addr[ZABI_COUNT])
+{
+    struct zabi z;
+    size_t i = 0;
+#define ZABI_SET(ret, field, symbol, params) memcpy(&z.field, &addr[i++], sizeof z.field);
+    ZABI_FUNCTIONS(ZABI_SET, zmsg_t, zpollitem_t)
+#undef ZABI_SET
+    return z;
+}
+
+/* (file, load address) of the object that defines addr, or None. */
+static PyObject *origin(const void *addr)
+{
+    Dl_info info;
+    if (!addr || !dladdr(addr, &info) || !info.dli_fname)
+        Py_RETURN_NONE;
+    PyObject *file = PyUnicode_DecodeFSDefault(info.dli_fname);
+    if (!file)
+        return NULL;
+    return Py_BuildValue("(NK)", file, (unsigned long long)(uintptr_t)info.dli_fbase);
+}
+
+/* symbol -> (origin through the handle, origin in the global scope).  The
+ * global scope (the program, LD_PRELOAD, RTLD_GLOBAL libraries) is searched
+ * before the extension's own dependencies when pyzmq's calls are bound, so
+ * a hit there is where pyzmq's calls really go. */
+static PyObject *origins(void *const addr[ZABI_COUNT])
+{
+    PyObject *d = PyDict_New();
+    for (size_t i = 0; d && i < ZABI_COUNT; i++) {
+        PyObject *v = Py_BuildValue("(NN)", origin(addr[i]), origin(dlsym(RTLD_DEFAULT, ZABI_NAMES[i])));
+        if (!v || PyDict_SetItemString(d, ZABI_NAMES[i], v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+static PyObject *inspect_libzmq(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    const char *path;
+    void *addr[ZABI_COUNT];
+    if (!PyArg_ParseTuple(args, "s", &path))
+        return NULL;
+    void *handle = resolve(path, addr);
+    if (!handle)
+        return NULL;
+    int major = 0, minor = 0, patch = 0;
+    table(addr).version(&major, &minor, &patch);
+    PyObject *result = Py_BuildValue("{s(iii)sN}", "version", major, minor, patch, "functions", origins(addr));
+    dlclose(handle);
+    return result;
+}
 
 static PyObject *bind_libzmq(PyObject *Py_UNUSED(module), PyObject *args)
 {
     const char *path;
+    void *addr[ZABI_COUNT];
     if (!PyArg_ParseTuple(args, "s", &path))
         return NULL;
-    void *handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
-    if (!handle) {
-        PyErr_Format(PyExc_ImportError, "libzmq is not loaded from %s: %s", path, dlerror());
+    void *handle = resolve(path, addr);
+    if (!handle)
+        return NULL;
+    struct zabi z = table(addr);
+    int major = 0, minor = 0, patch = 0;
+    z.version(&major, &minor, &patch);
+    if (major != ZABI_MAJOR) {
+        dlclose(handle);
+        PyErr_Format(PyExc_ImportError, "%s reaches libzmq %d.%d.%d, not the %d.x ABI this loop is written for",
+                     path, major, minor, patch, ZABI_MAJOR);
         return NULL;
     }
-    RESOLVE(msg_init, "zmq_msg_init");
-    RESOLVE(msg_init_size, "zmq_msg_init_size");
-    RESOLVE(msg_data, "zmq_msg_data");
-    RESOLVE(msg_size, "zmq_msg_size");
-    RESOLVE(msg_more, "zmq_msg_more");
-    RESOLVE(msg_recv, "zmq_msg_recv");
-    RESOLVE(msg_send, "zmq_msg_send");
-    RESOLVE(msg_close, "zmq_msg_close");
-    RESOLVE(msg_copy, "zmq_msg_copy");
-    RESOLVE(poll, "zmq_poll");
-    RESOLVE(errno_, "zmq_errno");
-    Z.bound = 1;
+    if (bound) {
+        /* The first binding holds its own reference. */
+        dlclose(handle);
+        if (memcmp(&z, &Z, sizeof z) != 0) {
+            PyErr_Format(PyExc_RuntimeError, "the loop is already bound to another libzmq than %s reaches", path);
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    /* The handle stays open: the loop calls into it for the life of the process. */
+    Z = z;
+    bound = 1;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"bind_libzmq", bind_libzmq, METH_VARARGS,
-     "bind_libzmq(path): use the libzmq already loaded from path (the one pyzmq uses)."},
+     "bind_libzmq(path): make the loop call the libzmq that the loaded object at path (pyzmq's extension) "
+     "reaches. Idempotent; refuses a libzmq other than 4.x or a second, different binding."},
+    {"inspect_libzmq", inspect_libzmq, METH_VARARGS,
+     "inspect_libzmq(path) -> {'version': (major, minor, patch), 'functions': {symbol: (loop, global)}}: "
+     "what bind_libzmq(path) would bind, without binding. loop and global are (file, load address) or None: "
+     "the object dlsym reaches through path's handle, and the one the global scope resolves the symbol to."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -598,6 +695,20 @@ static struct PyModuleDef module = {
     .m_methods = module_methods,
 };
 
+/* COUNTER_NAMES as a tuple of str, or NULL with an exception set. */
+static PyObject *counter_names(void)
+{
+    PyObject *names = PyTuple_New(C_COUNT);
+    for (int i = 0; names && i < C_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(COUNTER_NAMES[i]);
+        if (!name)
+            Py_CLEAR(names);
+        else
+            PyTuple_SET_ITEM(names, i, name);
+    }
+    return names;
+}
+
 PyMODINIT_FUNC PyInit__forward(void)
 {
     if (PyType_Ready(&ForwarderType) < 0)
@@ -605,16 +716,15 @@ PyMODINIT_FUNC PyInit__forward(void)
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    PyObject *names = PyTuple_New(C_COUNT);
-    for (int i = 0; names && i < C_COUNT; i++)
-        PyTuple_SET_ITEM(names, i, PyUnicode_FromString(COUNTER_NAMES[i]));
-    Py_INCREF(&ForwarderType);
-    if (!names || PyModule_AddObject(m, "COUNTER_NAMES", names) < 0 ||
-        PyModule_AddObject(m, "Forwarder", (PyObject *)&ForwarderType) < 0 ||
+    PyObject *names = counter_names();
+    int rc = names ? PyModule_AddObjectRef(m, "COUNTER_NAMES", names) : -1;
+    Py_XDECREF(names);
+    if (rc < 0 || PyModule_AddObjectRef(m, "Forwarder", (PyObject *)&ForwarderType) < 0 ||
         PyModule_AddIntConstant(m, "FRAMES_CAP", FRAMES_CAP) < 0 ||
         PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0 ||
         PyModule_AddIntConstant(m, "NODE_ID_LEN", NODE_ID_LEN) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_HOPS", MAX_HOPS) < 0) {
+        PyModule_AddIntConstant(m, "MAX_HOPS", MAX_HOPS) < 0 ||
+        PyModule_AddIntConstant(m, "ZMQ_ABI_MAJOR", ZABI_MAJOR) < 0) {
         Py_DECREF(m);
         return NULL;
     }
