@@ -462,6 +462,32 @@ def test_importable_without_gevent():
     assert result.returncode == 0, result.stderr
 
 
+def test_importable_without_asyncio():
+    """Blocking and gevent users never load asyncio: only fanoutd_client.aio imports zmq.asyncio."""
+    code = ("import sys\n"
+            "import fanoutd_client, fanoutd_client.tool\n"
+            "assert 'asyncio' not in sys.modules and 'zmq.asyncio' not in sys.modules, 'asyncio was imported'\n"
+            "import fanoutd_client.aio\n"
+            "assert 'zmq.asyncio' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], check=False, env={"PYTHONPATH": str(CLIENTS_DIR)},
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("client", [Producer, Subscriber, Puller])
+def test_an_asyncio_context_is_refused_at_construction(client):
+    """Its sockets return Futures, which a blocking client would mistake for messages much later."""
+    import zmq.asyncio
+
+    context = zmq.asyncio.Context()
+    try:
+        with pytest.raises(TypeError, match=f"zmq.asyncio.Context: use fanoutd_client.aio.{client.__name__}"):
+            client(nowhere(), context=context)
+        assert not context.closed  # the caller's: refused, not terminated
+    finally:
+        close_within(context)  # would hang if a socket had been left open
+
+
 def test_an_injected_green_context_works(collector, publisher):
     import zmq.green
 

@@ -3,7 +3,9 @@
 ``Producer`` sends to the collector, ``Subscriber`` reads the PUB output,
 ``Puller`` reads the PUSH output.  Each is one socket with protective
 defaults; see :mod:`fanoutd_client._base` for what they are and why.
-Nothing here imports gevent: under gevent, pass ``context=zmq.green.Context()``.
+These are blocking clients; under gevent, pass ``context=zmq.green.Context()``.
+For asyncio, the same three with coroutines are in :mod:`fanoutd_client.aio`
+(imported only when asked for: nothing here imports gevent or asyncio).
 """
 
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, load_curve_keys,

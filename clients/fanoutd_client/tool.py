@@ -27,7 +27,8 @@ from typing import BinaryIO, NoReturn
 
 import zmq
 
-from ._base import DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, load_curve_keys, normalize_endpoints
+from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, CurveKeys, load_curve_keys,
+                    normalize_endpoints)
 from .consumers import Puller, Subscriber
 from .producer import Producer, single_frame_topic
 
@@ -129,7 +130,7 @@ def _receiver_options(parser: argparse.ArgumentParser) -> None:
                         help="exit after S idle seconds: status 0 if anything arrived, else 1")
 
 
-def _curve(args: argparse.Namespace) -> dict[str, bytes]:
+def _curve(args: argparse.Namespace) -> CurveKeys:
     """Client CURVE keyword arguments from --keys/--server-key (both or neither)."""
     if not args.keys and not args.server_key:
         return {}
