@@ -83,7 +83,7 @@ def track(ctx: zmq.Context) -> Iterator[Callable[[Any], Any]]:
 class Collector:
     """fanoutd's collector, as far as a producer can tell: a bound SUB that is always reading."""
 
-    def __init__(self, ctx: zmq.Context, hold: bool = False) -> None:
+    def __init__(self, ctx: zmq.Context, hold: bool = False, metadata: bytes | None = None) -> None:
         self.messages: queue.Queue[list[bytes]] = queue.Queue()
         self.endpoint = ""
         self._stop = threading.Event()
@@ -91,6 +91,7 @@ class Collector:
         if not hold:
             self.reading.set()
         bound_event = threading.Event()
+        self._metadata = metadata  # ZMQ_METADATA, e.g. fanoutd's b"X-Max-Message-Size:1048576"
         self._thread = threading.Thread(target=self._run, args=(ctx, bound_event), daemon=True)
         self._thread.start()
         assert bound_event.wait(5), "collector stand-in did not bind"
@@ -100,6 +101,8 @@ class Collector:
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if self._metadata is not None:
+                sock.setsockopt(zmq.METADATA, self._metadata)
             sock.bind("tcp://127.0.0.1:*")
             self.endpoint = endpoint(sock)
             bound_event.set()
@@ -123,11 +126,11 @@ class Collector:
 
 @pytest.fixture
 def collectors(ctx: zmq.Context) -> Iterator[Callable[..., Collector]]:
-    """make(hold=False) -> a running Collector stand-in, stopped at teardown."""
+    """make(hold=False, metadata=None) -> a running Collector stand-in, stopped at teardown."""
     made: list[Collector] = []
 
-    def make(hold: bool = False) -> Collector:
-        made.append(Collector(ctx, hold))
+    def make(hold: bool = False, metadata: bytes | None = None) -> Collector:
+        made.append(Collector(ctx, hold, metadata))
         return made[-1]
 
     yield make

@@ -10,6 +10,7 @@ For asyncio, the same three with coroutines are in :mod:`fanoutd_client.aio`
 
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, load_curve_keys,
                     validate_endpoint)
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_PROPERTY, MessageTooLarge
 from .consumers import Puller, Subscriber, split_message
 from .producer import Producer
 
@@ -17,9 +18,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_COLLECTOR",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PUBLISH",
     "DEFAULT_PUSH",
+    "MAX_MESSAGE_SIZE_PROPERTY",
     "ClientOptions",
+    "MessageTooLarge",
     "Producer",
     "Puller",
     "Subscriber",

@@ -1,7 +1,8 @@
 """fanoutd's protocol as the clients speak it, once, for both flavours of I/O.
 
-Framing and topic rules, the producer's readiness wait, the consumers'
-receive loop with its timeout: all of it is here, and none of it blocks.  A method that has to wait is a
+Framing and topic rules, the producer's readiness wait and the broker's
+message-size limit, the consumers' receive loop with its timeout: all of
+it is here, and none of it blocks.  A method that has to wait is a
 generator that yields a poll timeout (:data:`._base.Waits`); the blocking
 clients drive it with :func:`._base.run_blocking`, the asyncio clients with
 an ``await`` (:mod:`fanoutd_client.aio`).  Sockets are only read here with
@@ -11,6 +12,7 @@ without having taken a message off the socket.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import time
@@ -20,6 +22,28 @@ from typing import Any, Unpack
 import zmq
 
 from ._base import Client, ClientOptions, Data, Endpoints, Waits, log, ms, to_bytes
+
+#: The ZMTP metadata property in which fanoutd's collector announces its
+#: ``max_message_size`` (decimal bytes): a producer's XPUB reads it from the
+#: collector's subscription message.
+MAX_MESSAGE_SIZE_PROPERTY = "X-Max-Message-Size"
+#: fanoutd's default ``max_message_size``, assumed when the collector does not announce one.
+DEFAULT_MAX_MESSAGE_SIZE = 1_048_576
+
+
+class MessageTooLarge(ValueError):
+    """A message over the broker's ``max_message_size``, refused before it was sent.
+
+    fanoutd would reject it anyway, counting it but telling nobody; refusing
+    here tells the one party who can act on it.
+    """
+
+    def __init__(self, size: int, limit: int, source: str) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes is over the limit of {limit} bytes ({source}): "
+                         "not sent, fanoutd would reject it")
+
 
 def single_frame_topic(topic: Data) -> bytes:
     """A topic that can lead a single-frame message: non-empty and without a space."""
@@ -50,6 +74,23 @@ def parse_json(payload: bytes) -> Any:
     return json.loads(payload.decode("utf-8"))
 
 
+def announced_limit(frame: zmq.Frame) -> int | None:
+    """The ``max_message_size`` a collector announced on its connection, or None.
+
+    ``Frame.get`` raises ZMQError (EINVAL) for a property the peer did not
+    send, as fanoutd before 0.2 does not; a malformed value counts as none.
+    """
+    try:
+        value = frame.get(MAX_MESSAGE_SIZE_PROPERTY)
+    except zmq.ZMQError:
+        return None
+    text = str(value)
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19 and int(text) > 0):
+        log.warning("ignoring the collector's %s %r: not a positive decimal", MAX_MESSAGE_SIZE_PROPERTY, text)
+        return None
+    return int(text)
+
+
 class ProducerProtocol(Client):
     """A producer's protocol: an XPUB that counts the collector's subscriptions.
 
@@ -60,6 +101,10 @@ class ProducerProtocol(Client):
     receives every peer's subscription as a message (first byte 0x01), so
     ``wait_ready`` can wait for exactly that and nothing is lost.  On the wire
     an XPUB is a PUB: fanoutd and any other SUB see no difference.
+
+    The subscription message also carries the collector's connection
+    metadata, where fanoutd announces its ``max_message_size``: the limit a
+    producer enforces is learnt there, not configured twice.
     """
 
     _kind = zmq.XPUB
@@ -67,11 +112,19 @@ class ProducerProtocol(Client):
     _default_linger = 1.0
 
     def __init__(self, endpoints: Endpoints, *, drop: bool = True, send_timeout: float | None = None,
-                 **options: Unpack[ClientOptions]) -> None:
+                 max_message_size: int | None = None, **options: Unpack[ClientOptions]) -> None:
+        if max_message_size is not None and (isinstance(max_message_size, bool)
+                                             or not isinstance(max_message_size, int) or max_message_size < 1):
+            raise ValueError(f"max_message_size must be an int >= 1 (None: learn it), not {max_message_size!r}")
         self._subscriptions = 0
         self._drop = drop
         self._send_timeout_ms = -1 if send_timeout is None else ms(send_timeout, "send_timeout")
+        self._max_override = max_message_size
         super().__init__(endpoints, **options)
+        # The limits announced by the latest subscriptions, one per endpoint (None:
+        # none announced): a collector that reconnects, say after a restart with
+        # another limit, replaces what it said before.
+        self._announced: collections.deque[int | None] = collections.deque(maxlen=len(self.endpoints))
 
     def _prepare(self, sock: zmq.Socket[Any]) -> None:
         # Verbose: pass on every peer's subscription, not only the first of each
@@ -82,7 +135,7 @@ class ProducerProtocol(Client):
             sock.setsockopt(zmq.SNDTIMEO, self._send_timeout_ms)
 
     def _drain(self) -> None:
-        """Count the subscriptions that have arrived (without waiting)."""
+        """Count the subscriptions that have arrived and note their limits (without waiting)."""
         while True:
             try:
                 frame = self._nowait.recv(zmq.NOBLOCK, copy=False)
@@ -90,7 +143,9 @@ class ProducerProtocol(Client):
                 return
             if bytes(frame.buffer[:1]) == b"\x01":
                 self._subscriptions += 1
-                log.debug("collector subscription %d of %d arrived", self._subscriptions, len(self.endpoints))
+                self._announced.append(announced_limit(frame))
+                log.debug("collector subscription %d of %d arrived (%s: %s)", self._subscriptions,
+                          len(self.endpoints), MAX_MESSAGE_SIZE_PROPERTY, self._announced[-1])
 
     @property
     def ready(self) -> bool:
@@ -103,6 +158,26 @@ class ProducerProtocol(Client):
         self._check_open()
         self._drain()
         return self._subscriptions >= len(self.endpoints)
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message (bytes over all frames) this producer sends; larger ones raise MessageTooLarge.
+
+        The collector's announced ``max_message_size`` (the smallest, with
+        several collectors), learnt by ``wait_ready``/``ready``; fanoutd's
+        default 1 MiB until then or if it announces none; or the
+        ``max_message_size`` given to the constructor, which overrides both.
+        """
+        return self._limit()[0]
+
+    def _limit(self) -> tuple[int, str]:
+        if self._max_override is not None:
+            return self._max_override, "the max_message_size given to this producer"
+        limit, announced = min(((DEFAULT_MAX_MESSAGE_SIZE, False) if n is None else (n, True)
+                                for n in self._announced), default=(DEFAULT_MAX_MESSAGE_SIZE, False))
+        if announced:
+            return limit, "the collector's max_message_size"
+        return limit, "fanoutd's default max_message_size; the collector announced none"
 
     def _readiness(self, timeout: float) -> Waits[None]:
         """Wait until every collector has subscribed; TimeoutError after ``timeout`` s."""
@@ -119,9 +194,9 @@ class ProducerProtocol(Client):
         return TimeoutError(f"collector not ready within {timeout:g}s: {arrived} (is fanoutd running there?)")
 
     def _single(self, topic: Data, payload: Data) -> list[bytes]:
-        """The one frame ``topic + b" " + payload``, checked against the topic rules."""
+        """The one frame ``topic + b" " + payload``, checked against the topic rules and the limit."""
         self._check_open()
-        return [single_frame_topic(topic) + b" " + to_bytes(payload, "payload")]
+        return self._checked([single_frame_topic(topic) + b" " + to_bytes(payload, "payload")])
 
     def _multipart(self, topic: Data, frames: tuple[Data, ...]) -> list[bytes]:
         """``[topic, *frames]``: a lone topic frame would be a single-frame message, split at its first space."""
@@ -131,12 +206,19 @@ class ProducerProtocol(Client):
             raise ValueError("topic must not be empty")
         if not frames:
             raise ValueError("send_multipart needs at least one payload frame")
-        return [head, *(to_bytes(f, "frame") for f in frames)]
+        return self._checked([head, *(to_bytes(f, "frame") for f in frames)])
 
     @staticmethod
     def _json(obj: Any) -> bytes:
         """Compact UTF-8 JSON; NaN and Infinity are refused (ValueError): other languages reject them."""
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    def _checked(self, frames: list[bytes]) -> list[bytes]:
+        size = sum(map(len, frames))
+        limit, source = self._limit()
+        if size > limit:
+            raise MessageTooLarge(size, limit, source)
+        return frames
 
     def _queue_full(self) -> TimeoutError:
         return TimeoutError(f"collector at {', '.join(self.endpoints)} took no message for "

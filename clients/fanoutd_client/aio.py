@@ -14,7 +14,7 @@
 
 Built on ``zmq.asyncio``; this module is the only one that imports it, so
 blocking and gevent users never load asyncio.  Options, framing, topic
-rules and readiness are the blocking clients' own
+rules, readiness and the size limit are the blocking clients' own
 (:mod:`._protocol`): only the waiting differs, an ``await`` on the socket's
 poll instead of a blocking one.  A message is taken off the socket only
 after that poll, in one synchronous step, so a timeout or a cancelled task
@@ -40,9 +40,10 @@ import zmq
 import zmq.asyncio
 
 from ._base import DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, Client, ClientOptions, Data, Endpoints, Waits
-from ._protocol import ProducerProtocol, PullerProtocol, SubscriberProtocol, parse_json, split_message
+from ._protocol import (MessageTooLarge, ProducerProtocol, PullerProtocol, SubscriberProtocol, parse_json,
+                        split_message)
 
-__all__ = ["Producer", "Puller", "Subscriber"]
+__all__ = ["MessageTooLarge", "Producer", "Puller", "Subscriber"]
 
 T = TypeVar("T")
 
@@ -110,12 +111,15 @@ class Producer(ProducerProtocol, _AsyncClient):
     ``await wait_ready()`` before the first send: a message sent before the
     collector's subscription has arrived is silently dropped.  Sends do not
     wait unless ``drop=False`` (then up to ``send_timeout`` s for room, as in
-    the blocking producer).
+    the blocking producer).  A message over :attr:`max_message_size` raises
+    :class:`MessageTooLarge` and is not sent.
     """
 
     def __init__(self, endpoints: Endpoints = DEFAULT_COLLECTOR, *, drop: bool = True,
-                 send_timeout: float | None = None, **options: Unpack[ClientOptions]) -> None:
-        super().__init__(endpoints, drop=drop, send_timeout=send_timeout, **options)
+                 send_timeout: float | None = None, max_message_size: int | None = None,
+                 **options: Unpack[ClientOptions]) -> None:
+        super().__init__(endpoints, drop=drop, send_timeout=send_timeout, max_message_size=max_message_size,
+                         **options)
 
     async def wait_ready(self, timeout: float = 5.0) -> None:
         """Return once every collector has subscribed; TimeoutError after ``timeout`` s."""

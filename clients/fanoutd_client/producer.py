@@ -1,6 +1,6 @@
 """The blocking producer: sends ``topic payload`` messages to fanoutd's collector.
 
-The protocol (why an XPUB, readiness, framing) lives in
+The protocol (why an XPUB, readiness, framing, the size limit) lives in
 :mod:`._protocol`; this module only does the blocking I/O.  The asyncio
 twin is :class:`fanoutd_client.aio.Producer`.
 """
@@ -12,9 +12,9 @@ from typing import Any, Unpack
 import zmq
 
 from ._base import DEFAULT_COLLECTOR, ClientOptions, Data, Endpoints, run_blocking
-from ._protocol import ProducerProtocol, single_frame_topic
+from ._protocol import MessageTooLarge, ProducerProtocol, single_frame_topic
 
-__all__ = ["Producer", "single_frame_topic"]
+__all__ = ["MessageTooLarge", "Producer", "single_frame_topic"]
 
 
 class Producer(ProducerProtocol):
@@ -31,12 +31,17 @@ class Producer(ProducerProtocol):
     (None: no limit; heartbeats still end a dead connection): right for
     batch senders such as ``fanout pub < file``, where losing lines is worse
     than waiting.  ``close`` waits at most ``linger`` (default 1 s) to flush.
+
+    A message over the broker's limit (:attr:`max_message_size`, learnt
+    from the collector by :meth:`wait_ready`) raises :class:`MessageTooLarge`
+    and is not sent: fanoutd would drop it without telling anyone.
     """
 
     def __init__(self, endpoints: Endpoints = DEFAULT_COLLECTOR, *, wait: float | None = None,
-                 drop: bool = True, send_timeout: float | None = None,
+                 drop: bool = True, send_timeout: float | None = None, max_message_size: int | None = None,
                  **options: Unpack[ClientOptions]) -> None:
-        super().__init__(endpoints, drop=drop, send_timeout=send_timeout, **options)
+        super().__init__(endpoints, drop=drop, send_timeout=send_timeout, max_message_size=max_message_size,
+                         **options)
         if wait is not None:
             try:
                 self.wait_ready(wait)

@@ -4,10 +4,11 @@
     fanout sub  [-e EP]... [--count N] [--timeout S] [--raw] [TOPIC...]
     fanout pull [-e EP]... [--count N] [--timeout S] [--json | --raw]
 
-Exit status: 0 done; 1 nothing arrived in time, collector not ready, or a
-runtime error; 2 bad arguments; 130 interrupted (Ctrl-C); 141 stdout closed.
-Every error is one line on stderr, never a traceback: this is a tool for
-shell scripts, whose authors need the status and a reason, not our stack.
+Exit status: 0 done; 1 nothing arrived in time, collector not ready, a
+message over the broker's max_message_size, or a runtime error; 2 bad
+arguments; 130 interrupted (Ctrl-C); 141 stdout closed.  Every error is
+one line on stderr, never a traceback: this is a tool for shell scripts,
+whose authors need the status and a reason, not our stack.
 
 Output is one line per message.  By default bytes that are not UTF-8 are
 shown as ``\\xNN`` and control characters (newline included) are escaped,
@@ -30,7 +31,7 @@ import zmq
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, CurveKeys, load_curve_keys,
                     normalize_endpoints)
 from .consumers import Puller, Subscriber
-from .producer import Producer, single_frame_topic
+from .producer import MessageTooLarge, Producer, single_frame_topic
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 PUB_LINGER = 5.0  # seconds the tool waits on exit to flush what it sent
@@ -210,6 +211,10 @@ def _pub(args: argparse.Namespace) -> int:
                 producer.send(topic, message)
             except TimeoutError as exc:
                 raise Failure(f"fanout pub: {exc}; {sent} messages were sent") from None
+            except MessageTooLarge as exc:
+                if args.message is not None:
+                    raise Failure(f"fanout pub: MESSAGE: {exc}") from None
+                raise Failure(f"fanout pub: stdin line {number}: {exc}; {sent} messages before it were sent") from None
             sent += 1
     return EXIT_OK
 
