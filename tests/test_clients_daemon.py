@@ -128,3 +128,8 @@ def test_clients_and_tool_with_curve(start_daemon, tmp_path):
     assert r.returncode == 1 and "not ready" in r.stderr
     r = run_tool("pub", "-e", d.collector, "--keys", str(tmp_path / "me.key_secret"), "t", "x")
     assert r.returncode == 2 and "--keys and --server-key go together" in r.stderr
+    zmq.auth.create_certificates(tmp_path, "stranger")  # a valid key pair the daemon does not admit
+    r = run_tool("pub", "-e", d.collector, "--wait", "1", "--keys", str(tmp_path / "stranger.key_secret"),
+                 "--server-key", str(tmp_path / "server.key"), "t", "refused")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("fanout pub: no answer: the collector may have refused this key"), r.stderr

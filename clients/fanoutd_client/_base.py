@@ -111,7 +111,9 @@ class Client:
             options[zmq.RECONNECT_IVL] = ms(reconnect_interval, "reconnect_interval")
         if reconnect_interval_max is not None:
             options[zmq.RECONNECT_IVL_MAX] = ms(reconnect_interval_max, "reconnect_interval_max")
-        options.update(curve_options(curve_serverkey, curve_publickey, curve_secretkey))
+        curve = curve_options(curve_serverkey, curve_publickey, curve_secretkey)
+        options.update(curve)
+        self._uses_curve = bool(curve)
         if context is not None:
             self._check_context(context)
 

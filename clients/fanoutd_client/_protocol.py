@@ -191,6 +191,9 @@ class ProducerProtocol(Client):
     def _not_ready(self, timeout: float) -> TimeoutError:
         arrived = (f"{self._subscriptions} of {len(self.endpoints)} subscriptions arrived "
                    f"from {', '.join(self.endpoints)}")
+        if self._uses_curve:  # a refused CURVE handshake looks exactly like silence
+            return TimeoutError(f"no answer: the collector may have refused this key ({arrived} within "
+                                f"{timeout:g}s; is this client's public key in the daemon's clients directory?)")
         return TimeoutError(f"collector not ready within {timeout:g}s: {arrived} (is fanoutd running there?)")
 
     def _single(self, topic: Data, payload: Data) -> list[bytes]:
