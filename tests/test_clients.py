@@ -83,7 +83,7 @@ def track(ctx: zmq.Context) -> Iterator[Callable[[Any], Any]]:
 class Collector:
     """fanoutd's collector, as far as a producer can tell: a bound SUB that is always reading."""
 
-    def __init__(self, ctx: zmq.Context, hold: bool = False) -> None:
+    def __init__(self, ctx: zmq.Context, hold: bool = False, metadata: bytes | None = None) -> None:
         self.messages: queue.Queue[list[bytes]] = queue.Queue()
         self.endpoint = ""
         self._stop = threading.Event()
@@ -91,6 +91,7 @@ class Collector:
         if not hold:
             self.reading.set()
         bound_event = threading.Event()
+        self._metadata = metadata  # ZMQ_METADATA, e.g. fanoutd's b"X-Max-Message-Size:1048576"
         self._thread = threading.Thread(target=self._run, args=(ctx, bound_event), daemon=True)
         self._thread.start()
         assert bound_event.wait(5), "collector stand-in did not bind"
@@ -100,6 +101,8 @@ class Collector:
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if self._metadata is not None:
+                sock.setsockopt(zmq.METADATA, self._metadata)
             sock.bind("tcp://127.0.0.1:*")
             self.endpoint = endpoint(sock)
             bound_event.set()
@@ -123,11 +126,11 @@ class Collector:
 
 @pytest.fixture
 def collectors(ctx: zmq.Context) -> Iterator[Callable[..., Collector]]:
-    """make(hold=False) -> a running Collector stand-in, stopped at teardown."""
+    """make(hold=False, metadata=None) -> a running Collector stand-in, stopped at teardown."""
     made: list[Collector] = []
 
-    def make(hold: bool = False) -> Collector:
-        made.append(Collector(ctx, hold))
+    def make(hold: bool = False, metadata: bytes | None = None) -> Collector:
+        made.append(Collector(ctx, hold, metadata))
         return made[-1]
 
     yield make
@@ -460,6 +463,32 @@ def test_importable_without_gevent():
     result = subprocess.run([sys.executable, "-c", code], check=False, env={"PYTHONPATH": str(CLIENTS_DIR)},
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
+
+
+def test_importable_without_asyncio():
+    """Blocking and gevent users never load asyncio: only fanoutd_client.aio imports zmq.asyncio."""
+    code = ("import sys\n"
+            "import fanoutd_client, fanoutd_client.tool\n"
+            "assert 'asyncio' not in sys.modules and 'zmq.asyncio' not in sys.modules, 'asyncio was imported'\n"
+            "import fanoutd_client.aio\n"
+            "assert 'zmq.asyncio' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], check=False, env={"PYTHONPATH": str(CLIENTS_DIR)},
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("client", [Producer, Subscriber, Puller])
+def test_an_asyncio_context_is_refused_at_construction(client):
+    """Its sockets return Futures, which a blocking client would mistake for messages much later."""
+    import zmq.asyncio
+
+    context = zmq.asyncio.Context()
+    try:
+        with pytest.raises(TypeError, match=f"zmq.asyncio.Context: use fanoutd_client.aio.{client.__name__}"):
+            client(nowhere(), context=context)
+        assert not context.closed  # the caller's: refused, not terminated
+    finally:
+        close_within(context)  # would hang if a socket had been left open
 
 
 def test_an_injected_green_context_works(collector, publisher):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import zmq.auth
 
 from conftest import settle
-from fanoutd_client import Producer, Puller, Subscriber, load_curve_keys
+from fanoutd_client import Producer, Puller, Subscriber, aio, load_curve_keys
 
 
 def test_producer_subscriber_puller_round_trip(start_daemon):
@@ -114,7 +115,21 @@ def test_clients_and_tool_with_curve(start_daemon, tmp_path):
                      "--server-key", str(tmp_path / "server.key"), "--count", "50", "t", "secret")
         assert r.returncode == 0, r.stderr
         assert pull.recv(timeout=10) == b"secret"
+
+        async def asyncio_producer() -> None:  # the asyncio client takes the same keys
+            async with asyncio.timeout(20), aio.Producer(d.collector, **keys) as producer:
+                await producer.wait_ready(10)
+                await producer.send("t", "asyncio secret")
+        asyncio.run(asyncio_producer())
+        while (payload := pull.recv(timeout=10)) == b"secret":  # the rest of the tool's 50
+            pass
+        assert payload == b"asyncio secret"
     r = run_tool("pub", "-e", d.collector, "--wait", "1", "t", "plain")
     assert r.returncode == 1 and "not ready" in r.stderr
     r = run_tool("pub", "-e", d.collector, "--keys", str(tmp_path / "me.key_secret"), "t", "x")
     assert r.returncode == 2 and "--keys and --server-key go together" in r.stderr
+    zmq.auth.create_certificates(tmp_path, "stranger")  # a valid key pair the daemon does not admit
+    r = run_tool("pub", "-e", d.collector, "--wait", "1", "--keys", str(tmp_path / "stranger.key_secret"),
+                 "--server-key", str(tmp_path / "server.key"), "t", "refused")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("fanout pub: no answer: the collector may have refused this key"), r.stderr

@@ -10,6 +10,7 @@ at teardown if still running.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -151,7 +152,7 @@ def test_sub_prints_topic_payload_lines(sockets: Make, start):
     out, err = proc.communicate(timeout=RUN_TIMEOUT)
     assert (proc.returncode, err) == (0, b"")
     assert out.decode().splitlines() == ["orders hello", "orders \\xff\\x00bin\\nnext\tline",
-                                         "orders caf\u00e9 \\ ok", "orders ab"]
+                                         "orders caf\u00e9 \\ ok", "orders a b"]
 
 
 def test_sub_raw_writes_bytes_unchanged(sockets: Make, start):
@@ -161,6 +162,32 @@ def test_sub_raw_writes_bytes_unchanged(sockets: Make, start):
     pub.send(b"t \xff\x00\nx")
     out, _ = proc.communicate(timeout=RUN_TIMEOUT)
     assert (proc.returncode, out) == (0, b"t \xff\x00\nx\n")
+
+
+def test_sub_separates_frames_like_the_c_and_node_examples(sockets: Make, start):
+    """Frames are shown separated (default a space, as clients/c and clients/node print them), never run together."""
+    pub, ep = bound(sockets, zmq.XPUB, xpub_verbose=1)  # verbose: one subscription message per tool
+    default = start("sub", "-e", ep, "--count", "2")
+    piped = start("sub", "-e", ep, "--count", "2", "--sep", "|")
+    together = start("sub", "-e", ep, "--count", "2", "--sep", "")
+    for _ in range(3):
+        await_subscription(pub, b"")
+    pub.send_multipart([b"orders", b"part 1", b"part\n2"])
+    pub.send(b"orders single frame")
+    outputs = [proc.communicate(timeout=RUN_TIMEOUT) for proc in (default, piped, together)]
+    assert [proc.returncode for proc in (default, piped, together)] == [0, 0, 0]
+    assert [out for out, _ in outputs] == [b"orders part 1 part\\n2\norders single frame\n",
+                                           b"orders|part 1|part\\n2\norders single frame\n",
+                                           b"orderspart 1part\\n2\norders single frame\n"]
+
+
+def test_sub_raw_with_a_separator_writes_each_frame_as_received(sockets: Make, start):
+    pub, ep = bound(sockets, zmq.XPUB)
+    proc = start("sub", "-e", ep, "--count", "1", "--raw", "--sep", "\t")
+    await_subscription(pub, b"")
+    pub.send_multipart([b"t", b"\xff\x00", b"\n"])
+    out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    assert (proc.returncode, out) == (0, b"t\t\xff\x00\t\n\n")
 
 
 def test_sub_times_out_with_status_1_when_nothing_came():
@@ -190,7 +217,19 @@ def test_pull_prints_payloads(sockets: Make, start):
     push.send(b"plain text")  # waits (SNDTIMEO-bounded) for the tool to connect
     push.send_multipart([b"\x01", b"two"])
     out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    assert (proc.returncode, out, err) == (0, b"plain text\n\\x01two\n", b"")
+    assert (proc.returncode, out, err) == (0, b"plain text\n\\x01 two\n", b"")
+
+
+def test_pull_sep_and_raw(sockets: Make, start):
+    push, ep = bound(sockets, zmq.PUSH)
+    sep = start("pull", "-e", ep, "--count", "1", "--sep", ",")
+    push.send_multipart([b"a", b"b\x00"])
+    out, err = sep.communicate(timeout=RUN_TIMEOUT)
+    assert (sep.returncode, out, err) == (0, b"a,b\\x00\n", b"")
+    raw = start("pull", "-e", ep, "--count", "1", "--raw", "--sep", "")
+    push.send_multipart([b"a", b"b\x00"])
+    out, err = raw.communicate(timeout=RUN_TIMEOUT)
+    assert (raw.returncode, out, err) == (0, b"ab\x00\n", b"")
 
 
 def test_pull_json_prints_compact_and_skips_the_rest(sockets: Make, start):
@@ -225,6 +264,8 @@ def test_pull_times_out_with_status_1():
     (["sub", "--count", "x"], {}, "not a whole number"),
     (["pull", "--json", "--raw"], {}, "not allowed"),
     (["pull"], {"FANOUT_PUSH": "localhost:5562"}, "FANOUT_PUSH: bad endpoint"),
+    (["pull", "--json", "--sep", ","], {}, "--sep does not apply to --json"),
+    (["sub", "--sep"], {}, "expected one argument"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(args, env, says):
     result = fanout(*args, env=env)
@@ -263,7 +304,35 @@ def test_help_and_python_dash_m():
     assert result.returncode == 0 and b"pub" in result.stdout and b"pull" in result.stdout
     package = subprocess.run([sys.executable, "-m", "fanoutd_client", "sub", "--help"], check=False,
                              capture_output=True, env=tool_env(), timeout=RUN_TIMEOUT)
-    assert package.returncode == 0 and b"--timeout" in package.stdout
+    assert package.returncode == 0 and b"--timeout" in package.stdout and b"--sep" in package.stdout
+
+
+def test_help_lists_the_exit_statuses_and_ends_with_where_the_docs_are():
+    text = fanout("--help").stdout.decode()
+    epilog = text[text.index("exit status:"):]
+    for status, says in [(0, "did its job"), (1, "collector never"), (1, "refused locally"), (2, "bad arguments")]:
+        assert f"\n  {status} " in epilog and says in epilog.replace("\n      ", " ").replace("  ", " ")
+    assert text.rstrip().splitlines()[-1] == (
+        "Docs: README.md, sections 'Using it' and 'Messages'; wire format: clients/README.md")
+
+
+def test_version_prints_the_installed_version():
+    result = fanout("--version")
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout.decode() == f"fanout {importlib.metadata.version('fanoutd')}\n"
+
+
+def test_pub_with_curve_keys_says_the_key_may_be_refused(tmp_path: Path):
+    """A refused CURVE handshake is silence to the producer: the error names the likely cause."""
+    import zmq.auth
+
+    for name in ("server", "me"):
+        zmq.auth.create_certificates(tmp_path, name)
+    result = fanout("pub", "-e", nowhere(), "--wait", "0.3", "--keys", str(tmp_path / "me.key_secret"),
+                    "--server-key", str(tmp_path / "server.key"), "t", "m")
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert "no answer: the collector may have refused this key" in line and "is fanoutd running" not in line
 
 
 def test_the_installed_fanout_script(collector: Collector):

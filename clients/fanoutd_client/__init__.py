@@ -3,11 +3,14 @@
 ``Producer`` sends to the collector, ``Subscriber`` reads the PUB output,
 ``Puller`` reads the PUSH output.  Each is one socket with protective
 defaults; see :mod:`fanoutd_client._base` for what they are and why.
-Nothing here imports gevent: under gevent, pass ``context=zmq.green.Context()``.
+These are blocking clients; under gevent, pass ``context=zmq.green.Context()``.
+For asyncio, the same three with coroutines are in :mod:`fanoutd_client.aio`
+(imported only when asked for: nothing here imports gevent or asyncio).
 """
 
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, load_curve_keys,
                     validate_endpoint)
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_PROPERTY, MessageTooLarge
 from .consumers import Puller, Subscriber, split_message
 from .producer import Producer
 
@@ -15,9 +18,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_COLLECTOR",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PUBLISH",
     "DEFAULT_PUSH",
+    "MAX_MESSAGE_SIZE_PROPERTY",
     "ClientOptions",
+    "MessageTooLarge",
     "Producer",
     "Puller",
     "Subscriber",

@@ -1,4 +1,4 @@
-"""The consumers: a Subscriber on fanoutd's PUB, a Puller on its PUSH.
+"""The blocking consumers: a Subscriber on fanoutd's PUB, a Puller on its PUSH.
 
 Both connect (fanoutd binds), keep ``linger`` at 0 (they never send data,
 so there is nothing to flush on close) and bound their receive queue with
@@ -9,28 +9,25 @@ for the next message and ends only if the context is terminated.
 Payloads: a single-frame message's payload is what follows its first
 space; a multipart message's payload frames are concatenated.  Use
 ``recv_multipart`` when the frame boundaries matter.
+
+The protocol lives in :mod:`._protocol`; this module only does the
+blocking I/O.  The asyncio twins are in :mod:`fanoutd_client.aio`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any, Unpack
 
 import zmq
 
-from ._base import DEFAULT_PUBLISH, DEFAULT_PUSH, Client, ClientOptions, Data, Endpoints, to_bytes
+from ._base import DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, Data, Endpoints, run_blocking
+from ._protocol import PullerProtocol, SubscriberProtocol, parse_json, split_message
+
+__all__ = ["Puller", "Subscriber", "split_message"]
 
 
-def split_message(frames: list[bytes]) -> tuple[bytes, bytes]:
-    """(topic, payload) of a message as fanoutd defines it (see the module docstring)."""
-    if len(frames) == 1:
-        topic, _, payload = frames[0].partition(b" ")
-        return topic, payload
-    return frames[0], b"".join(frames[1:])
-
-
-class Subscriber(Client):
+class Subscriber(SubscriberProtocol):
     """Receives ``(topic, payload)`` from fanoutd's PUB, filtered by topic prefix.
 
     ``topics`` are byte prefixes of the message's first frame, as everywhere
@@ -39,37 +36,17 @@ class Subscriber(Client):
     the first moments after construction may not arrive.
     """
 
-    _kind = zmq.SUB
-    _role = "publisher"
-
     def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",),
                  **options: Unpack[ClientOptions]) -> None:
-        items = (topics,) if isinstance(topics, (str, bytes)) else topics
-        self._topics = [to_bytes(t, "topic") for t in items]
-        super().__init__(endpoints, **options)
-
-    def _prepare(self, sock: zmq.Socket[Any]) -> None:
-        # Before connect, so the subscriptions go out with the handshake.
-        for topic in self._topics:
-            sock.setsockopt(zmq.SUBSCRIBE, topic)
-
-    def subscribe(self, topic: Data) -> None:
-        """Also receive messages whose first frame starts with ``topic``."""
-        self._check_open()
-        self._socket.setsockopt(zmq.SUBSCRIBE, to_bytes(topic, "topic"))
-
-    def unsubscribe(self, topic: Data) -> None:
-        """Undo one earlier ``subscribe`` of exactly this prefix."""
-        self._check_open()
-        self._socket.setsockopt(zmq.UNSUBSCRIBE, to_bytes(topic, "topic"))
+        super().__init__(endpoints, topics, **options)
 
     def recv(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """The next ``(topic, payload)``; TimeoutError after ``timeout`` s (None: wait forever)."""
-        return split_message(self._recv_frames(timeout))
+        return split_message(run_blocking(self._socket, self._frames(timeout)))
 
     def recv_multipart(self, timeout: float | None = None) -> list[bytes]:
         """The next message's frames exactly as sent (a single-frame message is one frame)."""
-        return self._recv_frames(timeout)
+        return run_blocking(self._socket, self._frames(timeout))
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         try:
@@ -79,7 +56,7 @@ class Subscriber(Client):
             return
 
 
-class Puller(Client):
+class Puller(PullerProtocol):
     """Receives payloads (topic already stripped by fanoutd) from its PUSH.
 
     fanoutd hands each message to one puller; its PUSH never waits, so a
@@ -87,23 +64,20 @@ class Puller(Client):
     puller absorb longer bursts.
     """
 
-    _kind = zmq.PULL
-    _role = "pusher"
-
     def __init__(self, endpoints: Endpoints = DEFAULT_PUSH, **options: Unpack[ClientOptions]) -> None:
         super().__init__(endpoints, **options)
 
     def recv(self, timeout: float | None = None) -> bytes:
-        """The next payload; TimeoutError after ``timeout`` s (None: wait forever)."""
-        return b"".join(self._recv_frames(timeout))
+        """The next payload (its frames concatenated); TimeoutError after ``timeout`` s (None: wait forever)."""
+        return b"".join(run_blocking(self._socket, self._frames(timeout)))
 
     def recv_multipart(self, timeout: float | None = None) -> list[bytes]:
         """The next message's frames exactly as fanoutd sent them."""
-        return self._recv_frames(timeout)
+        return run_blocking(self._socket, self._frames(timeout))
 
     def recv_json(self, timeout: float | None = None) -> Any:
         """The next payload parsed as UTF-8 JSON (ValueError if it is not)."""
-        return json.loads(self.recv(timeout).decode("utf-8"))
+        return parse_json(self.recv(timeout))
 
     def __iter__(self) -> Iterator[bytes]:
         try:

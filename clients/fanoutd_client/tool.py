@@ -1,17 +1,18 @@
 """``fanout``: publish to, subscribe to and pull from fanoutd from a shell.
 
     fanout pub  [-e EP]... [--wait S] [--count N] [--json] TOPIC [MESSAGE]
-    fanout sub  [-e EP]... [--count N] [--timeout S] [--raw] [TOPIC...]
-    fanout pull [-e EP]... [--count N] [--timeout S] [--json | --raw]
+    fanout sub  [-e EP]... [--count N] [--timeout S] [--sep SEP] [--raw] [TOPIC...]
+    fanout pull [-e EP]... [--count N] [--timeout S] [--sep SEP] [--json | --raw]
+    fanout --version
 
-Exit status: 0 done; 1 nothing arrived in time, collector not ready, or a
-runtime error; 2 bad arguments; 130 interrupted (Ctrl-C); 141 stdout closed.
-Every error is one line on stderr, never a traceback: this is a tool for
-shell scripts, whose authors need the status and a reason, not our stack.
+Exit statuses are listed in :data:`EPILOG` (``fanout --help``) and the
+README.  Every error is one line on stderr, never a traceback: this is a
+tool for shell scripts, whose authors need the status and a reason, not
+our stack.
 
-Output is one line per message.  By default bytes that are not UTF-8 are
-shown as ``\\xNN`` and control characters (newline included) are escaped,
-so a message can never span lines; ``--raw`` writes the bytes unchanged.
+Output is one line per message, its frames separated by a space as the C
+and Node examples print them (``--sep`` to choose), escaped so that a
+message never spans lines (``--raw``: bytes unchanged); see :mod:`._lines`.
 """
 
 from __future__ import annotations
@@ -23,24 +24,40 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, NoReturn
+from typing import NoReturn
 
 import zmq
 
-from ._base import DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, load_curve_keys, normalize_endpoints
+from . import __version__
+from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, CurveKeys, load_curve_keys,
+                    normalize_endpoints)
+from ._lines import emit, frames_to_line, printable
 from .consumers import Puller, Subscriber
-from .producer import Producer, single_frame_topic
+from .producer import MessageTooLarge, Producer, single_frame_topic
+
+__all__ = ["build_parser", "main", "printable"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 PUB_LINGER = 5.0  # seconds the tool waits on exit to flush what it sent
 PUB_SEND_TIMEOUT = 10.0  # seconds a full collector queue may hold up the next line
 
-# Control characters (tab aside) as escapes, so a message can neither span
-# lines nor drive the terminal; C1 controls (U+0080-U+009F, e.g. NEL, CSI)
-# and the Unicode line/paragraph separators as \uNNNN, to tell them from
-# invalid bytes, which decoding shows as \xNN.
-_ESCAPES = ({c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c != 0x09} | {0x0A: "\\n", 0x0D: "\\r"}
-            | {c: f"\\u{c:04x}" for c in [*range(0x80, 0xA0), 0x2028, 0x2029]})
+RAW_HELP = ("write the frames' bytes exactly as received, unescaped (a frame may then contain newlines; "
+            "for piping binary payloads, see --sep)")
+
+EPILOG = """\
+exit status:
+  0    did its job: pub sent every message; sub/pull printed --count messages,
+       or at least one before --timeout
+  1    it could not: nothing arrived within --timeout, the collector never
+       answered (pub --wait), a message was refused locally (over the
+       broker's max_message_size; with --json, a stdin line that is not JSON),
+       or another error at run time
+  2    bad arguments (the reason is one line on stderr, as for 1)
+  130  interrupted (Ctrl-C)
+  141  stdout was closed (e.g. `fanout sub | head -1`)
+
+Docs: README.md, sections 'Using it' and 'Messages'; wire format: clients/README.md
+"""
 
 
 class UsageError(Exception):
@@ -79,7 +96,9 @@ def _seconds(minimum_exclusive: bool) -> Callable[[str], float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fanout", description="Publish to, subscribe to and pull from fanoutd.")
+    parser = _Parser(prog="fanout", description="Publish to, subscribe to and pull from fanoutd.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{pub,sub,pull}")
 
     def command(name: str, help: str, env: str, default: str) -> argparse.ArgumentParser:
@@ -109,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("sub", "print `topic payload` lines from the publisher", "FANOUT_PUBLISH", DEFAULT_PUBLISH)
     _receiver_options(sub)
-    sub.add_argument("--raw", action="store_true", help="write message bytes unescaped")
+    sub.add_argument("--raw", action="store_true", help=RAW_HELP)
     sub.add_argument("topics", metavar="TOPIC", nargs="*", help="topic prefixes (default: everything)")
     sub.set_defaults(handler=_sub)
 
@@ -118,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     shape = pull.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true",
                        help="print payloads as compact JSON; skip (and report) any that are not")
-    shape.add_argument("--raw", action="store_true", help="write payload bytes unescaped")
+    shape.add_argument("--raw", action="store_true", help=RAW_HELP)
     pull.set_defaults(handler=_pull)
     return parser
 
@@ -127,9 +146,12 @@ def _receiver_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=_count, metavar="N", help="exit after N messages")
     parser.add_argument("--timeout", type=_seconds(True), metavar="S",
                         help="exit after S idle seconds: status 0 if anything arrived, else 1")
+    parser.add_argument("--sep", metavar="SEP",
+                        help="written between a message's frames (default: a space, as the C and Node "
+                             "examples print them; '' runs them together; a tab: --sep $'\\t')")
 
 
-def _curve(args: argparse.Namespace) -> dict[str, bytes]:
+def _curve(args: argparse.Namespace) -> CurveKeys:
     """Client CURVE keyword arguments from --keys/--server-key (both or neither)."""
     if not args.keys and not args.server_key:
         return {}
@@ -152,16 +174,6 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, ...]:
         return normalize_endpoints(items)
     except ValueError as exc:
         raise UsageError(f"fanout {args.command}: {source}: {exc}") from None
-
-
-def printable(data: bytes) -> bytes:
-    """``data`` as one line of UTF-8 text: invalid bytes as \\xNN, controls escaped."""
-    return data.decode("utf-8", "backslashreplace").translate(_ESCAPES).encode("utf-8")
-
-
-def _emit(out: BinaryIO, line: bytes) -> None:
-    out.write(line + b"\n")
-    out.flush()  # a line as soon as it arrives: the reader may be `grep` in a pipeline
 
 
 def _is_json(data: bytes) -> bool:
@@ -209,6 +221,10 @@ def _pub(args: argparse.Namespace) -> int:
                 producer.send(topic, message)
             except TimeoutError as exc:
                 raise Failure(f"fanout pub: {exc}; {sent} messages were sent") from None
+            except MessageTooLarge as exc:
+                if args.message is not None:
+                    raise Failure(f"fanout pub: MESSAGE: {exc}") from None
+                raise Failure(f"fanout pub: stdin line {number}: {exc}; {sent} messages before it were sent") from None
             sent += 1
     return EXIT_OK
 
@@ -225,31 +241,27 @@ def _receive(args: argparse.Namespace, recv: Callable[[float | None], bytes | No
             raise Failure(f"fanout {args.command}: no messages within {args.timeout:g}s "
                           f"from {', '.join(_endpoints(args))}") from None
         if line is not None:
-            _emit(sys.stdout.buffer, line)
+            emit(sys.stdout.buffer, line)
             received += 1
     return EXIT_OK
 
 
 def _sub(args: argparse.Namespace) -> int:
     topics = [os.fsencode(t) for t in args.topics] or [b""]
-    show = (lambda data: data) if args.raw else printable
-
+    line = frames_to_line(args.sep, args.raw)
     with Subscriber(_endpoints(args), topics, **_curve(args)) as subscriber:
-        def recv(timeout: float | None) -> bytes:
-            frames = subscriber.recv_multipart(timeout)
-            # a single frame already is `topic payload`; a multipart one is shown the same way
-            return show(frames[0] if len(frames) == 1 else frames[0] + b" " + b"".join(frames[1:]))
-        return _receive(args, recv)
+        return _receive(args, lambda timeout: line(subscriber.recv_multipart(timeout)))
 
 
 def _pull(args: argparse.Namespace) -> int:
+    if args.json and args.sep is not None:
+        raise UsageError("fanout pull: --sep does not apply to --json (the payload's frames are parsed together)")
+    line = frames_to_line(args.sep, args.raw)
     with Puller(_endpoints(args), **_curve(args)) as puller:
         def recv(timeout: float | None) -> bytes | None:
-            payload = puller.recv(timeout)
-            if args.raw:
-                return payload
             if not args.json:
-                return printable(payload)
+                return line(puller.recv_multipart(timeout))
+            payload = puller.recv(timeout)
             try:
                 obj = json.loads(payload)
             except ValueError:
