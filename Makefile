@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install system-deps bench soak clean
 
-$(STAMP): pyproject.toml setup.py fanoutd/_forward.c
+$(STAMP): pyproject.toml setup.py fanoutd/_forward.c fanoutd/zmq_abi.h
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

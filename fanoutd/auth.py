@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -20,16 +19,17 @@ from dataclasses import dataclass
 
 import gevent
 import zmq
-import zmq.auth
 from zmq.utils import z85
 
-from . import green
-from .config import Config, ConfigError
+from . import files, green
+from .config import Config
+from .roles import POLICY_OWNERS, ROLES
 
 log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 LOG_EVERY = 10.0
+DENIALS = ("address", "key", "mechanism")  # why a connection may be refused (Policy.check)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -62,48 +62,19 @@ class Policy:
         return None
 
 
-# Sockets that have no settings of their own take another's: the relay serves
-# downstream nodes as publish serves subscribers; the ingress takes producers
-# as the collector does.
-BORROWED_POLICY = {"relay": "publish", "ingress": "collector"}
-
-
-def policy_role(role: str) -> str:
-    """The socket whose access-control settings ``role`` uses."""
-    return BORROWED_POLICY.get(role, role)
-
-
-def load_policies(config: Config) -> dict[str, Policy]:
-    """The policy of every socket (an open one where nothing is configured), read from the config's files."""
-    out = {}
-    for role in ("collector", "publish", "push"):
-        curve = getattr(config, f"{role}_curve")
-        directory = getattr(config, f"{role}_clients")
-        allow, deny = getattr(config, f"{role}_allow"), getattr(config, f"{role}_deny")
-        clients = None
-        if directory:
-            if not os.path.isdir(directory):
-                raise ConfigError(f"{role}_clients: {directory} is not a directory")
-            clients = frozenset(zmq.auth.load_certificates(directory))
-        out[role] = Policy(curve, clients, _networks(allow), _networks(deny))
-    for role, owner in BORROWED_POLICY.items():
-        out[role] = out[owner]
-    return out
+def build_policies(config: Config, keys: files.Keys) -> dict[str, Policy]:
+    """The policy of every configured socket that takes connections (an open one where nothing is configured)."""
+    own = {}
+    for role in POLICY_OWNERS:
+        listed = keys.clients.get(role)
+        own[role] = Policy(getattr(config, f"{role}_curve"),
+                           None if listed is None else frozenset(listed.values()),
+                           _networks(getattr(config, f"{role}_allow")), _networks(getattr(config, f"{role}_deny")))
+    return {role.name: own[role.policy] for role in ROLES if role.policy is not None and getattr(config, role.name)}
 
 
 def _networks(items: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(item, strict=False) for item in items)
-
-
-def server_secret_key(config: Config) -> bytes:
-    """The daemon's CURVE secret key, from a zmq.auth secret certificate file."""
-    try:
-        _, secret = zmq.auth.load_certificate(config.curve_secret_key)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"curve_secret_key: cannot load {config.curve_secret_key}: {exc}") from None
-    if not secret:
-        raise ConfigError(f"curve_secret_key: {config.curve_secret_key} holds no secret key")
-    return secret
 
 
 class ZapHandler:
@@ -112,7 +83,9 @@ class ZapHandler:
     def __init__(self, context: zmq.Context, policies: Mapping[str, Policy]) -> None:
         self._green = green.shadow(context)
         self._policies = dict(policies)
-        self.denied: Counter[tuple[str, str]] = Counter()
+        # Every socket's reasons from zero, so rates work from the first scrape.
+        self.denied: Counter[tuple[str, str]] = Counter(
+            dict.fromkeys(((role, reason) for role in policies for reason in DENIALS), 0))
         self._socket: zmq.Socket | None = None
         self._greenlet: gevent.Greenlet | None = None
         self._last_log = 0.0

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import files
+from .roles import POLICY_OWNERS, ROLES
 from .values import KIB, MIB, PARSERS, ConfigError
 
 __all__ = ["KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "load", "log_level"]
@@ -42,19 +44,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("collector", "endpoints", ("tcp://127.0.0.1:5560",),
-            "endpoint(s) the collector SUB binds; producers connect PUB sockets here"),
-    Setting("publish", "endpoints", ("tcp://127.0.0.1:5561",),
-            "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)"),
-    Setting("push", "endpoints", ("tcp://127.0.0.1:5562",),
-            "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH output)"),
-    Setting("ingress", "endpoints", (),
-            "endpoint(s) of an optional PULL input for producers that want back-pressure instead of drops "
-            "(they connect PUSH sockets; empty: none)"),
-    Setting("upstream", "endpoints", (),
-            "federation: relay endpoint(s) of upstream fanoutd nodes this node's collector also reads from"),
-    Setting("relay", "endpoints", (),
-            "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: none)"),
+    *(Setting(role.name, "endpoints", role.default, role.help) for role in ROLES),
     Setting("metrics", "hostport", "127.0.0.1:9560",
             "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz"),
     Setting("collector_topics", "topics", ("",),
@@ -83,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "level", "info", "debug, info, warning or error", live=True),
     Setting("curve_secret_key", "path", "",
             "the daemon's CURVE secret certificate (zmq.auth format; `fanoutd keygen` writes one)"),
-    *(setting for role in ("collector", "publish", "push") for setting in (
+    *(setting for role in POLICY_OWNERS for setting in (
         Setting(f"{role}_curve", "bool", False, f"require CURVE encryption and authentication on {role}"),
         Setting(f"{role}_clients", "path", "",
                 f"directory of client public certificates allowed on {role} (empty: any CURVE key)", live=True),
@@ -151,10 +141,9 @@ def _parse(setting: Setting, raw: Any, source: str) -> Any:
 def read_file(path: str) -> dict[str, Any]:
     """Read a TOML config file; every key must be a known setting."""
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        data = tomllib.loads(files.read_bytes(path, "config file").decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     unknown = sorted(set(data) - set(BY_NAME))
@@ -197,14 +186,14 @@ def _check_whole(config: Config) -> None:
     for ep in config.upstream:
         if "*" in ep:
             raise ConfigError(f"upstream: {ep} names no host to connect to")
-    for name in ("collector", "ingress", "publish", "push", "relay", "upstream"):
-        for ep in getattr(config, name):
+    for role in ROLES:
+        for ep in getattr(config, role.name):
             if ep in seen:
-                raise ConfigError(f"{name}: endpoint {ep} is also used by {seen[ep]}")
-            seen[ep] = name
+                raise ConfigError(f"{role.name}: endpoint {ep} is also used by {seen[ep]}")
+            seen[ep] = role.name
     if config.heartbeat_interval and config.heartbeat_timeout < config.heartbeat_interval:
         raise ConfigError("heartbeat_timeout must be at least heartbeat_interval")
-    for role in ("collector", "publish", "push"):
+    for role in POLICY_OWNERS:
         if getattr(config, f"{role}_curve") and not config.curve_secret_key:
             raise ConfigError(f"{role}_curve needs curve_secret_key (create one with `fanoutd keygen`)")
         if getattr(config, f"{role}_clients") and not getattr(config, f"{role}_curve"):

@@ -21,18 +21,10 @@ from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .config import Config
+from .counters import DROPS, REJECTS
+from .roles import ROLES
 
 log = logging.getLogger(__name__)
-
-# (output, reason) -> engine counter
-DROPS = {
-    ("push", "no_puller"): "push_dropped_no_puller",
-    ("push", "hwm"): "push_dropped_hwm",
-    ("publish", "hwm"): "publish_dropped",
-}
-REJECTS = {"oversize": "rejected_oversize", "too_many_frames": "rejected_too_many_frames",
-           "loop": "rejected_loop", "bad_route": "rejected_bad_route"}
-
 
 @dataclass(frozen=True)
 class Sources:
@@ -125,9 +117,9 @@ def _limits(config: Config) -> Iterable[Metric]:
     yield GaugeMetricFamily("fanoutd_max_frames", "Configured max_frames.", value=config.max_frames)
     hwm = GaugeMetricFamily("fanoutd_high_water_mark_messages",
                             "Configured high-water mark per socket (per peer on outputs).", labels=["socket"])
-    hwm.add_metric(["collector"], config.collector_hwm)
-    hwm.add_metric(["publish"], config.publish_hwm)
-    hwm.add_metric(["push"], config.push_hwm)
+    for role in ROLES:
+        if getattr(config, role.name):
+            hwm.add_metric([role.name], getattr(config, role.hwm))
     yield hwm
 
 
@@ -161,8 +153,6 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]])
     return app
 
 
-def serve(address: tuple[str, int], app: Callable[..., Any]) -> WSGIServer:
-    """Start the HTTP server on the hub; raises OSError if the address cannot be bound."""
-    server = WSGIServer(address, app, log=None, error_log=log)
-    server.start()
-    return server
+def http_server(address: tuple[str, int], app: Callable[..., Any]) -> WSGIServer:
+    """The HTTP server for the hub, not yet listening: ``start()`` binds it (OSError if it cannot)."""
+    return WSGIServer(address, app, log=None, error_log=log)

@@ -18,7 +18,7 @@ import gevent
 import zmq
 
 from . import green
-from .engine import monitor_address
+from .sockets import monitor_address
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ class PeerTracker:
         self._green = green.shadow(context)
         self._roles = tuple(roles)
         self._fds: dict[str, set[int]] = {role: set() for role in self._roles}
-        self.handshake_failures: Counter[tuple[str, str]] = Counter()
-        self.disconnects: Counter[str] = Counter()
+        self.handshake_failures: Counter[tuple[str, str]] = Counter(
+            dict.fromkeys(((role, reason) for role in self._roles for reason in HANDSHAKE_FAILURES.values()), 0))
+        self.disconnects: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
         self._on_change = on_change
         self._sockets: list[zmq.Socket] = []
         self._greenlets: list[gevent.Greenlet] = []

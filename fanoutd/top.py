@@ -16,6 +16,9 @@ from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .counters import DROPS, REJECTS
+from .roles import ROLES
+
 Sample = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -51,24 +54,35 @@ class Row:
     rate: float
 
 
+# The screen's counters, in order: (label, metric, labels); drops and rejections come from the loop's own tables.
+SPEC: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("received", "fanoutd_received_messages_total", {}),
+    ("received bytes", "fanoutd_received_bytes_total", {}),
+    ("received from upstream", "fanoutd_received_upstream_messages_total", {}),
+    ("published", "fanoutd_published_messages_total", {}),
+    ("pushed", "fanoutd_pushed_messages_total", {}),
+    ("relayed", "fanoutd_relayed_messages_total", {}),
+    *((f"dropped {output} {reason}", "fanoutd_dropped_messages_total", {"output": output, "reason": reason})
+      for output, reason in DROPS),
+    *((f"rejected {reason}", "fanoutd_rejected_messages_total", {"reason": reason}) for reason in REJECTS),
+    ("auth denied", "fanoutd_auth_denied_total", {}),
+    ("handshake failures", "fanoutd_handshake_failures_total", {}),
+)
+
+
 def rows(before: Sample, after: Sample, seconds: float) -> list[Row]:
     """The lines of the screen: each counter's total and its rate over the interval."""
-    spec = [
-        ("received", "fanoutd_received_messages_total", {}),
-        ("received bytes", "fanoutd_received_bytes_total", {}),
-        ("published", "fanoutd_published_messages_total", {}),
-        ("pushed", "fanoutd_pushed_messages_total", {}),
-        ("dropped push no_puller", "fanoutd_dropped_messages_total", {"output": "push", "reason": "no_puller"}),
-        ("dropped push hwm", "fanoutd_dropped_messages_total", {"output": "push", "reason": "hwm"}),
-        ("dropped publish hwm", "fanoutd_dropped_messages_total", {"output": "publish", "reason": "hwm"}),
-        ("rejected oversize", "fanoutd_rejected_messages_total", {"reason": "oversize"}),
-        ("rejected too_many_frames", "fanoutd_rejected_messages_total", {"reason": "too_many_frames"}),
-    ]
     out = []
-    for label, name, labels in spec:
+    for label, name, labels in SPEC:
         total = _sum(after, name, **labels)
         out.append(Row(label, total, (total - _sum(before, name, **labels)) / seconds if seconds > 0 else 0.0))
     return out
+
+
+def _present(sample: Sample, name: str) -> list[str]:
+    """The sockets a family has samples for, in the order of the role table."""
+    sockets = {dict(labels).get("socket") for (n, labels) in sample if n == name}
+    return [role.name for role in ROLES if role.name in sockets]
 
 
 def render(url: str, before: Sample, after: Sample, seconds: float) -> str:
@@ -76,9 +90,11 @@ def render(url: str, before: Sample, after: Sample, seconds: float) -> str:
     for row in rows(before, after, seconds):
         lines.append(f"{row.label:28}{row.rate:>14,.0f}{row.total:>16,.0f}")
     lines.append("")
-    peers = ", ".join(f"{sock} {_sum(after, 'fanoutd_connected_peers', socket=sock):.0f}"
-                      for sock in ("collector", "publish", "push"))
-    lines.append(f"connected peers: {peers}")
+    lines.append(f"{'socket':12}{'peers':>8}{'disconnects':>14}{'auth denied':>14}")
+    for sock in _present(after, "fanoutd_connected_peers"):
+        lines.append(f"{sock:12}{_sum(after, 'fanoutd_connected_peers', socket=sock):>8,.0f}"
+                     f"{_sum(after, 'fanoutd_disconnects_total', socket=sock):>14,.0f}"
+                     f"{_sum(after, 'fanoutd_auth_denied_total', socket=sock):>14,.0f}")
     rss = _sum(after, "process_resident_memory_bytes")
     if rss:
         lines.append(f"resident memory: {rss / 2**20:,.1f} MiB")

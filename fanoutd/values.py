@@ -10,6 +10,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+# The caps are the C loop's array sizes, defined there once.
+from ._forward import FRAMES_CAP, TOPICS_CAP
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -50,9 +53,6 @@ def _topics(raw: Any) -> tuple[str, ...]:
     if isinstance(raw, (list, tuple)) and all(isinstance(p, str) for p in raw):
         return tuple(raw)
     raise ConfigError(f"expected a list of strings, got {raw!r}")
-
-
-TOPICS_CAP = 64
 
 
 def _counted_topics(raw: Any) -> tuple[str, ...]:
@@ -152,7 +152,6 @@ def _level(raw: Any) -> str:
 # max_message_size floor: libzmq counts handshake frames against ZMQ_MAXMSGSIZE
 # (libzmq #4436), so values that small would break connections, not protect them.
 MIN_MESSAGE_SIZE = 256
-MAX_FRAMES_CAP = 256
 
 PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "endpoints": _endpoints,
@@ -163,7 +162,7 @@ PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "networks": _networks,
     "bool": _bool,
     "size": _bounded(MIN_MESSAGE_SIZE, 1024 * MIB, "a size in bytes (suffixes KiB, MiB allowed)"),
-    "frames": _bounded(1, MAX_FRAMES_CAP, "a number of frames"),
+    "frames": _bounded(1, FRAMES_CAP, "a number of frames"),
     "count": _bounded(1, 100_000_000, "a number of messages"),
     "threads": _bounded(1, 64, "a number of threads"),
     "seconds": _seconds,

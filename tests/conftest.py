@@ -137,11 +137,14 @@ def daemon_command(*args: str) -> list[str]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """start_daemon(*flags, env=None, ready=True) -> Daemon on fresh ports; killed at teardown."""
+    """start_daemon(*flags, env=None, ready=True, prefix=()) -> Daemon on fresh ports; killed at teardown.
+
+    ``prefix`` runs the daemon under a wrapper command (e.g. setpriv).
+    """
     started: list[Daemon] = []
 
     def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True,
-              ports: list[int] | None = None) -> Daemon:
+              ports: list[int] | None = None, prefix: tuple[str, ...] = ()) -> Daemon:
         ports = ports or [free_port() for _ in range(4)]
         endpoints = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
         log_path = tmp_path / f"fanoutd-{len(started)}.log"
@@ -150,7 +153,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("FANOUTD_")}
         environ.update(env or {})
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(daemon_command(*args), stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([*prefix, *daemon_command(*args)], stdout=log, stderr=subprocess.STDOUT,
                                     text=True, env=environ, cwd=tmp_path)
         daemon = Daemon(proc, *endpoints, f"http://127.0.0.1:{ports[3]}", log_path, ports=ports)
         started.append(daemon)

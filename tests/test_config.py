@@ -75,7 +75,7 @@ def test_bad_env_names_its_source():
 
 
 def test_file_problems(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config file .*No such file"):
+    with pytest.raises(ConfigError, match="config file: cannot read .*missing.toml: not found"):
         load({}, NO_ENV, str(tmp_path / "missing.toml"))
     bad = tmp_path / "bad.toml"
     bad.write_text("max_frames = [\n")
@@ -95,7 +95,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("args, needle", [
     (["--collector", "nonsense"], "malformed endpoint 'nonsense'"),
     (["--max-message-size", "-1"], "max_message_size: must be between"),
-    (["--config", "/nonexistent/fanoutd.toml"], "cannot read config file /nonexistent/fanoutd.toml"),
+    (["--config", "/nonexistent/fanoutd.toml"], "config file: cannot read /nonexistent/fanoutd.toml: not found"),
     (["--log-level", "chatty"], "log_level"),
 ])
 def test_cli_config_errors_are_one_line_exit_2(args, needle):
@@ -133,8 +133,13 @@ def test_shipped_example_config_is_valid():
     assert c.collector
 
 
-def test_config_limits_match_the_native_loop():
-    """The parsers' caps are what the C loop has room for: the two must never drift apart."""
-    from fanoutd import _forward, values
-    assert values.MAX_FRAMES_CAP == _forward.FRAMES_CAP
-    assert values.TOPICS_CAP == _forward.TOPICS_CAP
+def test_config_caps_are_the_native_loops():
+    """max_frames and metrics_topics are bounded by what the C loop has room for, defined there once."""
+    from fanoutd import _forward
+    assert load({"max_frames": str(_forward.FRAMES_CAP)}, NO_ENV).max_frames == _forward.FRAMES_CAP
+    with pytest.raises(ConfigError, match="max_frames"):
+        load({"max_frames": str(_forward.FRAMES_CAP + 1)}, NO_ENV)
+    topics = [f"t{i}" for i in range(_forward.TOPICS_CAP + 1)]
+    assert len(load({"metrics_topics": topics[:-1]}, NO_ENV).metrics_topics) == _forward.TOPICS_CAP
+    with pytest.raises(ConfigError, match="at most"):
+        load({"metrics_topics": topics}, NO_ENV)

@@ -178,15 +178,17 @@ def test_second_signal_aborts(start_daemon):
     assert "received SIGTERM" in d.log()
 
 
-def test_collector_port_in_use_is_one_clear_line(start_daemon):
+@pytest.mark.parametrize("role", ["collector", "push"])
+def test_port_in_use_is_one_clear_line(start_daemon, role):
+    """The first socket or a later one: every socket already opened is closed again, nothing hangs."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        d = start_daemon("--collector", f"tcp://127.0.0.1:{port}", ready=False)
+        d = start_daemon(f"--{role}", f"tcp://127.0.0.1:{port}", ready=False)
         assert d.proc.wait(timeout=15) == 2
     out = d.log().strip().splitlines()
-    assert out[-1] == f"fanoutd: cannot start: cannot bind collector to tcp://127.0.0.1:{port}: Address already in use"
+    assert out[-1] == f"fanoutd: cannot start: cannot bind {role} to tcp://127.0.0.1:{port}: Address already in use"
     assert "Traceback" not in d.log()
 
 

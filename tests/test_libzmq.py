@@ -145,3 +145,11 @@ def test_refuses_a_libzmq_that_overrides_pyzmqs(bundled, system_libzmq, how) -> 
     assert f"/{system_libzmq}, which" in message  # the global copy, by the path the linker found it at
     assert message.endswith("which LD_PRELOAD or a library loaded with RTLD_GLOBAL puts ahead of pyzmq's own: "
                             "start fanoutd without it")
+
+
+def test_the_daemon_refuses_to_start_with_one_line(start_daemon, bundled, system_libzmq) -> None:
+    """The real entry point under LD_PRELOAD: no socket is driven by the wrong library, exit 2, one line."""
+    d = start_daemon(env={"LD_PRELOAD": system_libzmq}, ready=False)
+    assert d.proc.wait(timeout=30) == 2
+    lines = d.log().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fanoutd: cannot start: fanoutd's loop found libzmq "), lines

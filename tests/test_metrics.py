@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +13,11 @@ import urllib.request
 import pytest
 import zmq
 
-from conftest import connected, free_port, ready_producer, warm_up
+from fanoutd.counters import REJECTS
+from fanoutd.roles import ROLES
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, connected, free_port, ready_producer, warm_up
 
 
 def test_no_puller_accounting_and_promtool_is_clean(start_daemon, sockets):
@@ -128,8 +133,13 @@ def test_fanoutd_top_shows_rates_drops_and_peers(start_daemon, sockets):
     lines = {line[:28].strip(): line[28:].split() for line in out.splitlines() if line[:28].strip()}
     rate, total = (float(x.replace(",", "")) for x in lines["received"])
     assert rate > 0 and total > 0
-    assert "connected peers: collector 1, publish 1, push 0" in out
     assert float(lines["dropped push no_puller"][1].replace(",", "")) > 0
+    for reason in REJECTS:  # every reason the loop counts has its row, federation's included
+        assert f"rejected {reason}" in lines
+    assert {"auth denied", "handshake failures"} <= set(lines)
+    peers = {cols[0]: cols[1:] for cols in map(str.split, out.splitlines())
+             if cols and cols[0] in ("collector", "publish", "push")}
+    assert (peers["collector"][0], peers["publish"][0], peers["push"][0]) == ("1", "1", "0"), out
 
 
 def test_fanoutd_top_unreachable_is_one_line():
@@ -154,3 +164,43 @@ def check_dashboard_queries(prometheus_port: int, d) -> None:
             url = f"http://127.0.0.1:{prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
             with urllib.request.urlopen(url, timeout=5) as resp:
                 assert json.load(resp)["status"] == "success", expr
+
+
+def readme_metrics_table() -> dict[str, set[str]]:
+    """Metric name -> label names, from the rows of README.md's metrics table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| metric | meaning |", 1)[1].split("\n\n", 1)[0]
+    out: dict[str, set[str]] = {}
+    for row in table.splitlines()[2:]:
+        for name, labels in re.findall(r"`(fanoutd_[a-z_]+)(?:\{([a-z_,]*)\})?`", row.split("|")[1]):
+            out[name] = set(filter(None, labels.split(",")))
+    return out
+
+
+def test_readme_metrics_table_matches_the_live_endpoint(start_daemon):
+    """Every fanoutd_ sample a daemon with every socket exposes is in the README's table, labels included,
+    and the table names nothing the daemon does not expose."""
+    relay_port, ingress_port = free_port(), free_port()
+    # Its upstream is its own relay (named differently, as two endpoints may not be equal): the link comes up,
+    # so the node is ready, and whatever loops back is counted as `loop`.
+    d = start_daemon("--relay", f"tcp://127.0.0.1:{relay_port}", "--upstream", f"tcp://localhost:{relay_port}",
+                     "--ingress", f"tcp://127.0.0.1:{ingress_port}", "--metrics-topics", "orders")
+    _, text = d.get("/metrics")
+    live: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("fanoutd_") and not sample.name.endswith("_created"):
+                live.setdefault(sample.name, set()).update(sample.labels)
+    documented = readme_metrics_table()
+    assert set(live) == set(documented), (sorted(set(live) - set(documented)), sorted(set(documented) - set(live)))
+    for name, labels in live.items():
+        if name != "fanoutd_build_info":
+            assert labels == documented[name], (name, labels, documented[name])
+    assert documented["fanoutd_build_info"] == live["fanoutd_build_info"]
+    # Per-socket families cover every socket this daemon has, from the one role table.
+    sockets = {s.labels["socket"] for f in text_string_to_metric_families(text) if f.name == "fanoutd_connected_peers"
+               for s in f.samples}
+    assert sockets == {role.name for role in ROLES}
+    hwm = {s.labels["socket"] for f in text_string_to_metric_families(text)
+           if f.name == "fanoutd_high_water_mark_messages" for s in f.samples}
+    assert hwm == {role.name for role in ROLES}

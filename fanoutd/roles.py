@@ -1,0 +1,62 @@
+"""The socket roles of a fanoutd node, defined once: everything per-socket is derived from this table.
+
+Settings (endpoints, high-water marks, access control), the socket
+descriptions, metrics label values, `fanoutd top` rows and the docs all
+iterate over :data:`ROLES` instead of spelling role names out, so adding or
+renaming a socket is one edit here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Pattern = Literal["SUB", "PULL", "PUB", "PUSH"]
+
+
+@dataclass(frozen=True)
+class Role:
+    """One socket of the broker and how the rest of the daemon treats it."""
+
+    name: str
+    pattern: Pattern        # the ZeroMQ socket type, by name (zmq is not imported here)
+    help: str               # the help of its endpoints setting (named like the role)
+    hwm: str                # the setting that bounds its queue (per peer on outputs)
+    policy: str | None      # the role whose access-control settings it uses; None: it connects out
+    default: tuple[str, ...] = ()  # its endpoints by default (empty: the socket is not created)
+    connects: bool = False  # connects to its endpoints instead of binding them
+
+    @property
+    def is_input(self) -> bool:
+        """Read by the forwarding loop (inputs close first on stop: stop reading, then flush)."""
+        return self.pattern in ("SUB", "PULL")
+
+    @property
+    def owns_policy(self) -> bool:
+        """Has `<name>_curve`, `<name>_clients`, `<name>_allow`, `<name>_deny` settings of its own."""
+        return self.policy == self.name
+
+
+# Inputs first: the order sockets are closed in.
+ROLES: tuple[Role, ...] = (
+    Role("collector", "SUB", "endpoint(s) the collector SUB binds; producers connect PUB sockets here",
+         "collector_hwm", "collector", ("tcp://127.0.0.1:5560",)),
+    Role("ingress", "PULL", "endpoint(s) of an optional PULL input for producers that want back-pressure instead "
+         "of drops (they connect PUSH sockets; empty: none)", "collector_hwm", "collector"),
+    Role("upstream", "SUB", "federation: relay endpoint(s) of upstream fanoutd nodes this node's collector also "
+         "reads from", "collector_hwm", None, connects=True),
+    Role("publish", "PUB", "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)",
+         "publish_hwm", "publish", ("tcp://127.0.0.1:5561",)),
+    Role("push", "PUSH", "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH "
+         "output)", "push_hwm", "push", ("tcp://127.0.0.1:5562",)),
+    Role("relay", "PUB", "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: "
+         "none)", "publish_hwm", "publish"),
+)
+BY_NAME: dict[str, Role] = {role.name: role for role in ROLES}
+INPUTS: tuple[str, ...] = tuple(role.name for role in ROLES if role.is_input)
+POLICY_OWNERS: tuple[str, ...] = tuple(role.name for role in ROLES if role.owns_policy)
+HWM_SETTINGS: tuple[str, ...] = tuple(dict.fromkeys(role.hwm for role in ROLES))
+
+
+def role(name: str) -> Role:
+    return BY_NAME[name]

@@ -1,0 +1,119 @@
+"""The running parts of one broker (context, ZAP, engine, peer tracking, HTTP) opened and closed as one.
+
+:meth:`Runtime.open` starts the parts in the order they depend on each
+other and, if one fails, rolls back through the very :meth:`Runtime.close`
+used at shutdown; ``close`` closes every part even if one of them fails,
+and terminates the context last.  Every part exists from construction on
+(nothing here is half-built), so no code needs to ask whether it is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import zmq
+
+from . import auth, logs, metrics, status
+from .config import Config, log_level
+from .engine import BindError, Engine
+from .files import Keys
+from .peers import PeerTracker
+from .reload import Plan
+from .zmqlib import LibzmqError
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The broker could not start; the message is the one line to show."""
+
+
+class Runtime:
+    """Owns what a running broker holds open; ``phase`` is what /readyz reports."""
+
+    def __init__(self, config: Config, keys: Keys, node_id: bytes,
+                 on_crash: Callable[[gevent.Greenlet], None]) -> None:
+        self.config = config
+        self.keys = keys
+        self.phase = "starting"
+        self._on_crash = on_crash
+        self.context = zmq.Context(io_threads=config.io_threads)
+        # The ZAP handler must answer before any socket accepts a peer: it is started first.
+        self.zap = auth.ZapHandler(self.context, auth.build_policies(config, keys))
+        self.engine = Engine(config, self.context, keys.secret, node_id=node_id)
+        self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
+        sources = metrics.Sources(self.engine.counters, self.engine.topic_counters, self.peers.counts,
+                                  lambda: self.peers.handshake_failures, lambda: self.peers.disconnects,
+                                  lambda: self.zap.denied, lambda: self.config, node_id.hex())
+        registry = metrics.make_registry(metrics.BrokerCollector(sources))
+        self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness))
+
+    def readiness(self) -> tuple[bool, str]:
+        return status.readiness(self.phase, self.config, self.peers.counts())
+
+    def open(self) -> Any:
+        """Start every part; returns the forwarding loop's result. On failure all is closed and StartupError raised."""
+        try:
+            self.zap.start(self._on_crash)
+            # Monitor readers first: libzmq's monitor events are blocking sends, so a monitored socket
+            # closed with nobody reading its monitor (a bind that failed half-way) would hang the reaper.
+            self.peers.start(self._on_crash)
+            library = self.engine.open()
+            self._serve_http()
+            result = self.engine.start()
+        except (BindError, LibzmqError, StartupError) as exc:
+            self.close(deadline=time.monotonic())
+            raise StartupError(str(exc)) from None
+        except BaseException:
+            self.close(deadline=time.monotonic())
+            raise
+        log.debug("forwarding loop bound to %s", library)
+        return result
+
+    def _serve_http(self) -> None:
+        try:
+            self.server.start()
+        except OSError as exc:
+            host, port = self.config.metrics
+            raise StartupError(f"cannot serve metrics on {host}:{port}: {os.strerror(exc.errno or 0)}") from None
+
+    def apply(self, plan: Plan) -> None:
+        """Put a reload plan into effect: limits into the loop, policies into ZAP, the log level."""
+        self.engine.apply_limits(plan.config)
+        self.zap.update(plan.policies)
+        logs.configure(log_level(plan.config))
+        self.config, self.keys = plan.config, plan.keys
+
+    def close(self, deadline: float) -> bool:
+        """Close every part, in order, even if one fails; False if any failed or the context hung.
+
+        The loop (if still running) is aborted; outputs flush until
+        ``deadline`` at most, and the context gets 2 s beyond it to terminate.
+        """
+        def remaining() -> float:
+            return max(0.0, deadline - time.monotonic()) + 2.0
+
+        steps: list[tuple[str, Callable[[], bool | None]]] = [
+            ("the HTTP server", lambda: self.server.stop(timeout=1.0) if self.server.started else None),
+            ("the forwarding loop", lambda: self.engine.close(timeout=remaining())),
+            ("the socket monitors", self.peers.close),
+            ("the ZAP handler", self.zap.close),
+            ("the ZeroMQ context", lambda: self.engine.terminate(timeout=remaining())),
+        ]
+        clean = True
+        for name, close in steps:
+            try:
+                clean &= close() is not False
+            except Exception:
+                log.exception("closing %s failed; closing the rest", name)
+                clean = False
+        return clean
+
+    def _on_peers(self, role: str, count: int) -> None:
+        if role == "push":
+            self.engine.set_push_peers(count)

@@ -1,0 +1,144 @@
+"""Sockets described before they exist, then created in one place: options first, monitor, then bind or connect.
+
+:func:`describe` is a pure function of the config, one :class:`SocketSpec`
+per role of :data:`fanoutd.roles.ROLES` that has endpoints;
+:func:`open_socket` makes one, in the thread that will use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass, field
+
+import zmq
+
+from .config import Config
+from .roles import ROLES, Role
+
+_KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "PUB": zmq.PUB, "PUSH": zmq.PUSH}
+# The socket-monitor events peer counts, disconnects and handshake failures are built from.
+MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
+                  | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+class BindError(RuntimeError):
+    """A socket could not be bound; the message names the socket and endpoint."""
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """Everything needed to create one bound socket, decided before any socket exists."""
+
+    role: str
+    kind: int
+    endpoints: tuple[str, ...]
+    options: tuple[tuple[int, int | bytes], ...]
+    subscribe: tuple[bytes, ...] = field(default=())
+    connect: bool = False  # connect to the endpoints instead of binding them
+
+
+def frame_guard(config: Config) -> int:
+    """ZMQ_MAXMSGSIZE for the collector: a per-frame cap libzmq enforces while reading.
+
+    Messages over max_message_size are rejected and counted by the engine
+    with the connection kept; this guard only stops a peer from making us
+    buffer an absurd frame. It is set well above the limit so that a reload
+    may raise max_message_size within it.
+    """
+    return 2 * config.max_message_size + 64 * 1024
+
+
+def security_options(config: Config, role: Role, secret_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:
+    """The ZAP domain (the role) on every socket that takes connections, plus the CURVE server keys where asked for.
+
+    A ZAP domain on every such socket does two things: each connection is
+    seen (and checked) by the ZAP handler, and libzmq refuses legacy ZMTP
+    1.0/2.0 peers whenever ZAP is on. Those skip the socket-type check, so
+    without this any stray TCP client that writes a byte could pose as a
+    puller and swallow PUSH messages.
+    """
+    if role.policy is None:
+        return ()
+    options: tuple[tuple[int, int | bytes], ...] = ((zmq.ZAP_DOMAIN, role.name.encode()),)
+    if getattr(config, f"{role.policy}_curve"):
+        if secret_key is None:
+            raise ValueError("a CURVE socket needs the server secret key")
+        options += ((zmq.CURVE_SERVER, 1), (zmq.CURVE_SECRETKEY, secret_key))
+    return options
+
+
+def limits_metadata(config: Config) -> bytes:
+    """ZMTP metadata a producer reads from the collector's handshake: the limit it can check locally."""
+    return b"X-Max-Message-Size:%d" % config.max_message_size
+
+
+def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpec, ...]:
+    """One socket per role (:data:`fanoutd.roles.ROLES`) that the config gives endpoints, inputs first."""
+    heartbeat: tuple[tuple[int, int | bytes], ...] = ()
+    if config.heartbeat_interval > 0:
+        ivl, timeout = int(config.heartbeat_interval * 1000), int(config.heartbeat_timeout * 1000)
+        heartbeat = ((zmq.HEARTBEAT_IVL, ivl), (zmq.HEARTBEAT_TIMEOUT, timeout), (zmq.HEARTBEAT_TTL, timeout))
+    specs = []
+    for role in ROLES:
+        endpoints = getattr(config, role.name)
+        if not endpoints:
+            continue
+        hwm = getattr(config, role.hwm)
+        options: tuple[tuple[int, int | bytes], ...] = ((zmq.LINGER, 0),)
+        if role.is_input:
+            options += ((zmq.RCVHWM, hwm), (zmq.MAXMSGSIZE, frame_guard(config)))
+            if not role.connects:
+                options += ((zmq.METADATA, limits_metadata(config)),)
+        else:
+            options += ((zmq.SNDHWM, hwm),)
+        if role.connects:
+            options += ((zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000))
+        subscribe = tuple(t.encode() for t in config.collector_topics) if role.pattern == "SUB" else ()
+        specs.append(SocketSpec(role.name, _KIND[role.pattern], endpoints,
+                                options + heartbeat + security_options(config, role, secret_key),
+                                subscribe, connect=role.connects))
+    return tuple(specs)
+
+
+def open_socket(context: zmq.Context, spec: SocketSpec, monitor: str | None = None) -> zmq.Socket:
+    """Create, configure, monitor and bind (or connect) one socket; on failure nothing is left open.
+
+    The monitor is attached before the first bind or connect, or an early
+    peer's connection event would be missed and its count be wrong forever.
+    """
+    sock = context.socket(spec.kind)
+    endpoint = ""
+    try:
+        for option, value in spec.options:
+            sock.setsockopt(option, value)
+        for topic in spec.subscribe:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        if monitor is not None:
+            sock.monitor(monitor, MONITOR_EVENTS)
+        for endpoint in spec.endpoints:
+            (sock.connect if spec.connect else sock.bind)(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        verb = "connect" if spec.connect else "bind"
+        raise BindError(f"cannot {verb} {spec.role} to {endpoint}: {bind_cause(endpoint, exc.errno)}") from None
+    return sock
+
+
+def bind_cause(endpoint: str, error: int) -> str:
+    """libzmq's error in the words of the real cause: it reports a host it cannot resolve as "No such device"."""
+    host = endpoint.partition("://")[2].rpartition(":")[0].strip("[]")
+    if error == errno.ENODEV and endpoint.startswith("tcp://") and host != "*":
+        try:
+            socket.getaddrinfo(host, None)
+        except OSError:
+            return f"cannot resolve host {host!r} (not an address, a host name or a local interface)"
+        return f"{host!r} is not an address of this machine"
+    if error == errno.EADDRNOTAVAIL:
+        return f"{host!r} is not an address of this machine"
+    return zmq.strerror(error)
+
+
+def monitor_address(role: str) -> str:
+    return f"inproc://fanoutd.monitor.{role}"

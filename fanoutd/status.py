@@ -1,0 +1,83 @@
+"""What the broker tells the outside about itself: readiness, STATUS= lines, rate-limited warnings, the watchdog.
+
+Readiness and the status line are pure functions of a few numbers; the two
+loops are greenlets on the hub that read the engine's counters and never
+touch a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import gevent
+
+from . import systemd
+from .config import Config
+from .counters import DROPS, REJECTS
+from .roles import ROLES
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY = 5.0
+WARN_EVERY = 10.0
+
+Counters = Callable[[], Mapping[str, int]]
+
+
+def readiness(phase: str, config: Config, peers: Mapping[str, int]) -> tuple[bool, str]:
+    """What /readyz answers: ready only while running with every input it needs connected."""
+    if phase != "ready":
+        return False, phase
+    if config.upstream and not peers.get("upstream"):
+        return False, "no upstream connected"
+    return True, "ready"
+
+
+def endpoints(config: Config) -> str:
+    """Every bound and connected endpoint by role, and the metrics URL: what the ready line shows."""
+    parts = [f"{role.name} {','.join(getattr(config, role.name))}" for role in ROLES if getattr(config, role.name)]
+    host, port = config.metrics
+    return ", ".join([*parts, f"metrics http://{f'[{host}]' if ':' in host else host}:{port}/metrics"])
+
+
+def status_line(c: Mapping[str, int]) -> str:
+    """The one-line summary systemd shows (``systemctl status``) and the stop log repeats."""
+    dropped = sum(c.get(key, 0) for key in DROPS.values())
+    rejected = sum(c.get(key, 0) for key in REJECTS.values())
+    return (f"received {c.get('received_messages', 0)}, published {c.get('published_messages', 0)}, "
+            f"pushed {c.get('pushed_messages', 0)}, dropped {dropped}, rejected {rejected}")
+
+
+def report(counters: Counters) -> None:
+    """STATUS= lines for systemctl status, and rate-limited warnings about rejections (never one per message)."""
+    last_warn = time.monotonic()
+    seen = dict(counters())
+    while True:
+        gevent.sleep(STATUS_EVERY)
+        now = counters()
+        systemd.notify("STATUS=" + status_line(now))
+        if time.monotonic() - last_warn < WARN_EVERY:
+            continue
+        rejected = {reason: now[key] - seen[key] for reason, key in REJECTS.items() if now[key] > seen[key]}
+        if rejected:
+            log.warning("rejected messages in the last %.0fs: %s", time.monotonic() - last_warn,
+                        ", ".join(f"{n} {reason}" for reason, n in rejected.items()))
+        seen, last_warn = dict(now), time.monotonic()
+
+
+def watchdog(counters: Counters) -> None:
+    """WATCHDOG=1 only while the forwarding loop is seen going round: a stuck engine stops the pings."""
+    interval = systemd.watchdog_interval()
+    if interval is None:
+        return
+    last = -1
+    while True:
+        ticks = counters()["ticks"]
+        if ticks != last:
+            systemd.notify("WATCHDOG=1")
+            last = ticks
+        else:
+            log.error("the forwarding loop has not gone round in %.1fs; withholding the watchdog ping", interval)
+        gevent.sleep(interval)
