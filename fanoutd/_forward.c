@@ -28,6 +28,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "zmq_abi.h"
 
@@ -40,13 +42,15 @@ enum {
     C_RECEIVED, C_RECEIVED_BYTES, C_PUBLISHED, C_PUBLISH_DROPPED,
     C_PUSHED, C_PUSH_NO_PULLER, C_PUSH_HWM,
     C_REJECT_OVERSIZE, C_REJECT_FRAMES, C_TICKS,
-    C_RECEIVED_UPSTREAM, C_RELAYED, C_REJECT_LOOP, C_REJECT_ROUTE, C_COUNT
+    C_RECEIVED_UPSTREAM, C_RELAYED, C_REJECT_LOOP, C_REJECT_ROUTE,
+    C_RELAY_DROPPED, C_PUBLISH_STALLS, C_RELAY_STALLS, C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
     "pushed_messages", "push_dropped_no_puller", "push_dropped_hwm",
     "rejected_oversize", "rejected_too_many_frames", "ticks",
     "received_upstream_messages", "relayed_messages", "rejected_loop", "rejected_bad_route",
+    "relay_dropped", "publish_stalls", "relay_stalls",
 };
 
 enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
@@ -60,9 +64,24 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 #define NODE_ID_LEN 8
 #define MAX_HOPS 32
 
+/* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP): libzmq refuses
+ * a message there, instead of silently dropping it for one subscriber, when a
+ * matching subscriber's queue is at its high-water mark. The loop then holds
+ * all output for at most stall_ns, signalling stall_fd so the slow-consumer
+ * guard (Python, on the hub) can cut the subscriber off; if the bound passes,
+ * it sends lossy (NODROP off for that one message) and counts the message, and
+ * keeps doing so without stalling again until a send goes through whole. */
+enum { OUT_PUBLISH = 0, OUT_RELAY = 1, OUTS = 2 };
+static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED};
+static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS};
+
 typedef struct {
     PyObject_HEAD
     void *publish, *push, *relay;
+    void *outs[OUTS];   /* publish, relay */
+    int lossy[OUTS];    /* an episode whose stall bound passed: send lossy until a send goes through */
+    int stall_fd;       /* eventfd the loop writes when it starts holding output; -1: none */
+    int64_t stall_ns;   /* how long one episode may hold output; 0: lossy at once */
     /* What the loop reads: the collector, then the PULL ingress, then the
      * upstream link (whose messages carry a route frame). */
     struct { void *socket; int from_upstream; } inputs[3];
@@ -179,17 +198,85 @@ static int push_out(Forwarder *f, int n)
     return 0;
 }
 
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Offer a message to an XPUB output: frames[0..n) (copies of them unless
+ * consume), then tail if given (consumed). Only the first frame can be
+ * refused: once it is queued, libzmq keeps the rest on the same pipes.
+ * 1 sent, 0 refused (EAGAIN: a matching subscriber is full), -1 error. */
+static int offer(void *sock, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+{
+    zmsg_t copy;
+    int last = n - 1 + (tail != NULL);
+    for (int i = 0; i <= last; i++) {
+        zmsg_t *m = i < n ? &frames[i] : tail;
+        if (i < n && !consume) {
+            if (copy_part(&copy, m) < 0)
+                return -1;
+            m = &copy;
+        }
+        if (Z.msg_send(m, sock, Z_DONTWAIT | (i < last ? Z_SNDMORE : 0)) < 0) {
+            int err = Z.errno_();
+            if (m == &copy)
+                Z.msg_close(&copy);
+            return i == 0 && err == EAGAIN ? 0 : -1;
+        }
+    }
+    return 1;
+}
+
+static int set_nodrop(void *sock, int on)
+{
+    return Z.setsockopt(sock, Z_XPUB_NODROP, &on, sizeof on);
+}
+
+/* Deliver to a fanning-out output, stalling within the bound for the guard to
+ * cut a slow consumer; a message sent lossy is counted. 0 done, -1 error. */
+static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+{
+    void *sock = f->outs[out];
+    int rc = offer(sock, frames, n, tail, consume);
+    if (rc != 0) {
+        if (rc > 0)
+            f->lossy[out] = 0;
+        return rc < 0 ? -1 : 0;
+    }
+    if (!f->lossy[out] && f->stall_fd >= 0) {
+        /* Tell the guard, stall or not: a full subscriber left connected is skipped by libzmq unseen. */
+        uint64_t one = 1;
+        (void)!write(f->stall_fd, &one, sizeof one);  /* a full eventfd already says it */
+    }
+    if (!f->lossy[out] && f->stall_ns > 0) {
+        f->local[STALLS[out]]++;
+        publish_counters(f);
+        int64_t deadline = now_ns() + f->stall_ns;
+        struct timespec pause = {0, 200000};  /* 0.2 ms: the guard's cut takes libzmq an I/O round */
+        while (now_ns() < deadline && LOAD(f->mode) != MODE_ABORT) {
+            nanosleep(&pause, NULL);
+            if ((rc = offer(sock, frames, n, tail, consume)) != 0)
+                return rc < 0 ? -1 : 0;
+        }
+    }
+    f->lossy[out] = 1;
+    if (set_nodrop(sock, 0) < 0)
+        return -1;
+    rc = offer(sock, frames, n, tail, consume);
+    if (set_nodrop(sock, 1) < 0 || rc < 0)
+        return -1;
+    f->local[DROPPED[out]]++;  /* at least one subscriber missed this message */
+    return 0;
+}
+
 /* Re-emit the message unchanged; consumes the parts. */
 static int publish_out(Forwarder *f, int n)
 {
-    for (int i = 0; i < n; i++) {
-        if (Z.msg_send(&f->parts[i], f->publish, Z_DONTWAIT | (i < n - 1 ? Z_SNDMORE : 0)) < 0) {
-            if (Z.errno_() != EAGAIN)
-                return -1;
-            f->local[C_PUBLISH_DROPPED]++;
-            return 0;
-        }
-    }
+    if (fan_out(f, OUT_PUBLISH, f->parts, n, NULL, 1) < 0)
+        return -1;
     f->local[C_PUBLISHED]++;
     return 0;
 }
@@ -198,25 +285,35 @@ static int publish_out(Forwarder *f, int n)
 static int relay_out(Forwarder *f, int n, zmsg_t *route)
 {
     zmsg_t out;
-    for (int i = 0; i < n; i++) {
-        if (copy_part(&out, &f->parts[i]) < 0)
-            return -1;
-        if (Z.msg_send(&out, f->relay, Z_DONTWAIT | Z_SNDMORE) < 0) {
-            Z.msg_close(&out);
-            return Z.errno_() == EAGAIN ? 0 : -1;
-        }
-    }
     size_t len = route ? Z.msg_size(route) : 0;
     if (Z.msg_init_size(&out, len + NODE_ID_LEN) < 0)
         return -1;
     if (len)
         memcpy(Z.msg_data(&out), Z.msg_data(route), len);
     memcpy((char *)Z.msg_data(&out) + len, f->node_id, NODE_ID_LEN);
-    if (Z.msg_send(&out, f->relay, Z_DONTWAIT) < 0) {
+    int rc = fan_out(f, OUT_RELAY, f->parts, n, &out, 0);
+    if (rc < 0) {
         Z.msg_close(&out);
         return -1;
     }
     f->local[C_RELAYED]++;
+    return 0;
+}
+
+/* Read and discard what subscribers send an XPUB (their subscriptions), which
+ * would otherwise pile up in it; libzmq has applied them already. */
+static int discard_subscriptions(void *sock)
+{
+    zmsg_t m;
+    for (int i = 0; i < BATCH; i++) {
+        if (Z.msg_init(&m) < 0)
+            return -1;
+        int rc = Z.msg_recv(&m, sock, Z_DONTWAIT);
+        int err = rc < 0 ? Z.errno_() : 0;
+        Z.msg_close(&m);
+        if (rc < 0)
+            return err == EAGAIN ? 0 : -1;
+    }
     return 0;
 }
 
@@ -344,6 +441,8 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
             failed = handled < 0;
             busy |= handled == BATCH;
         }
+        for (int o = 0; o < OUTS && !failed; o++)
+            failed = f->outs[o] && discard_subscriptions(f->outs[o]) < 0;
         f->local[C_TICKS]++;
         publish_counters(f);
         if (failed) {
@@ -486,16 +585,23 @@ static void Forwarder_dealloc(Forwarder *f)
 static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"collector", "publish", "push", "max_message_size", "max_frames", "strip_topic",
-                            "topics", "upstream", "relay", "node_id", "ingress", NULL};
+                            "topics", "upstream", "relay", "node_id", "ingress", "stall_ns", "stall_fd", NULL};
     unsigned long long collector, publish, push, max_size = 1 << 20, upstream = 0, relay = 0, ingress = 0;
-    int max_frames = 16, strip = 1;
+    long long stall_ns = 0;
+    int max_frames = 16, strip = 1, stall_fd = -1;
     PyObject *topics = NULL;
     const char *node_id = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#K", names, &collector, &publish, &push,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#KLi", names, &collector, &publish, &push,
                                      &max_size, &max_frames, &strip, &topics, &upstream, &relay,
-                                     &node_id, &node_id_len, &ingress))
+                                     &node_id, &node_id_len, &ingress, &stall_ns, &stall_fd))
         return -1;
+    if (stall_ns < 0) {
+        PyErr_SetString(PyExc_ValueError, "stall_ns must not be negative");
+        return -1;
+    }
+    f->stall_ns = stall_ns;
+    f->stall_fd = stall_fd;
     if (f->ninputs) {
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
         return -1;
@@ -523,7 +629,8 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     }
     if (topics && set_topics(f, topics) < 0)
         return -1;
-    f->publish = (void *)(uintptr_t)publish;
+    f->publish = f->outs[OUT_PUBLISH] = (void *)(uintptr_t)publish;
+    f->outs[OUT_RELAY] = f->relay;
     f->push = (void *)(uintptr_t)push;
     return set_limits(f, max_size, max_frames, strip);
 }
@@ -550,10 +657,12 @@ static PyTypeObject ForwarderType = {
     .tp_basicsize = sizeof(Forwarder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Forwarder(collector, publish, push, *, max_message_size, max_frames, strip_topic, topics=(), "
-              "upstream=0, relay=0, node_id=b'', ingress=0): socket handles are pyzmq Socket.underlying addresses "
-              "(0 disables one); topics is an allowlist of topics to count received messages for; upstream "
+              "upstream=0, relay=0, node_id=b'', ingress=0, stall_ns=0, stall_fd=-1): socket handles are pyzmq "
+              "Socket.underlying addresses (0 disables one); publish and relay are XPUB sockets with "
+              "ZMQ_XPUB_NODROP set; topics is an allowlist of topics to count received messages for; upstream "
               "and relay are the federation link in and out, node_id this node's 8-byte id; ingress a PULL "
-              "input read like the collector.",
+              "input read like the collector; stall_ns bounds how long output is held when a subscriber is "
+              "full, and stall_fd (an eventfd) is written when that starts.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Forwarder_init,
     .tp_dealloc = (destructor)Forwarder_dealloc,

@@ -64,6 +64,16 @@ SETTINGS: tuple[Setting, ...] = (
     # while consumers catch up (bench: burst mode); the memory this implies is in the README.
     Setting("publish_hwm", "count", 250_000, "high-water mark per subscriber on the PUB output, in messages"),
     Setting("push_hwm", "count", 250_000, "high-water mark per puller on the PUSH output, in messages"),
+    Setting("slow_consumer_stall", "seconds", 0.02,
+            "when a subscriber's queue (publish or relay) reaches its high-water mark, the loop holds all output "
+            "for at most this long while that subscriber is disconnected, so nothing is lost for it unseen; past "
+            "it the message is sent without it and counted (0: at once)"),
+    Setting("slow_consumer_timeout", "seconds", 10.0,
+            "a subscriber that has not read for this long while data waits for it is disconnected even before "
+            "its queue is full (0: only at the high-water mark)"),
+    Setting("peers_view", "bool", True,
+            "serve /peers: each connection's peer address, queued bytes and state, and why recent ones closed "
+            "(reveals client addresses on the metrics port)"),
     Setting("heartbeat_interval", "seconds", 5.0, "ZMTP heartbeat interval on every socket (0 disables)"),
     Setting("heartbeat_timeout", "seconds", 15.0, "a peer silent this long is disconnected"),
     Setting("drain_timeout", "seconds", 5.0,
@@ -105,6 +115,9 @@ class Config:
     collector_hwm: int
     publish_hwm: int
     push_hwm: int
+    slow_consumer_stall: float
+    slow_consumer_timeout: float
+    peers_view: bool
     heartbeat_interval: float
     heartbeat_timeout: float
     drain_timeout: float

@@ -11,6 +11,7 @@ DROPS: dict[tuple[str, str], str] = {
     ("push", "no_puller"): "push_dropped_no_puller",
     ("push", "hwm"): "push_dropped_hwm",
     ("publish", "hwm"): "publish_dropped",
+    ("relay", "hwm"): "relay_dropped",
 }
 # reason -> the loop's counter
 REJECTS: dict[str, str] = {

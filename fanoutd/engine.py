@@ -9,6 +9,7 @@ hub in the main thread stays free for HTTP, signals and monitors.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -51,6 +52,8 @@ class Engine:
         self._result: Any = None  # the running loop's gevent ThreadResult
         self._pool = ThreadPool(1)
         self._flush_deadline = 0.0
+        # The loop writes this when it starts holding output for a full subscriber (see fanoutd.slow).
+        self.stall_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -82,7 +85,9 @@ class Engine:
             handles["collector"], handles.get("publish", 0), handles.get("push", 0),
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
             topics=[t.encode() for t in c.metrics_topics], upstream=handles.get("upstream", 0),
-            relay=handles.get("relay", 0), node_id=self.node_id, ingress=handles.get("ingress", 0))
+            relay=handles.get("relay", 0), node_id=self.node_id, ingress=handles.get("ingress", 0),
+            stall_ns=int(c.slow_consumer_stall * 1e9),
+            stall_fd=self.stall_fd)
         return None
 
     def start(self) -> Any:
@@ -173,4 +178,5 @@ class Engine:
         except Timeout:
             log.error("the ZeroMQ context did not terminate within %.1fs", timeout)
             return False
+        os.close(self.stall_fd)  # only once the loop, its only writer, is gone
         return True

@@ -38,6 +38,7 @@ class Sources:
     auth_denied: Callable[[], Mapping[tuple[str, str], int]]
     config: Callable[[], Config]
     node_id: str = ""
+    slow_consumers: Callable[[], Mapping[str, int]] = dict
 
 
 class BrokerCollector:
@@ -61,8 +62,9 @@ class BrokerCollector:
         yield _counter("fanoutd_pushed_messages", "Messages handed to a puller on the PUSH output.",
                        c["pushed_messages"])
         drops = CounterMetricFamily("fanoutd_dropped_messages",
-                                    "Messages an output refused: push no_puller (nobody connected), push hwm "
-                                    "(every puller full), publish hwm (send refused).", labels=["output", "reason"])
+                                    "Messages not delivered: push no_puller (nobody connected), push hwm "
+                                    "(every puller full), publish/relay hwm (sent on without at least one "
+                                    "subscriber whose queue was full).", labels=["output", "reason"])
         for (output, reason), key in DROPS.items():
             drops.add_metric([output, reason], c[key])
         yield drops
@@ -81,6 +83,15 @@ class BrokerCollector:
             yield family
         yield _filled(GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, "
                                         "per socket.", labels=["socket"]), src.peers())
+        yield _filled(CounterMetricFamily("fanoutd_slow_consumers", "Subscribers disconnected for not keeping "
+                                          "up, per socket (slow_consumer_policy = disconnect).", labels=["socket"]),
+                      src.slow_consumers())
+        stalls = CounterMetricFamily("fanoutd_output_stalls", "Times the loop held all output because a "
+                                     "subscriber's queue was full, per socket.", labels=["socket"])
+        for role in ("publish", "relay"):
+            if getattr(src.config(), role):
+                stalls.add_metric([role], c[f"{role}_stalls"])
+        yield stalls
         yield _filled(CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
                                           "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"]),
                       src.disconnects())
@@ -132,14 +143,18 @@ def make_registry(collector: BrokerCollector) -> CollectorRegistry:
     return registry
 
 
-def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]]) -> Callable[..., Any]:
-    """WSGI app: /metrics, /healthz (process up), /readyz (sockets bound, engine running)."""
+def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]],
+             peers: Callable[[], bytes] | None = None) -> Callable[..., Any]:
+    """WSGI app: /metrics, /healthz (process up), /readyz (sockets bound, engine running), /peers (JSON)."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return metrics_app(environ, start_response)
+        if path == "/peers" and peers is not None:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [peers()]
         if path == "/healthz":
             status, body = "200 OK", "ok\n"
         elif path == "/readyz":

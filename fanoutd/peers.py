@@ -1,18 +1,26 @@
-"""Connected-peer counts, from ZeroMQ socket-monitor events, read on the gevent hub.
+"""Who is connected to each socket, from ZeroMQ socket-monitor events read on the gevent hub.
 
 The engine's worker thread asks libzmq to publish monitor events of each
 data socket on an inproc address; this module reads them in the main thread
-through a green context that shadows the same libzmq context.  The push
+through a green context that shadows the same libzmq context.  Each accepted
+connection is remembered with its file descriptor, the socket's inode (fds
+are reused: acting on one later re-checks the inode) and the peer's address,
+read at accept time because by the disconnect the fd is gone.  The push
 count is handed back to the native loop so that a refused PUSH send can be
 told apart: nobody connected (``no_puller``) or everyone full (``hwm``).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
+import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import gevent
 import zmq
@@ -23,21 +31,55 @@ from .sockets import monitor_address
 log = logging.getLogger(__name__)
 
 _EVENT = struct.Struct("=Hi")
+_PEERCRED = struct.Struct("3i")
 HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
 }
+CLOSED_KEPT = 100  # closed connections remembered for /peers
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted (or, for upstream links, made) connection of a socket."""
+
+    role: str
+    fd: int
+    inode: int
+    peer: str
+    since: float = field(default_factory=time.time)
+    closed: float | None = None
+    reason: str = ""  # why it closed, where fanoutd knows: "slow consumer", "handshake failed (auth)", ...
+
+    def still_open(self) -> bool:
+        """True while the fd still names this very connection (fds are reused as soon as libzmq closes one)."""
+        try:
+            return os.fstat(self.fd).st_ino == self.inode
+        except OSError:
+            return False
+
+
+def describe_peer(fd: int) -> tuple[int, str]:
+    """(inode, peer) of a connected socket fd: ``ip:port``, ``[ip6]:port``, or for ipc the peer's pid and uid."""
+    inode = os.fstat(fd).st_ino
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if sock.family == socket.AF_UNIX:
+            pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            return inode, f"pid {pid} uid {uid}"
+        host, port = sock.getpeername()[:2]
+    return inode, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class PeerTracker:
-    """Keeps ``counts()[role]``: connections accepted and not yet closed, per socket."""
+    """Keeps the open connections of every socket, and the last closed ones with their reason."""
 
     def __init__(self, context: zmq.Context, roles: Iterable[str],
                  on_change: Callable[[str, int], None] | None = None) -> None:
         self._green = green.shadow(context)
         self._roles = tuple(roles)
-        self._fds: dict[str, set[int]] = {role: set() for role in self._roles}
+        self.open: dict[str, dict[int, Connection]] = {role: {} for role in self._roles}
+        self.closed: collections.deque[Connection] = collections.deque(maxlen=CLOSED_KEPT)
         self.handshake_failures: Counter[tuple[str, str]] = Counter(
             dict.fromkeys(((role, reason) for role in self._roles for reason in HANDSHAKE_FAILURES.values()), 0))
         self.disconnects: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
@@ -46,7 +88,7 @@ class PeerTracker:
         self._greenlets: list[gevent.Greenlet] = []
 
     def counts(self) -> dict[str, int]:
-        return {role: len(fds) for role, fds in self._fds.items()}
+        return {role: len(conns) for role, conns in self.open.items()}
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
         """Start reading every monitor; ``on_crash`` hears of an unexpected failure."""
@@ -59,8 +101,12 @@ class PeerTracker:
             greenlet.link_exception(on_crash)
             self._greenlets.append(greenlet)
 
+    def mark(self, conn: Connection, reason: str) -> None:
+        """Say why a connection is about to close (fanoutd closed it), for /peers."""
+        conn.reason = reason
+
     def _read(self, role: str, sock: zmq.Socket) -> None:
-        fds = self._fds[role]
+        conns = self.open[role]
         for frames in green.messages(sock):
             if len(frames) != 2 or len(frames[0]) != _EVENT.size:
                 log.warning("ignoring a malformed monitor event on %s", role)
@@ -72,16 +118,30 @@ class PeerTracker:
                 self.handshake_failures[(role, HANDSHAKE_FAILURES[event])] += 1
                 log.debug("%s: handshake failed (%s)", role, HANDSHAKE_FAILURES[event])
                 continue
-            before = len(fds)
+            before = len(conns)
             if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
-                fds.add(value)
+                conns[value] = self._accepted(role, value, frames[1])
             elif event == zmq.EVENT_DISCONNECTED:
-                fds.discard(value)
+                conn = conns.pop(value, None)
+                if conn is not None:
+                    conn.closed = time.time()
+                    conn.reason = conn.reason or "closed (peer left, heartbeat timeout or refused handshake)"
+                    self.closed.append(conn)
                 self.disconnects[role] += 1
-            if len(fds) != before:
-                log.debug("%s: %d peer(s) connected on %s", role, len(fds), frames[1].decode(errors="replace"))
+            if len(conns) != before:
+                log.debug("%s: %d peer(s) connected on %s", role, len(conns), frames[1].decode(errors="replace"))
                 if self._on_change is not None:
-                    self._on_change(role, len(fds))
+                    self._on_change(role, len(conns))
+
+    @staticmethod
+    def _accepted(role: str, fd: int, endpoint: bytes) -> Connection:
+        try:
+            inode, peer = describe_peer(fd)
+        except OSError:  # already gone again: nothing to act on later
+            inode, peer = -1, "?"
+        if role == "upstream":
+            peer = endpoint.decode(errors="replace")
+        return Connection(role, fd, inode, peer)
 
     def close(self, timeout: float = 1.0) -> None:
         """Wait briefly for the monitors to report they stopped, then close the sockets."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Pattern = Literal["SUB", "PULL", "PUB", "PUSH"]
+Pattern = Literal["SUB", "PULL", "XPUB", "PUSH"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class Role:
         return self.pattern in ("SUB", "PULL")
 
     @property
+    def fans_out(self) -> bool:
+        """Copies every message to each peer (an XPUB): where one slow peer could lose messages unseen."""
+        return self.pattern == "XPUB"
+
+    @property
     def owns_policy(self) -> bool:
         """Has `<name>_curve`, `<name>_clients`, `<name>_allow`, `<name>_deny` settings of its own."""
         return self.policy == self.name
@@ -45,11 +50,11 @@ ROLES: tuple[Role, ...] = (
          "of drops (they connect PUSH sockets; empty: none)", "collector_hwm", "collector"),
     Role("upstream", "SUB", "federation: relay endpoint(s) of upstream fanoutd nodes this node's collector also "
          "reads from", "collector_hwm", None, connects=True),
-    Role("publish", "PUB", "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)",
+    Role("publish", "XPUB", "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)",
          "publish_hwm", "publish", ("tcp://127.0.0.1:5561",)),
     Role("push", "PUSH", "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH "
          "output)", "push_hwm", "push", ("tcp://127.0.0.1:5562",)),
-    Role("relay", "PUB", "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: "
+    Role("relay", "XPUB", "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: "
          "none)", "publish_hwm", "publish"),
 )
 BY_NAME: dict[str, Role] = {role.name: role for role in ROLES}

@@ -18,12 +18,13 @@ from typing import Any
 import gevent
 import zmq
 
-from . import auth, logs, metrics, status
+from . import auth, logs, metrics, status, view
 from .config import Config, log_level
 from .engine import BindError, Engine
 from .files import Keys
 from .peers import PeerTracker
 from .reload import Plan
+from .slow import Guard
 from .zmqlib import LibzmqError
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,14 @@ class Runtime:
         self.zap = auth.ZapHandler(self.context, auth.build_policies(config, keys))
         self.engine = Engine(config, self.context, keys.secret, node_id=node_id)
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
+        self.guard = Guard(config, self.peers, self.engine.stall_fd)
         sources = metrics.Sources(self.engine.counters, self.engine.topic_counters, self.peers.counts,
                                   lambda: self.peers.handshake_failures, lambda: self.peers.disconnects,
-                                  lambda: self.zap.denied, lambda: self.config, node_id.hex())
+                                  lambda: self.zap.denied, lambda: self.config, node_id.hex(),
+                                  lambda: self.guard.cut)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
-        self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness))
+        peers_view = (lambda: view.peers(self.peers)) if config.peers_view else None
+        self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view))
 
     def readiness(self) -> tuple[bool, str]:
         return status.readiness(self.phase, self.config, self.peers.counts())
@@ -64,6 +68,7 @@ class Runtime:
             # closed with nobody reading its monitor (a bind that failed half-way) would hang the reaper.
             self.peers.start(self._on_crash)
             library = self.engine.open()
+            self.guard.start(self._on_crash)
             self._serve_http()
             result = self.engine.start()
         except (BindError, LibzmqError, StartupError) as exc:
@@ -100,6 +105,7 @@ class Runtime:
 
         steps: list[tuple[str, Callable[[], bool | None]]] = [
             ("the HTTP server", lambda: self.server.stop(timeout=1.0) if self.server.started else None),
+            ("the slow-consumer guard", self.guard.close),
             ("the forwarding loop", lambda: self.engine.close(timeout=remaining())),
             ("the socket monitors", self.peers.close),
             ("the ZAP handler", self.zap.close),

@@ -16,7 +16,7 @@ import zmq
 from .config import Config
 from .roles import ROLES, Role
 
-_KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "PUB": zmq.PUB, "PUSH": zmq.PUSH}
+_KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "XPUB": zmq.XPUB, "PUSH": zmq.PUSH}
 # The socket-monitor events peer counts, disconnects and handshake failures are built from.
 MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -93,6 +93,8 @@ def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpe
                 options += ((zmq.METADATA, limits_metadata(config)),)
         else:
             options += ((zmq.SNDHWM, hwm),)
+        if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (_forward.c)
+            options += ((zmq.XPUB_NODROP, 1),)
         if role.connects:
             options += ((zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000))
         subscribe = tuple(t.encode() for t in config.collector_topics) if role.pattern == "SUB" else ()

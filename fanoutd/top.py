@@ -65,6 +65,8 @@ SPEC: tuple[tuple[str, str, dict[str, str]], ...] = (
     *((f"dropped {output} {reason}", "fanoutd_dropped_messages_total", {"output": output, "reason": reason})
       for output, reason in DROPS),
     *((f"rejected {reason}", "fanoutd_rejected_messages_total", {"reason": reason}) for reason in REJECTS),
+    ("slow consumers cut", "fanoutd_slow_consumers_total", {}),
+    ("output stalls", "fanoutd_output_stalls_total", {}),
     ("auth denied", "fanoutd_auth_denied_total", {}),
     ("handshake failures", "fanoutd_handshake_failures_total", {}),
 )

@@ -23,6 +23,7 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
 #define Z_SNDMORE 2
 #define Z_POLLIN 1
 #define Z_ETERM (156384712 + 53)
+#define Z_XPUB_NODROP 69
 
 /*
  * Every function the loop calls, as X(return type, field, libzmq symbol,
@@ -42,6 +43,7 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
     X(int, msg_copy, zmq_msg_copy, (MSG *, MSG *))         \
     X(int, poll, zmq_poll, (POLLITEM *, int, long))        \
     X(int, errno_, zmq_errno, (void))                      \
+    X(int, setsockopt, zmq_setsockopt, (void *, int, const void *, size_t)) \
     X(void, version, zmq_version, (int *, int *, int *))
 
 #define ZABI_FIELD(ret, field, symbol, params) ret (*field) params;

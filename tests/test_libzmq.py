@@ -34,7 +34,8 @@ from fanoutd import _forward, zmqlib
 described = zmqlib.bind()
 assert zmqlib.bind() is described, "a second bind() must be the cached answer"
 ctx = zmq.Context()
-collector, publish, producer, receiver = (ctx.socket(k) for k in (zmq.SUB, zmq.PUB, zmq.PUB, zmq.SUB))
+collector, publish, producer, receiver = (ctx.socket(k) for k in (zmq.SUB, zmq.XPUB, zmq.PUB, zmq.SUB))
+publish.setsockopt(zmq.XPUB_NODROP, 1)  # as the daemon's publish socket
 for sock in (collector, receiver):
     sock.setsockopt(zmq.SUBSCRIBE, b"")
 collector.bind("inproc://collector")

@@ -1,0 +1,171 @@
+"""The slow-consumer guard: finds subscribers that stopped keeping up, cuts them off, counts and names them.
+
+Two triggers. (1) The forwarding loop met a full subscriber queue (its XPUB
+refused a message under ZMQ_XPUB_NODROP) and holds all output for at most
+``slow_consumer_stall``, writing the stall eventfd: the guard looks at the
+kernel state of every publish and relay connection and cuts off those whose
+send queue is full, so the loop's retry goes through and nothing is lost for
+anyone unseen. (2) Once a second it samples the same connections: one that
+has had data waiting with no byte acknowledged for ``slow_consumer_timeout``
+is cut off before its queue ever fills.  Cutting is ``shutdown()`` on
+libzmq's own fd (never ``close()``, which would abort libzmq), after
+re-checking by inode that the fd still is that connection; libzmq then tears
+down just that connection, and the subscriber's socket reconnects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+import socket
+import struct
+import termios
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import gevent
+import gevent.socket
+
+from .config import Config
+from .peers import Connection, PeerTracker
+from .roles import BY_NAME
+
+log = logging.getLogger(__name__)
+
+SAMPLE_EVERY = 1.0
+LOG_EVERY = 10.0
+FULL_BYTES = 16 * 1024  # a send queue at least this full when the loop stalls is a full one (tcp_wmem's default)
+STALL_LOOK = 0.004  # how long the guard watches a stalled output for acknowledgements (within the stall bound)
+_TCP_INFO = 11
+_INFO_LEN = 152  # through tcpi_notsent_bytes (Linux 4.6+); bytes_acked is at 120, notsent_bytes at 144
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def kernel_state(fd: int) -> tuple[int, int]:
+    """(bytes waiting in the kernel send queue, bytes the peer acknowledged so far; -1 where unknown)."""
+    out = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ: unacknowledged + unsent bytes
+    queued = struct.unpack("i", out)[0]
+    buf = ctypes.create_string_buffer(_INFO_LEN)
+    size = ctypes.c_uint32(_INFO_LEN)
+    if _libc.getsockopt(fd, socket.IPPROTO_TCP, _TCP_INFO, buf, ctypes.byref(size)) != 0 or size.value < 128:
+        return queued, -1  # not TCP (ipc): progress is seen in the queue only
+    return queued, struct.unpack_from("Q", buf, 120)[0]
+
+
+class Guard:
+    """Watches the fanning-out sockets' connections; ``cut[role]`` counts the consumers it disconnected."""
+
+    def __init__(self, config: Config, peers: PeerTracker, stall_fd: int) -> None:
+        self._config = config
+        self._peers = peers
+        self._stall_fd = stall_fd
+        self._roles = tuple(role for role in peers.open if BY_NAME[role].fans_out)
+        self.cut: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
+        self._progress: dict[tuple[int, int], tuple[float, int, int]] = {}  # (fd, inode) -> (since, queued, acked)
+        self._greenlets: list[gevent.Greenlet] = []
+        self._last_log = 0.0
+        self._unlogged = 0
+
+    def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
+        if not self._roles:
+            return
+        self._greenlets = [gevent.spawn(self._on_stalls), gevent.spawn(self._sample)]
+        for greenlet in self._greenlets:
+            greenlet.link_exception(on_crash)
+
+    def close(self) -> None:
+        gevent.killall(self._greenlets, timeout=1.0)
+
+    def _connections(self) -> Iterator[Connection]:
+        for role in self._roles:
+            yield from list(self._peers.open[role].values())
+
+    def _on_stalls(self) -> None:
+        """The loop holds output: cut every connection whose peer has stopped reading a full queue, at once.
+
+        Two readings a few milliseconds apart tell them apart: while output
+        is held, a reader that is merely behind drains its queue and
+        acknowledges bytes; one that stopped reading acknowledges nothing.
+        """
+        while True:
+            gevent.socket.wait_read(self._stall_fd)
+            os.read(self._stall_fd, 8)
+            first = self._readings()
+            gevent.sleep(STALL_LOOK)
+            now, cut = time.monotonic(), 0
+            readings = self._readings()
+            for conn, (queued, acked) in readings.items():
+                before = first.get(conn)
+                if before is None or queued < FULL_BYTES:
+                    continue
+                if (acked == before[1] if acked >= 0 else queued >= before[0]):
+                    since = self._progress.get((conn.fd, conn.inode), (now, 0, 0))[0]
+                    cut += self._cut(conn, "its queue reached the high-water mark", queued, now - since)
+            if not cut and readings and not self._closing():
+                # Nobody stopped outright: the one furthest behind has the full queue (libzmq queues for a
+                # peer only once its kernel buffer is full). Left connected, libzmq would skip it silently.
+                conn, (queued, _) = max(readings.items(), key=lambda item: item[1][0])
+                if queued >= FULL_BYTES:
+                    self._cut(conn, "it fell furthest behind when its queue reached the high-water mark", queued,
+                              now - self._progress.get((conn.fd, conn.inode), (now, 0, 0))[0])
+
+    def _closing(self) -> bool:
+        """A connection already cut is still being torn down by libzmq: that frees the full queue."""
+        return any(conn.reason for conn in self._connections())
+
+    def _readings(self) -> dict[Connection, tuple[int, int]]:
+        """Kernel state of every open connection not already being cut."""
+        out = {}
+        for conn in self._connections():
+            if conn.reason:
+                continue
+            try:
+                out[conn] = kernel_state(conn.fd)
+            except OSError:
+                continue
+        return out
+
+    def _sample(self) -> None:
+        """Once a second: remember who made progress; cut who has had data waiting unread past the timeout."""
+        timeout = self._config.slow_consumer_timeout
+        while True:
+            gevent.sleep(SAMPLE_EVERY)
+            now, seen = time.monotonic(), {}
+            for conn in self._connections():
+                key = (conn.fd, conn.inode)
+                try:
+                    queued, acked = kernel_state(conn.fd)
+                except OSError:
+                    continue
+                since, last_queued, last_acked = self._progress.get(key, (now, -1, -1))
+                moving = queued == 0 or (acked != last_acked if acked >= 0 else queued < last_queued)
+                seen[key] = (now if moving else since, queued, acked)
+                if timeout and not moving and now - since >= timeout:
+                    self._cut(conn, f"it read nothing for {now - since:.1f}s", queued, now - since)
+            self._progress = seen
+
+    def _cut(self, conn: Connection, why: str, queued: int, stalled: float) -> bool:
+        """Disconnect one connection (re-checked by inode), count it and log it, rate-limited."""
+        if not conn.still_open() or conn.reason:
+            return False
+        self._peers.mark(conn, f"slow consumer: {why}")
+        try:
+            with socket.socket(fileno=os.dup(conn.fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:
+            log.debug("could not cut %s on %s: %s", conn.peer, conn.role, exc)
+            return False
+        self.cut[conn.role] += 1
+        now = time.monotonic()
+        if now - self._last_log < LOG_EVERY:
+            self._unlogged += 1
+            return True
+        log.warning("slow consumer on %s: disconnected %s because %s (stalled %.1fs, %d bytes queued in the "
+                    "kernel and up to %s messages in fanoutd)%s", conn.role, conn.peer, why, stalled, queued,
+                    f"{getattr(self._config, BY_NAME[conn.role].hwm):,}",
+                    f"; {self._unlogged} more disconnected since the last report" if self._unlogged else "")
+        self._last_log, self._unlogged = now, 0
+        return True

@@ -1,0 +1,142 @@
+"""Slow consumers: a subscriber that stops reading is cut off, counted and named, and the others lose nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import zmq
+
+from conftest import connected, ready_producer, settle, warm_up
+
+PAYLOAD = b"x" * 1024
+
+
+def reader(sock: zmq.Socket, got: list[int], stop: threading.Event, pause: tuple[float, float] | None = None) -> None:
+    """Count what arrives; with ``pause`` (after, for) stop reading for a while, as a stalled consumer does."""
+    start = time.monotonic()
+    paused = False
+    while not stop.is_set():
+        if pause and not paused and time.monotonic() - start >= pause[0]:
+            time.sleep(pause[1])
+            paused = True
+        if sock.poll(100):
+            sock.recv()
+            got[0] += 1
+
+
+def send_paced(prod: zmq.Socket, n: int, rate: float) -> None:
+    t0 = time.monotonic()
+    for i in range(n):
+        prod.send(b"t %06d " % i + PAYLOAD)
+        if i % 200 == 0:
+            ahead = i / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def test_a_stalled_subscriber_is_cut_off_counted_and_named_while_a_fast_one_gets_everything(start_daemon, sockets):
+    """The issue's fault: --publish-hwm 1000, 100,000 x 1 KiB at 20,000/s, one subscriber stops for 4 s."""
+    d = start_daemon("--publish-hwm", "1000", "--push", "")
+    fast = connected(sockets, zmq.SUB, d.publish)
+    slow = connected(sockets, zmq.SUB, d.publish, rcvhwm=1000, rcvbuf=64 * 1024)
+    prod = ready_producer(sockets, d.collector)
+    probes = warm_up(prod, fast, slow)
+    got_fast, got_slow, stop = [0], [0], threading.Event()
+    threads = [threading.Thread(target=reader, args=(fast, got_fast, stop)),
+               threading.Thread(target=reader, args=(slow, got_slow, stop, (0.2, 4.0)))]
+    for t in threads:
+        t.start()
+    n = 100_000
+    try:
+        send_paced(prod, n, 20_000)
+        deadline = time.monotonic() + 20
+        while got_fast[0] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+    assert got_fast[0] == n, (f"the fast subscriber got {got_fast[0]} of {n}, the stalled one {got_slow[0]}",
+                              {k: v for k, v in d.metrics().items() if "publish" in str(k) or "slow" in k[0]},
+                              [line for line in d.log().splitlines() if "WARNING" in line])
+    total = probes + n
+    assert d.wait_value("fanoutd_published_messages_total", total) == total
+    cut = d.value("fanoutd_slow_consumers_total", socket="publish")
+    lossy = d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm")
+    assert got_slow[0] == n or cut >= 1, (got_slow[0], cut, lossy)
+    assert cut >= 1, "the stalled subscriber should have been disconnected"
+    assert lossy == 0, "at the defaults the guard cuts the stalled subscriber before any message goes lossy"
+    assert re.search(r"slow consumer on publish: disconnected 127\.0\.0\.1:\d+ because its queue reached the "
+                     r"high-water mark", d.log()), d.log()
+    _, body = d.get("/peers")
+    closed = json.loads(body)["closed"]
+    assert any(c["socket"] == "publish" and c["reason"].startswith("slow consumer") for c in closed), closed
+    assert d.get("/readyz")[0] == 200
+
+
+def test_with_no_stall_allowed_a_full_subscriber_is_counted_and_still_cut(start_daemon, sockets):
+    """slow_consumer_stall = 0: the message that met the full queue goes out at once without that subscriber,
+    counted, and the subscriber is disconnected (left connected, libzmq would skip it silently)."""
+    d = start_daemon("--publish-hwm", "1000", "--push", "", "--slow-consumer-stall", "0")
+    stalled = connected(sockets, zmq.SUB, d.publish, rcvhwm=100, rcvbuf=16 * 1024)
+    live = connected(sockets, zmq.SUB, d.publish, rcvhwm=0)
+    prod = ready_producer(sockets, d.collector)
+    probes = warm_up(prod, stalled, live)
+    n = 20_000
+    got, stop = [0], threading.Event()
+    live_reader = threading.Thread(target=reader, args=(live, got, stop))
+    live_reader.start()
+    try:
+        send_paced(prod, n, 5_000)
+        deadline = time.monotonic() + 10
+        while got[0] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        live_reader.join(timeout=5)
+    assert got[0] == n
+    assert d.wait_value("fanoutd_published_messages_total", probes + n) == probes + n
+    assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") >= 1
+    assert d.value("fanoutd_slow_consumers_total", socket="publish") >= 1
+    assert d.value("fanoutd_output_stalls_total", socket="publish") == 0  # no stall was allowed
+
+
+def test_a_subscriber_that_reads_nothing_is_cut_after_the_timeout(start_daemon, sockets):
+    d = start_daemon("--push", "", "--slow-consumer-timeout", "2")
+    stalled = connected(sockets, zmq.SUB, d.publish, rcvhwm=100, rcvbuf=16 * 1024)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, stalled)
+    settle(d, "publish", 1)
+    for _ in range(2000):  # 2 MiB: fills the kernel buffers, far below the high-water mark
+        prod.send(b"t " + PAYLOAD)
+    deadline = time.monotonic() + 15
+    while d.value("fanoutd_slow_consumers_total", socket="publish") < 1:
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.2)
+    assert re.search(r"disconnected 127\.0\.0\.1:\d+ because it read nothing for [2-9]\.\ds", d.log()), d.log()
+    assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == 0
+
+
+def test_peers_view_lists_each_connection_and_can_be_turned_off(start_daemon, sockets):
+    d = start_daemon()
+    sub = connected(sockets, zmq.SUB, d.publish)
+    settle(d, "publish", 1)
+    status, body = d.get("/peers")
+    assert status == 200
+    view = json.loads(body)
+    subscribers = [c for c in view["connected"] if c["socket"] == "publish"]
+    assert len(subscribers) == 1
+    entry = subscribers[0]
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", entry["peer"]) and entry["state"] == "connected"
+    assert entry["queued_bytes"] == 0 and entry["connected_since"] <= time.time()
+    sub.close(linger=0)
+    deadline = time.monotonic() + 10
+    while not json.loads(d.get("/peers")[1])["closed"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert json.loads(d.get("/peers")[1])["closed"][0]["peer"] == entry["peer"]
+    off = start_daemon("--no-peers-view")
+    assert off.get("/peers")[0] == 404
