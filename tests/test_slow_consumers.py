@@ -27,6 +27,27 @@ def reader(sock: zmq.Socket, got: list[int], stop: threading.Event, pause: tuple
             got[0] += 1
 
 
+def run_paced(prod: zmq.Socket, n: int, rate: float, readers: list[tuple[zmq.Socket, tuple[float, float] | None]],
+              wait: float) -> list[int]:
+    """Send n messages at ``rate`` while a thread per reader counts; returns the counts once the first reader has
+    all (or ``wait`` s passed). A reader's pause (after, for) makes it a stalled consumer for a while."""
+    counts, stop = [[0] for _ in readers], threading.Event()
+    threads = [threading.Thread(target=reader, args=(sock, got, stop, pause))
+               for (sock, pause), got in zip(readers, counts)]
+    for t in threads:
+        t.start()
+    try:
+        send_paced(prod, n, rate)
+        deadline = time.monotonic() + wait
+        while counts[0][0] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+    return [got[0] for got in counts]
+
+
 def send_paced(prod: zmq.Socket, n: int, rate: float) -> None:
     t0 = time.monotonic()
     for i in range(n):
@@ -44,29 +65,16 @@ def test_a_stalled_subscriber_is_cut_off_counted_and_named_while_a_fast_one_gets
     slow = connected(sockets, zmq.SUB, d.publish, rcvhwm=1000, rcvbuf=64 * 1024)
     prod = ready_producer(sockets, d.collector)
     probes = warm_up(prod, fast, slow)
-    got_fast, got_slow, stop = [0], [0], threading.Event()
-    threads = [threading.Thread(target=reader, args=(fast, got_fast, stop)),
-               threading.Thread(target=reader, args=(slow, got_slow, stop, (0.2, 4.0)))]
-    for t in threads:
-        t.start()
     n = 100_000
-    try:
-        send_paced(prod, n, 20_000)
-        deadline = time.monotonic() + 20
-        while got_fast[0] < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5)
-    assert got_fast[0] == n, (f"the fast subscriber got {got_fast[0]} of {n}, the stalled one {got_slow[0]}",
+    got_fast, got_slow = run_paced(prod, n, 20_000, [(fast, None), (slow, (0.2, 4.0))], wait=20)
+    assert got_fast == n, (f"the fast subscriber got {got_fast} of {n}, the stalled one {got_slow}",
                               {k: v for k, v in d.metrics().items() if "publish" in str(k) or "slow" in k[0]},
                               [line for line in d.log().splitlines() if "WARNING" in line])
     total = probes + n
     assert d.wait_value("fanoutd_published_messages_total", total) == total
     cut = d.value("fanoutd_slow_consumers_total", socket="publish")
     lossy = d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm")
-    assert got_slow[0] == n or cut >= 1, (got_slow[0], cut, lossy)
+    assert got_slow == n or cut >= 1, (got_slow, cut, lossy)
     assert cut >= 1, "the stalled subscriber should have been disconnected"
     assert lossy == 0, "at the defaults the guard cuts the stalled subscriber before any message goes lossy"
     assert re.search(r"slow consumer on publish: disconnected 127\.0\.0\.1:\d+ because its queue reached the "
@@ -86,18 +94,8 @@ def test_with_no_stall_allowed_a_full_subscriber_is_counted_and_still_cut(start_
     prod = ready_producer(sockets, d.collector)
     probes = warm_up(prod, stalled, live)
     n = 20_000
-    got, stop = [0], threading.Event()
-    live_reader = threading.Thread(target=reader, args=(live, got, stop))
-    live_reader.start()
-    try:
-        send_paced(prod, n, 5_000)
-        deadline = time.monotonic() + 10
-        while got[0] < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        live_reader.join(timeout=5)
-    assert got[0] == n
+    [got] = run_paced(prod, n, 5_000, [(live, None)], wait=10)
+    assert got == n
     assert d.wait_value("fanoutd_published_messages_total", probes + n) == probes + n
     assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") >= 1
     assert d.value("fanoutd_slow_consumers_total", socket="publish") >= 1
