@@ -75,10 +75,10 @@ class TrialResult:
         return min((s.rate for s in self.measured()), default=0.0)
 
     def drops(self) -> dict[str, float]:
-        """fanoutd's non-zero drop / reject counters, to tell drops from late deliveries."""
+        """fanoutd's non-zero drop / reject / slow-consumer counters, to tell drops from late deliveries."""
         out = {}
         for key, value in self.counters.items():
-            if value and ("drop" in key or "reject" in key):
+            if value and ("drop" in key or "reject" in key or "slow_consumers" in key):
                 name, _, labels = key.removeprefix("fanoutd_").partition("{")
                 values = [part.split("=", 1)[1].strip('"') for part in labels.rstrip("}").split(",") if "=" in part]
                 out[" ".join([name.split("_")[0], "/".join(values)]).strip()] = value
