@@ -88,9 +88,9 @@ class BrokerCollector:
                       src.slow_consumers())
         stalls = CounterMetricFamily("fanoutd_output_stalls", "Times the loop held all output because a "
                                      "subscriber's queue was full, per socket.", labels=["socket"])
-        for role in ("publish", "relay"):
-            if getattr(src.config(), role):
-                stalls.add_metric([role], c[f"{role}_stalls"])
+        for role in ROLES:
+            if role.fans_out and getattr(src.config(), role.name):
+                stalls.add_metric([role.name], c[f"{role.name}_stalls"])
         yield stalls
         yield _filled(CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
                                           "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"]),

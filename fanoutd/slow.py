@@ -102,15 +102,18 @@ class Guard:
                 if before is None or queued < FULL_BYTES:
                     continue
                 if (acked == before[1] if acked >= 0 else queued >= before[0]):
-                    since = self._progress.get((conn.fd, conn.inode), (now, 0, 0))[0]
-                    cut += self._cut(conn, "its queue reached the high-water mark", queued, now - since)
+                    cut += self._cut(conn, "its queue reached the high-water mark", queued, self._stalled(conn, now))
             if not cut and readings and not self._closing():
                 # Nobody stopped outright: the one furthest behind has the full queue (libzmq queues for a
                 # peer only once its kernel buffer is full). Left connected, libzmq would skip it silently.
                 conn, (queued, _) = max(readings.items(), key=lambda item: item[1][0])
                 if queued >= FULL_BYTES:
                     self._cut(conn, "it fell furthest behind when its queue reached the high-water mark", queued,
-                              now - self._progress.get((conn.fd, conn.inode), (now, 0, 0))[0])
+                              self._stalled(conn, now))
+
+    def _stalled(self, conn: Connection, now: float) -> float:
+        """Seconds since the sampler last saw this connection make progress (0 if never sampled)."""
+        return now - self._progress.get((conn.fd, conn.inode), (now, 0, 0))[0]
 
     def _closing(self) -> bool:
         """A connection already cut is still being torn down by libzmq: that frees the full queue."""
@@ -134,12 +137,8 @@ class Guard:
         while True:
             gevent.sleep(SAMPLE_EVERY)
             now, seen = time.monotonic(), {}
-            for conn in self._connections():
+            for conn, (queued, acked) in self._readings().items():
                 key = (conn.fd, conn.inode)
-                try:
-                    queued, acked = kernel_state(conn.fd)
-                except OSError:
-                    continue
                 since, last_queued, last_acked = self._progress.get(key, (now, -1, -1))
                 moving = queued == 0 or (acked != last_acked if acked >= 0 else queued < last_queued)
                 seen[key] = (now if moving else since, queued, acked)
