@@ -11,6 +11,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test install system-deps bench soak clean
 
 $(STAMP): pyproject.toml setup.py fanoutd/_forward.c fanoutd/zmq_abi.h
+	sh .ci/system-deps build
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -24,7 +25,7 @@ run: install
 system-deps:
 	sh .ci/system-deps
 
-test: install system-deps
+test: system-deps install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Side-by-side benchmarks (writes bench/results.md and .png); needs the system
