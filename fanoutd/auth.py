@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,14 +20,13 @@ import gevent
 import zmq
 from zmq.utils import z85
 
-from . import files, green
+from . import files, green, logs
 from .config import Config
 from .roles import POLICY_OWNERS, ROLES
 
 log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-LOG_EVERY = 10.0
 DENIALS = ("address", "key", "mechanism")  # why a connection may be refused (Policy.check)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -88,8 +86,7 @@ class ZapHandler:
             dict.fromkeys(((role, reason) for role in policies for reason in DENIALS), 0))
         self._socket: zmq.Socket | None = None
         self._greenlet: gevent.Greenlet | None = None
-        self._last_log = 0.0
-        self._unlogged = 0
+        self._denials = logs.Sparse(log)
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
         """Bind and serve; ``on_crash`` hears of an unexpected failure (the daemon must not run unguarded)."""
@@ -127,15 +124,9 @@ class ZapHandler:
             sock.send_multipart(envelope + [version, request_id, b"400", reason.encode(), b"", b""])
 
     def _log_denial(self, role: str, reason: str, address: bytes, credentials: list[bytes]) -> None:
-        now = time.monotonic()
-        if now - self._last_log < LOG_EVERY:
-            self._unlogged += 1
-            return
         key = z85.encode(credentials[0]).decode() if credentials and len(credentials[0]) == 32 else "-"
-        log.warning("denied a connection to %s from %s (reason: %s, key: %s)%s", role,
-                    address.decode(errors="replace"), reason, key,
-                    f"; {self._unlogged} more denials not logged" if self._unlogged else "")
-        self._last_log, self._unlogged = now, 0
+        self._denials.warning("denied a connection to %s from %s (reason: %s, key: %s)", role,
+                              address.decode(errors="replace"), reason, key, held="more denials not logged")
 
     def close(self) -> None:
         if self._greenlet is not None:

@@ -1,4 +1,4 @@
-"""Logging set-up: timestamps on a terminal, syslog priorities under journald.
+"""Logging set-up (timestamps on a terminal, syslog priorities under journald) and rate-limited warnings.
 
 journald stamps every line itself and understands a ``<N>`` priority
 prefix, so when stderr is the journal stream (``$JOURNAL_STREAM`` names its
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -45,3 +46,27 @@ def configure(level: int) -> None:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+
+
+class Sparse:
+    """A warning logged at most once per ``every`` seconds; the ones held back are counted into the next.
+
+    For events a peer can cause at any rate (refused connections, cut
+    subscribers): the log stays readable and nothing is lost from the count.
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._log = logger
+        self._every = every
+        self._last = float("-inf")
+        self._held = 0
+
+    def warning(self, msg: str, *args: object, held: str = "more not logged") -> None:
+        """``msg % args``, plus "; N <held>" when some were held back since the last line."""
+        now = time.monotonic()
+        if now - self._last < self._every:
+            self._held += 1
+            return
+        suffix = f"; {self._held} {held}" if self._held else ""
+        self._log.warning(msg + "%s", *args, suffix)
+        self._last, self._held = now, 0

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 import gevent
 import gevent.socket
 
+from . import logs
 from .config import Config
 from .peers import Connection, PeerTracker
 from .roles import BY_NAME
@@ -36,7 +37,6 @@ from .roles import BY_NAME
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 1.0
-LOG_EVERY = 10.0
 FULL_BYTES = 16 * 1024  # a send queue at least this full when the loop stalls is a full one (tcp_wmem's default)
 STALL_LOOK = 0.004  # how long the guard watches a stalled output for acknowledgements (within the stall bound)
 _TCP_INFO = 11
@@ -66,8 +66,7 @@ class Guard:
         self.cut: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
         self._progress: dict[tuple[int, int], tuple[float, int, int]] = {}  # (fd, inode) -> (since, queued, acked)
         self._greenlets: list[gevent.Greenlet] = []
-        self._last_log = 0.0
-        self._unlogged = 0
+        self._cuts = logs.Sparse(log)
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
         if not self._roles:
@@ -158,13 +157,8 @@ class Guard:
             log.debug("could not cut %s on %s: %s", conn.peer, conn.role, exc)
             return False
         self.cut[conn.role] += 1
-        now = time.monotonic()
-        if now - self._last_log < LOG_EVERY:
-            self._unlogged += 1
-            return True
-        log.warning("slow consumer on %s: disconnected %s because %s (stalled %.1fs, %d bytes queued in the "
-                    "kernel and up to %s messages in fanoutd)%s", conn.role, conn.peer, why, stalled, queued,
-                    f"{getattr(self._config, BY_NAME[conn.role].hwm):,}",
-                    f"; {self._unlogged} more disconnected since the last report" if self._unlogged else "")
-        self._last_log, self._unlogged = now, 0
+        self._cuts.warning("slow consumer on %s: disconnected %s because %s (stalled %.1fs, %d bytes queued in the "
+                           "kernel and up to %s messages in fanoutd)", conn.role, conn.peer, why, stalled, queued,
+                           f"{getattr(self._config, BY_NAME[conn.role].hwm):,}",
+                           held="more disconnected since the last report")
         return True
