@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import gevent
 import zmq
 
-from . import green
+from . import green, logs
 from .sockets import monitor_address
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,15 @@ HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
+# A connection closed before its handshake completed with no failure event: what libzmq does to legacy ZMTP
+# 1.0/2.0 peers when access control (ZAP) is on, as it always is in fanoutd, and to anything not speaking ZMTP.
+INCOMPLETE = "incomplete"
+WHY = {
+    "protocol": "its ZMTP handshake failed (e.g. a plaintext client at a CURVE socket, or the reverse)",
+    "other": "its ZMTP handshake failed",
+    INCOMPLETE: "it closed before its ZMTP handshake completed: a legacy ZMTP 1.0/2.0 client (libzmq 3.x era, "
+                "JeroMQ 0.3), which fanoutd refuses, or not a ZeroMQ peer at all",
 }
 CLOSED_KEPT = 100  # closed connections remembered for /peers
 
@@ -51,6 +60,7 @@ class Connection:
     since: float = field(default_factory=time.time)
     closed: float | None = None
     reason: str = ""  # why it closed, where fanoutd knows: "slow consumer", "handshake failed (auth)", ...
+    handshaken: bool = False
 
     def still_open(self) -> bool:
         """True while the fd still names this very connection (fds are reused as soon as libzmq closes one)."""
@@ -80,8 +90,11 @@ class PeerTracker:
         self._roles = tuple(roles)
         self.open: dict[str, dict[int, Connection]] = {role: {} for role in self._roles}
         self.closed: collections.deque[Connection] = collections.deque(maxlen=CLOSED_KEPT)
-        self.handshake_failures: Counter[tuple[str, str]] = Counter(
-            dict.fromkeys(((role, reason) for role in self._roles for reason in HANDSHAKE_FAILURES.values()), 0))
+        self.handshake_failures: Counter[tuple[str, str]] = Counter(dict.fromkeys(
+            ((role, reason) for role in self._roles for reason in (*HANDSHAKE_FAILURES.values(), INCOMPLETE)), 0))
+        # Failure events carry no fd: each is matched to the next un-handshaken connection that closes.
+        self._failed: dict[str, collections.deque[str]] = {role: collections.deque(maxlen=64) for role in self._roles}
+        self._refused = logs.Sparse(log)
         self.disconnects: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
         self._on_change = on_change
         self._sockets: list[zmq.Socket] = []
@@ -116,29 +129,44 @@ class PeerTracker:
                 return
             if event in HANDSHAKE_FAILURES:
                 self.handshake_failures[(role, HANDSHAKE_FAILURES[event])] += 1
-                log.debug("%s: handshake failed (%s)", role, HANDSHAKE_FAILURES[event])
+                self._failed[role].append(HANDSHAKE_FAILURES[event])
                 continue
             before = len(conns)
             if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
                 conns[value] = self._accepted(role, value, frames[1])
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and value in conns:
+                conns[value].handshaken = True
             elif event == zmq.EVENT_DISCONNECTED:
                 conn = conns.pop(value, None)
                 if conn is not None:
-                    conn.closed = time.time()
-                    conn.reason = conn.reason or "closed (peer left, heartbeat timeout or refused handshake)"
-                    self.closed.append(conn)
+                    self._closed(conn)
                 self.disconnects[role] += 1
             if len(conns) != before:
                 log.debug("%s: %d peer(s) connected on %s", role, len(conns), frames[1].decode(errors="replace"))
                 if self._on_change is not None:
                     self._on_change(role, len(conns))
 
+    def _closed(self, conn: Connection) -> None:
+        """Remember why it closed; a refused handshake is named with the peer (auth refusals ZAP logs itself)."""
+        conn.closed = time.time()
+        if not conn.handshaken and not conn.reason:
+            failed = self._failed[conn.role]
+            why = failed.popleft() if failed else INCOMPLETE
+            if why == INCOMPLETE:
+                self.handshake_failures[(conn.role, INCOMPLETE)] += 1
+            conn.reason = f"handshake failed ({why})"
+            if why in WHY:
+                self._refused.warning("%s: refused a connection from %s: %s", conn.role, conn.peer, WHY[why],
+                                      held="more refused handshakes not logged")
+        conn.reason = conn.reason or "closed (peer left or heartbeat timeout)"
+        self.closed.append(conn)
+
     @staticmethod
     def _accepted(role: str, fd: int, endpoint: bytes) -> Connection:
         try:
             inode, peer = describe_peer(fd)
-        except OSError:  # already gone again: nothing to act on later
-            inode, peer = -1, "?"
+        except OSError:  # already closed by libzmq before the hub read the event: nothing to act on later
+            inode, peer = -1, "a peer gone before its address could be read"
         if role == "upstream":
             peer = endpoint.decode(errors="replace")
         return Connection(role, fd, inode, peer)

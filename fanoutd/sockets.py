@@ -20,7 +20,7 @@ _KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "XPUB": zmq.XPUB, "PUSH": zmq.PUSH}
 # The socket-monitor events peer counts, disconnects and handshake failures are built from.
 MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 class BindError(RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -150,3 +151,39 @@ def test_curve_config_errors_are_one_line(start_daemon, tmp_path):
     assert d.proc.wait(timeout=15) == 2
     assert d.log().strip().splitlines() == [
         f"fanoutd: configuration error: curve_secret_key: cannot read {tmp_path / 'missing'}: not found"]
+
+
+def wait_logged(d, needle: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while needle not in d.log():
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    return next(line for line in d.log().splitlines() if needle in line)
+
+
+def test_legacy_zmtp_peer_is_refused_logged_with_its_address_and_counted(start_daemon):
+    """A ZMTP 2.0 client (libzmq 3.x, JeroMQ 0.3) is refused by design; say so instead of only disconnecting."""
+    d = start_daemon()
+    host, port = d.collector.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as legacy:
+        # libzmq closes a legacy peer the moment its greeting arrives: let the broker read the address first.
+        assert d.wait_value("fanoutd_connected_peers", 1, socket="collector") == 1
+        legacy.sendall(b"\xff" + b"\0" * 7 + b"\x01\x7f" + b"\x01\x01\x00\x00")  # ZMTP 2.0 greeting, a PUB
+        local = f"127.0.0.1:{legacy.getsockname()[1]}"
+        try:
+            assert legacy.recv(64) is not None
+        except ConnectionResetError:
+            pass
+    line = wait_logged(d, f"collector: refused a connection from {local}: it closed before its ZMTP handshake "
+                          "completed: a legacy ZMTP 1.0/2.0 client")
+    assert "WARNING" in line
+    assert d.wait_value("fanoutd_handshake_failures_total", 1, socket="collector", reason="incomplete") == 1
+
+
+def test_plaintext_producer_at_a_curve_collector_is_named_in_the_log(start_daemon, sockets, keys, tmp_path):
+    d = start_daemon(*curve_flags(tmp_path, "collector"))
+    plain = sockets(zmq.XPUB)
+    plain.connect(d.collector)
+    line = wait_logged(d, "collector: refused a connection from 127.0.0.1:")
+    assert "its ZMTP handshake failed (e.g. a plaintext client at a CURVE socket" in line
+    assert d.value("fanoutd_handshake_failures_total", socket="collector", reason="protocol") >= 1
