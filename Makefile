@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system-deps bench soak clean
+.PHONY: run test install system-deps bench soak clean install-service uninstall-service
 
 $(STAMP): pyproject.toml setup.py fanoutd/_forward.c fanoutd/zmq_abi.h
 	sh .ci/system-deps build
@@ -37,6 +37,16 @@ bench: install system-deps
 # Ten minutes at full rate with a subscriber that never reads; RSS over time.
 soak: install system-deps
 	$(BIN)/python bench/run.py --modes stall --systems fanoutd --stall-seconds 600 --out bench/soak
+
+# fanoutd as a systemd service, in its own virtualenv (/opt/fanoutd, or
+# PREFIX=...); the system Python is left alone. Run as root. WHEELS=DIR
+# installs offline from a directory of wheels, CURVE=1 adds the
+# LoadCredential= drop-in for the CURVE secret key. See systemd/install.sh.
+install-service:
+	sh systemd/install.sh $(if $(WHEELS),--wheels '$(WHEELS)') $(if $(CURVE),--curve)
+
+uninstall-service:
+	sh systemd/install.sh --uninstall
 
 clean:
 	rm -rf $(VENV) build *.egg-info fanoutd/*.so

@@ -275,6 +275,12 @@ mkdir -p .nsboot-oldroot
 pivot_root . .nsboot-oldroot
 umount -l /.nsboot-oldroot
 rmdir /.nsboot-oldroot
+# Shared propagation inside the box, as systemd sets it up on a real machine
+# (it skips that in a container): LoadCredential= mounts each unit's ramfs in
+# a namespace of its own and moves it to /run/credentials/UNIT, which only
+# reaches PID 1's namespace, and so the service, through a shared /run. The
+# box's mounts were made private above, so nothing propagates to the host.
+mount --make-rshared /
 exec env -i container=nsboot PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   "$SYSTEMD" --system --show-status=false --unit=nsboot.target
 """
