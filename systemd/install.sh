@@ -196,7 +196,9 @@ do_install() {
         echo "  #   collector_curve = true                        # and/or publish_curve, push_curve"
     fi
     echo "  \$EDITOR /etc/fanoutd/fanoutd.toml                     # endpoints, limits, CURVE"
-    echo "  $PREFIX/bin/fanoutd --config /etc/fanoutd/fanoutd.toml --check-config"
+    check="$PREFIX/bin/fanoutd --config /etc/fanoutd/fanoutd.toml --check-config"
+    [ "$CURVE" = 0 ] || check="CREDENTIALS_DIRECTORY=/etc/fanoutd $check"
+    echo "  $check"
     echo "  systemctl enable --now fanoutd"
     echo "  systemctl status fanoutd; journalctl -u fanoutd"
 }
