@@ -22,6 +22,7 @@ from zmq.utils import z85
 
 from . import files, green, logs
 from .config import Config
+from .peers import plain_ip
 from .roles import POLICY_OWNERS, ROLES
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ class Policy:
     def check(self, address: str, mechanism: bytes, credentials: list[bytes]) -> str | None:
         """None when allowed, else the reason it is not."""
         try:
-            ip = ipaddress.ip_address(address)
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(address)
         except ValueError:
             ip = None  # ipc and inproc peers have no IP address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped  # an IPv4 client of a dual-stack socket is matched as the IPv4 address it is
         if ip is not None:
             if any(ip in net for net in self.deny):
                 return "address"
@@ -126,7 +129,8 @@ class ZapHandler:
     def _log_denial(self, role: str, reason: str, address: bytes, credentials: list[bytes]) -> None:
         key = z85.encode(credentials[0]).decode() if credentials and len(credentials[0]) == 32 else "-"
         self._denials.warning("denied a connection to %s from %s (reason: %s, key: %s)", role,
-                              address.decode(errors="replace"), reason, key, held="more denials not logged")
+                              plain_ip(address.decode(errors="replace")), reason, key,
+                              held="more denials not logged")
 
     def close(self) -> None:
         if self._greenlet is not None:

@@ -10,6 +10,7 @@ Validation happens here, once, so the rest of the daemon can trust a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 import tomllib
@@ -173,6 +174,13 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
     raw value). ``config_file`` may also come from ``FANOUTD_CONFIG``.
     """
     environ = os.environ if environ is None else environ
+    known = {s.env for s in SETTINGS} | {"FANOUTD_CONFIG"}
+    unknown = sorted(name for name in environ if name.startswith("FANOUTD_") and name not in known)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0].removeprefix("FANOUTD_"),
+                                         [name.removeprefix("FANOUTD_") for name in known], n=1, cutoff=0.85)
+        raise ConfigError(f"environment: unknown variable {unknown[0]}"
+                          + (f" (did you mean FANOUTD_{near[0]}?)" if near else ""))
     path = config_file or environ.get("FANOUTD_CONFIG") or None
     values: dict[str, Any] = {}
     layers: list[tuple[str, Mapping[str, Any]]] = [("defaults", {s.name: s.default for s in SETTINGS})]

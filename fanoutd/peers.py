@@ -13,6 +13,7 @@ told apart: nobody connected (``no_puller``) or everyone full (``hwm``).
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import os
 import socket
@@ -78,7 +79,17 @@ def describe_peer(fd: int) -> tuple[int, str]:
             pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
             return inode, f"pid {pid} uid {uid}"
         host, port = sock.getpeername()[:2]
+    host = plain_ip(host)
     return inode, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def plain_ip(host: str) -> str:
+    """An IPv4 client of a dual-stack socket (``::ffff:a.b.c.d``) as the IPv4 address it is."""
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return str(mapped) if mapped else host
 
 
 class PeerTracker:

@@ -8,6 +8,7 @@ per role of :data:`fanoutd.roles.ROLES` that has endpoints;
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 
@@ -69,6 +70,23 @@ def security_options(config: Config, role: Role, secret_key: bytes | None) -> tu
     return options
 
 
+def needs_ipv6(endpoints: tuple[str, ...]) -> int:
+    """ZMQ_IPV6 for a socket: on unless every tcp endpoint is an IPv4 address.
+
+    With it, IPv6 addresses and names that resolve to them work and
+    tcp://*:PORT serves both families; without it, an IPv4-only socket keeps
+    seeing its peers as plain IPv4 addresses rather than ::ffff:a.b.c.d.
+    """
+    for endpoint in endpoints:
+        host = endpoint.partition("tcp://")[2].rpartition(":")[0]
+        if endpoint.startswith("tcp://"):
+            try:
+                ipaddress.IPv4Address(host.rpartition(";")[2])
+            except ValueError:
+                return 1
+    return 0
+
+
 def limits_metadata(config: Config) -> bytes:
     """ZMTP metadata a producer reads from the collector's handshake: the limit it can check locally."""
     return b"X-Max-Message-Size:%d" % config.max_message_size
@@ -86,7 +104,7 @@ def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpe
         if not endpoints:
             continue
         hwm = getattr(config, role.hwm)
-        options: tuple[tuple[int, int | bytes], ...] = ((zmq.LINGER, 0),)
+        options: tuple[tuple[int, int | bytes], ...] = ((zmq.LINGER, 0), (zmq.IPV6, needs_ipv6(endpoints)))
         if role.is_input:
             options += ((zmq.RCVHWM, hwm), (zmq.MAXMSGSIZE, frame_guard(config)))
             if not role.connects:

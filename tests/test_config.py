@@ -143,3 +143,11 @@ def test_config_caps_are_the_native_loops():
     assert len(load({"metrics_topics": topics[:-1]}, NO_ENV).metrics_topics) == _forward.TOPICS_CAP
     with pytest.raises(ConfigError, match="at most"):
         load({"metrics_topics": topics}, NO_ENV)
+
+
+def test_unknown_environment_variables_are_reported_not_ignored():
+    with pytest.raises(ConfigError, match=r"^environment: unknown variable FANOUTD_UPSTREAM_CURVE$"):
+        load({}, {"FANOUTD_UPSTREAM_CURVE": "1"})
+    with pytest.raises(ConfigError, match=r"unknown variable FANOUTD_MAX_FRAME \(did you mean FANOUTD_MAX_FRAMES\?\)"):
+        load({}, {"FANOUTD_MAX_FRAME": "3"})
+    assert load({}, {"FANOUTD_MAX_FRAMES": "3", "OTHER": "x"}).max_frames == 3

@@ -107,6 +107,7 @@ class Client:
         options.update(heartbeat_options(heartbeat_interval, heartbeat_timeout, heartbeat_ttl))
         options[zmq.SNDHWM] = options[zmq.RCVHWM] = hwm
         options[zmq.LINGER] = self._linger_ms
+        options[zmq.IPV6] = 1  # tcp://[::1]:5560 and host names that resolve to IPv6 work
         if reconnect_interval is not None:
             options[zmq.RECONNECT_IVL] = ms(reconnect_interval, "reconnect_interval")
         if reconnect_interval_max is not None:
