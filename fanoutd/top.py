@@ -6,9 +6,11 @@ what a dashboard would; rates are differences between two scrapes.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,7 +89,33 @@ def _present(sample: Sample, name: str) -> list[str]:
     return [role.name for role in ROLES if role.name in sockets]
 
 
-def render(url: str, before: Sample, after: Sample, seconds: float) -> str:
+def peers_view(url: str, timeout: float = 5.0) -> dict[str, list[dict[str, object]]] | None:
+    """The daemon's /peers beside its /metrics, or None where it is turned off or unreadable."""
+    peers_url = urllib.parse.urljoin(url, "/peers")
+    try:
+        with urllib.request.urlopen(peers_url, timeout=timeout) as resp:
+            view = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return view if isinstance(view, dict) else None
+
+
+def render_peers(view: dict[str, list[dict[str, object]]], most: int = 5) -> list[str]:
+    """The peers furthest behind (largest kernel queue) and the last slow consumers cut off."""
+    lines = ["", "slowest peers (bytes queued in the kernel):"]
+    for entry in view.get("connected", [])[:most]:
+        lines.append(f"  {entry.get('socket', '?'):10}{entry.get('peer', '?'):>28}{entry.get('queued_bytes', 0):>14,}")
+    cut = [e for e in view.get("closed", []) if str(e.get("reason", "")).startswith("slow consumer")][:most]
+    if cut:
+        lines.append("slow consumers cut off (newest first):")
+        for entry in cut:
+            when = time.strftime("%H:%M:%S", time.localtime(float(str(entry.get("closed", 0)))))
+            lines.append(f"  {when} {entry.get('socket', '?')} {entry.get('peer', '?')}: {entry.get('reason')}")
+    return lines
+
+
+def render(url: str, before: Sample, after: Sample, seconds: float,
+           peers: dict[str, list[dict[str, object]]] | None = None) -> str:
     lines = [f"fanoutd top  {url}  (every {seconds:.1f}s)", "", f"{'':28}{'per second':>14}{'total':>16}"]
     for row in rows(before, after, seconds):
         lines.append(f"{row.label:28}{row.rate:>14,.0f}{row.total:>16,.0f}")
@@ -97,6 +125,8 @@ def render(url: str, before: Sample, after: Sample, seconds: float) -> str:
         lines.append(f"{sock:12}{_sum(after, 'fanoutd_connected_peers', socket=sock):>8,.0f}"
                      f"{_sum(after, 'fanoutd_disconnects_total', socket=sock):>14,.0f}"
                      f"{_sum(after, 'fanoutd_auth_denied_total', socket=sock):>14,.0f}")
+    if peers is not None:
+        lines += render_peers(peers)
     rss = _sum(after, "process_resident_memory_bytes")
     if rss:
         lines.append(f"resident memory: {rss / 2**20:,.1f} MiB")
@@ -110,7 +140,7 @@ def run(url: str, interval: float, once: bool, out: TextIO = sys.stdout) -> int:
         while True:
             time.sleep(interval)
             after, t1 = scrape(url), time.monotonic()
-            out.write(("" if once else CLEAR) + render(url, before, after, t1 - t0))
+            out.write(("" if once else CLEAR) + render(url, before, after, t1 - t0, peers_view(url)))
             out.flush()
             if once:
                 return 0

@@ -137,9 +137,11 @@ def test_fanoutd_top_shows_rates_drops_and_peers(start_daemon, sockets):
     for reason in REJECTS:  # every reason the loop counts has its row, federation's included
         assert f"rejected {reason}" in lines
     assert {"auth denied", "handshake failures"} <= set(lines)
-    peers = {cols[0]: cols[1:] for cols in map(str.split, out.splitlines())
+    peers = {cols[0]: cols[1:] for cols in (line.split() for line in out.splitlines() if line[:1] != " ")
              if cols and cols[0] in ("collector", "publish", "push")}
     assert (peers["collector"][0], peers["publish"][0], peers["push"][0]) == ("1", "1", "0"), out
+    slowest = out.split("slowest peers (bytes queued in the kernel):\n", 1)[1].splitlines()
+    assert any(re.fullmatch(r"\s+publish\s+127\.0\.0\.1:\d+\s+[\d,]+", line) for line in slowest), out
 
 
 def test_fanoutd_top_unreachable_is_one_line():

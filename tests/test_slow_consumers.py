@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -79,6 +81,10 @@ def test_a_stalled_subscriber_is_cut_off_counted_and_named_while_a_fast_one_gets
     assert lossy == 0, "at the defaults the guard cuts the stalled subscriber before any message goes lossy"
     assert re.search(r"slow consumer on publish: disconnected 127\.0\.0\.1:\d+ because its queue reached the "
                      r"high-water mark", d.log()), d.log()
+    top = subprocess.run([sys.executable, "-m", "fanoutd", "top", "--url", d.http + "/metrics", "--interval",
+                          "0.2", "--once"], capture_output=True, text=True, timeout=30)
+    assert re.search(r"slow consumers cut off \(newest first\):\n  \d\d:\d\d:\d\d publish 127\.0\.0\.1:\d+: "
+                     r"slow consumer: its queue reached the high-water mark", top.stdout), top.stdout
     _, body = d.get("/peers")
     closed = json.loads(body)["closed"]
     assert any(c["socket"] == "publish" and c["reason"].startswith("slow consumer") for c in closed), closed
