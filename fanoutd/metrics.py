@@ -39,6 +39,7 @@ class Sources:
     config: Callable[[], Config]
     node_id: str = ""
     slow_consumers: Callable[[], Mapping[str, int]] = dict
+    upstream_errors: Callable[[], Mapping[tuple[str, str], int]] = dict
 
 
 class BrokerCollector:
@@ -92,6 +93,11 @@ class BrokerCollector:
             if role.fans_out and getattr(src.config(), role.name):
                 stalls.add_metric([role.name], c[f"{role.name}_stalls"])
         yield stalls
+        if src.config().upstream:
+            yield _filled(CounterMetricFamily("fanoutd_upstream_link_errors", "Checks of an upstream link that "
+                                              "found it unusable, per endpoint and reason (unresolvable: its host "
+                                              "does not resolve; libzmq retries without reporting it).",
+                                              labels=["endpoint", "reason"]), src.upstream_errors())
         yield _filled(CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
                                           "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"]),
                       src.disconnects())

@@ -24,6 +24,7 @@ from .engine import BindError, Engine
 from .files import Keys
 from .peers import PeerTracker
 from .reload import Plan
+from .links import UpstreamWatch
 from .slow import Guard
 from .zmqlib import LibzmqError
 
@@ -49,16 +50,17 @@ class Runtime:
         self.engine = Engine(config, self.context, keys.secret, node_id=node_id)
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
         self.guard = Guard(config, self.peers, self.engine.stall_fd)
+        self.upstreams = UpstreamWatch(config)
         sources = metrics.Sources(self.engine.counters, self.engine.topic_counters, self.peers.counts,
                                   lambda: self.peers.handshake_failures, lambda: self.peers.disconnects,
                                   lambda: self.zap.denied, lambda: self.config, node_id.hex(),
-                                  lambda: self.guard.cut)
+                                  lambda: self.guard.cut, lambda: self.upstreams.errors)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         peers_view = (lambda: view.peers(self.peers)) if config.peers_view else None
         self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view))
 
     def readiness(self) -> tuple[bool, str]:
-        return status.readiness(self.phase, self.config, self.peers.counts())
+        return status.readiness(self.phase, self.config, self.peers.counts(), self.upstreams.problems)
 
     def open(self) -> Any:
         """Start every part; returns the forwarding loop's result. On failure all is closed and StartupError raised."""
@@ -69,6 +71,7 @@ class Runtime:
             self.peers.start(self._on_crash)
             library = self.engine.open()
             self.guard.start(self._on_crash)
+            self.upstreams.start(self._on_crash)
             self._serve_http()
             result = self.engine.start()
         except (BindError, LibzmqError, StartupError) as exc:
@@ -106,6 +109,7 @@ class Runtime:
         steps: list[tuple[str, Callable[[], bool | None]]] = [
             ("the HTTP server", lambda: self.server.stop(timeout=1.0) if self.server.started else None),
             ("the slow-consumer guard", self.guard.close),
+            ("the upstream watch", self.upstreams.close),
             ("the forwarding loop", lambda: self.engine.close(timeout=remaining())),
             ("the socket monitors", self.peers.close),
             ("the ZAP handler", self.zap.close),

@@ -26,12 +26,17 @@ WARN_EVERY = 10.0
 Counters = Callable[[], Mapping[str, int]]
 
 
-def readiness(phase: str, config: Config, peers: Mapping[str, int]) -> tuple[bool, str]:
-    """What /readyz answers: ready only while running with every input it needs connected."""
+def readiness(phase: str, config: Config, peers: Mapping[str, int],
+              link_problems: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """What /readyz answers: ready only while running with every input it needs connected.
+
+    When no upstream is connected, the body names each link known to be broken and why.
+    """
     if phase != "ready":
         return False, phase
     if config.upstream and not peers.get("upstream"):
-        return False, "no upstream connected"
+        why = "".join(f"; {ep}: {cause}" for ep, cause in sorted((link_problems or {}).items()))
+        return False, "no upstream connected" + why
     return True, "ready"
 
 

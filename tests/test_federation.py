@@ -82,3 +82,19 @@ def test_edge_survives_its_upstream_going_away(start_daemon, sockets):
     warm_up(prod2, sub)
     prod2.send(b"t back")
     assert sub.recv() == b"t back"
+
+
+def test_an_unresolvable_upstream_is_logged_counted_and_named_by_readyz(start_daemon):
+    """libzmq retries such a connect forever without a word; the edge says what is wrong within seconds."""
+    upstream = "tcp://no-such-host.invalid:5570"
+    edge = start_daemon("--upstream", upstream, ready=False)
+    deadline = time.monotonic() + 10
+    while "cannot resolve host" not in edge.log():
+        assert time.monotonic() < deadline and edge.proc.poll() is None, edge.log()
+        time.sleep(0.05)
+    line = next(line for line in edge.log().splitlines() if "cannot resolve host" in line)
+    assert f"WARNING fanoutd.links: upstream {upstream}: cannot resolve host 'no-such-host.invalid'" in line
+    status, body = edge.get("/readyz")
+    assert status == 503
+    assert body.startswith(f"no upstream connected; {upstream}: cannot resolve host 'no-such-host.invalid'"), body
+    assert edge.value("fanoutd_upstream_link_errors_total", endpoint=upstream, reason="unresolvable") >= 1
