@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zmq
 
-from conftest import connected, ready_producer, warm_up
+from conftest import connected, ready_producer, settle, warm_up
 
 LIMIT = 4096
 FRAMES = 8
@@ -36,6 +36,7 @@ def test_corpus_is_forwarded_or_counted(start_daemon, sockets):
     sub = connected(sockets, zmq.SUB, d.publish)
     pull = connected(sockets, zmq.PULL, d.push)
     prod = ready_producer(sockets, d.collector)
+    settle(d, "push", 1)  # or a warm-up probe may find no puller yet (dropped, counted as no_puller)
     probes = warm_up(prod, sub, pull)
     for frames, expected in CORPUS:
         prod.send_multipart(frames)
