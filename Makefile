@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install system-deps bench soak clean install-service uninstall-service
 
-$(STAMP): pyproject.toml setup.py fanoutd/_forward.c fanoutd/zmq_abi.h
+$(STAMP): pyproject.toml setup.py fanoutd/_forward.c fanoutd/zmq_abi.h fanoutd/_streams.h
 	sh .ci/system-deps build
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -13,7 +13,7 @@ setup(
         Extension(
             "fanoutd._forward",
             sources=["fanoutd/_forward.c"],
-            depends=["fanoutd/zmq_abi.h"],
+            depends=["fanoutd/zmq_abi.h", "fanoutd/_streams.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             libraries=["dl"],
         )

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "zmq_abi.h"
+#include "_streams.h"
 
 /* The libzmq functions, set once by bind_libzmq. */
 static struct zabi Z;
@@ -43,7 +44,9 @@ enum {
     C_PUSHED, C_PUSH_NO_PULLER, C_PUSH_HWM,
     C_REJECT_OVERSIZE, C_REJECT_FRAMES, C_TICKS,
     C_RECEIVED_UPSTREAM, C_RELAYED, C_REJECT_LOOP, C_REJECT_ROUTE,
-    C_RELAY_DROPPED, C_PUBLISH_STALLS, C_RELAY_STALLS, C_COUNT
+    C_RELAY_DROPPED, C_PUBLISH_STALLS, C_RELAY_STALLS,
+    C_STAMPED, C_STAMPED_DROPPED, C_STAMPED_STALLS, C_STREAM_EVICTIONS,
+    C_UPSTREAM_GAPS, C_UPSTREAM_UNTRACKED, C_UPSTREAM_HELLOS, C_REJECT_NOT_RELAY, C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
@@ -51,6 +54,8 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "rejected_oversize", "rejected_too_many_frames", "ticks",
     "received_upstream_messages", "relayed_messages", "rejected_loop", "rejected_bad_route",
     "relay_dropped", "publish_stalls", "relay_stalls",
+    "stamped_messages", "stamped_dropped", "stamped_stalls", "stream_evictions",
+    "upstream_gaps", "upstream_untracked", "upstream_hellos", "rejected_not_relay",
 };
 
 enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
@@ -58,11 +63,29 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 #define TICK_MS 100
 #define FRAMES_CAP 256
 #define TOPICS_CAP 64
-/* Federation: relayed messages carry a last frame listing the 8-byte ids of
- * the nodes they passed; a node drops one that already names it, so a
+/* Federation: relayed messages carry a trailer whose route lists the 8-byte
+ * ids of the nodes they passed; a node drops one that already names it, so a
  * message can never circulate, whatever the topology. */
 #define NODE_ID_LEN 8
 #define MAX_HOPS 32
+
+/* The trailer: fanoutd's one trailing-frame format (README "Trailing frame").
+ *   magic "\0FDT" | version 1 | flags | [stamp] | [route]
+ *   stamp (flag 1): epoch u64 | stream u64 | seq u64 | key length u16
+ *   route (flag 2): hops u8 | hops x node id (8 bytes)
+ * Integers big-endian.  Flags 0 is a relay's hello (its welcome message).
+ * The stamped output adds a stamp; the relay output a stamp and a route. */
+#define TRAILER_MAGIC "\0FDT"
+#define TRAILER_VERSION 1
+#define TRAILER_HEAD 6
+#define T_STAMP 1
+#define T_ROUTE 2
+#define STAMP_LEN 26
+#define RELAY_PROPERTY "X-Fanoutd-Relay"
+#define RELAY_PROPERTY_VALUE "1"
+
+typedef struct { uint64_t epoch, stream, seq; uint16_t keylen; } stamp_t;
+typedef struct { int flags; stamp_t stamp; const unsigned char *ids; int hops; } trailer_t;
 
 /* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP): libzmq refuses
  * a message there, instead of silently dropping it for one subscriber, when a
@@ -71,14 +94,14 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
  * guard (Python, on the hub) can cut the subscriber off; if the bound passes,
  * it sends lossy (NODROP off for that one message) and counts the message, and
  * keeps doing so without stalling again until a send goes through whole. */
-enum { OUT_PUBLISH = 0, OUT_RELAY = 1, OUTS = 2 };
-static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED};
-static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS};
+enum { OUT_PUBLISH = 0, OUT_RELAY = 1, OUT_STAMPED = 2, OUTS = 3 };
+static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED, C_STAMPED_DROPPED};
+static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS, C_STAMPED_STALLS};
 
 typedef struct {
     PyObject_HEAD
     void *publish, *push, *relay;
-    void *outs[OUTS];   /* publish, relay */
+    void *outs[OUTS];   /* publish, relay, stamped */
     int lossy[OUTS];    /* an episode whose stall bound passed: send lossy until a send goes through */
     int stall_fd;       /* eventfd the loop writes when it starts holding output; -1: none */
     int64_t stall_ns;   /* how long one episode may hold output; 0: lossy at once */
@@ -98,8 +121,16 @@ typedef struct {
     size_t topic_len[TOPICS_CAP];
     uint64_t topic_shared[TOPICS_CAP + 1];
     uint64_t topic_local[TOPICS_CAP + 1];
+    /* the upstream link's subscriptions: its gaps are counted only for keys they cover */
+    int nup_topics;
+    char *up_topic_data[TOPICS_CAP];
+    size_t up_topic_len[TOPICS_CAP];
     /* owned by the running loop */
     uint64_t local[C_COUNT];
+    int stamping;         /* stamped or relay output: each message gets a stamp */
+    uint64_t epoch, last_stream;
+    stream_table stamps;  /* topic key -> stream id, last sequence given */
+    stream_table seen;    /* upstream (epoch, stream) -> last sequence seen */
     zmsg_t parts[FRAMES_CAP + 1];
     zmsg_t scratch;
 } Forwarder;
@@ -281,22 +312,140 @@ static int publish_out(Forwarder *f, int n)
     return 0;
 }
 
-/* Hand the message to downstream fanoutd nodes, with this node added to its route. */
-static int relay_out(Forwarder *f, int n, zmsg_t *route)
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* How much of the first frame names the message's stream: a multipart
+ * message's whole first frame; a single frame's topic with the space that
+ * ends it (the whole frame if it has none).  Every message of a stream
+ * starts with its key, so a subscription that is a prefix of the key
+ * receives all of the stream or none of it: its gaps are exact. */
+static size_t stamp_key_len(Forwarder *f, int n)
+{
+    const char *data = Z.msg_data(&f->parts[0]);
+    size_t len = Z.msg_size(&f->parts[0]);
+    if (n == 1) {
+        const char *space = memchr(data, ' ', len);
+        if (space)
+            len = (size_t)(space - data) + 1;
+    }
+    return len > STREAM_KEY_CAP ? STREAM_KEY_CAP : len;
+}
+
+/* The next stamp of this message's stream (a new stream id for a key the
+ * table did not hold, or no longer held). */
+static void next_stamp(Forwarder *f, int n, stamp_t *s)
+{
+    int created;
+    size_t len = stamp_key_len(f, n);
+    stream_entry *e = streams_get(&f->stamps, Z.msg_data(&f->parts[0]), len, &created);
+    if (created)
+        e->stream = ++f->last_stream;
+    s->epoch = f->epoch;
+    s->stream = e->stream;
+    s->seq = ++e->seq;
+    s->keylen = (uint16_t)len;
+    f->local[C_STREAM_EVICTIONS] = f->stamps.evictions;
+}
+
+/* A trailer frame in out: the stamp, and a route of ids[0..hops) then this
+ * node when route is set.  -1 on failure (out left closed). */
+static int make_trailer(Forwarder *f, zmsg_t *out, const stamp_t *s, int route, const unsigned char *ids, int hops)
+{
+    size_t len = TRAILER_HEAD + STAMP_LEN + (route ? 1 + (size_t)(hops + 1) * NODE_ID_LEN : 0);
+    if (Z.msg_init_size(out, len) < 0)
+        return -1;
+    unsigned char *p = Z.msg_data(out);
+    memcpy(p, TRAILER_MAGIC, 4);
+    p[4] = TRAILER_VERSION;
+    p[5] = T_STAMP | (route ? T_ROUTE : 0);
+    p += TRAILER_HEAD;
+    put_u64(p, s->epoch);
+    put_u64(p + 8, s->stream);
+    put_u64(p + 16, s->seq);
+    p[24] = (unsigned char)(s->keylen >> 8);
+    p[25] = (unsigned char)s->keylen;
+    p += STAMP_LEN;
+    if (route) {
+        *p++ = (unsigned char)(hops + 1);
+        if (hops)
+            memcpy(p, ids, (size_t)hops * NODE_ID_LEN);
+        memcpy(p + (size_t)hops * NODE_ID_LEN, f->node_id, NODE_ID_LEN);
+    }
+    return 0;
+}
+
+/* Parse a trailer frame: 0 and *t filled, or -1 if m is not one. */
+static int parse_trailer(zmsg_t *m, trailer_t *t)
+{
+    const unsigned char *d = Z.msg_data(m);
+    size_t len = Z.msg_size(m), off = TRAILER_HEAD;
+    if (len < TRAILER_HEAD || memcmp(d, TRAILER_MAGIC, 4) != 0 || d[4] != TRAILER_VERSION)
+        return -1;
+    t->flags = d[5];
+    if (t->flags & ~(T_STAMP | T_ROUTE))
+        return -1;
+    if (t->flags & T_STAMP) {
+        if (len < off + STAMP_LEN)
+            return -1;
+        t->stamp.epoch = get_u64(d + off);
+        t->stamp.stream = get_u64(d + off + 8);
+        t->stamp.seq = get_u64(d + off + 16);
+        t->stamp.keylen = (uint16_t)(d[off + 24] << 8 | d[off + 25]);
+        off += STAMP_LEN;
+    }
+    t->ids = NULL;
+    t->hops = 0;
+    if (t->flags & T_ROUTE) {
+        if (len < off + 1)
+            return -1;
+        t->hops = d[off++];
+        if (t->hops < 1 || t->hops > MAX_HOPS || len - off < (size_t)t->hops * NODE_ID_LEN)
+            return -1;
+        t->ids = d + off;
+        off += (size_t)t->hops * NODE_ID_LEN;
+    }
+    return off == len ? 0 : -1;
+}
+
+/* Hand the message to downstream fanoutd nodes: stamped, with this node added to its route. */
+static int relay_out(Forwarder *f, int n, const trailer_t *from, const stamp_t *s)
 {
     zmsg_t out;
-    size_t len = route ? Z.msg_size(route) : 0;
-    if (Z.msg_init_size(&out, len + NODE_ID_LEN) < 0)
+    if (make_trailer(f, &out, s, 1, from ? from->ids : NULL, from ? from->hops : 0) < 0)
         return -1;
-    if (len)
-        memcpy(Z.msg_data(&out), Z.msg_data(route), len);
-    memcpy((char *)Z.msg_data(&out) + len, f->node_id, NODE_ID_LEN);
     int rc = fan_out(f, OUT_RELAY, f->parts, n, &out, 0);
     if (rc < 0) {
         Z.msg_close(&out);
         return -1;
     }
     f->local[C_RELAYED]++;
+    return 0;
+}
+
+/* Publish the message with its stamp on the stamped output. */
+static int stamped_out(Forwarder *f, int n, const stamp_t *s)
+{
+    zmsg_t out;
+    if (make_trailer(f, &out, s, 0, NULL, 0) < 0)
+        return -1;
+    int rc = fan_out(f, OUT_STAMPED, f->parts, n, &out, 0);
+    if (rc < 0) {
+        Z.msg_close(&out);
+        return -1;
+    }
+    f->local[C_STAMPED]++;
     return 0;
 }
 
@@ -317,17 +466,61 @@ static int discard_subscriptions(void *sock)
     return 0;
 }
 
-/* The counter a relayed message's route frame earns, or -1 when it may pass. */
-static int check_route(Forwarder *f, zmsg_t *route)
+/* Whether this node's upstream subscriptions cover the whole stream of a
+ * message (one of them is a prefix of its key): only then are its gaps ours to count. */
+static int covers(Forwarder *f, zmsg_t *first, size_t keylen)
 {
-    size_t len = Z.msg_size(route);
-    if (len == 0 || len % NODE_ID_LEN || len > MAX_HOPS * NODE_ID_LEN)
+    if (keylen > Z.msg_size(first))
+        return 0;
+    const char *data = Z.msg_data(first);
+    for (int i = 0; i < f->nup_topics; i++)
+        if (f->up_topic_len[i] <= keylen && memcmp(data, f->up_topic_data[i], f->up_topic_len[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Count what the upstream stamped and this node never received. */
+static void track_upstream(Forwarder *f, zmsg_t *first, const stamp_t *s)
+{
+    if (!covers(f, first, s->keylen)) {
+        f->local[C_UPSTREAM_UNTRACKED]++;
+        return;
+    }
+    unsigned char key[16];
+    int created;
+    put_u64(key, s->epoch);
+    put_u64(key + 8, s->stream);
+    stream_entry *e = streams_get(&f->seen, key, sizeof key, &created);
+    if (!created && s->seq > e->seq + 1)
+        f->local[C_UPSTREAM_GAPS] += s->seq - e->seq - 1;
+    if (created || s->seq > e->seq)
+        e->seq = s->seq;
+}
+
+/* The counter a message from the upstream link earns, or -1 when it may pass
+ * (its trailer then parsed into t).  It must come from a fanoutd relay (the
+ * relay's ZMTP metadata, on every message) and end in a trailer with a
+ * route that does not already name this node. */
+static int check_upstream(Forwarder *f, int n, trailer_t *t)
+{
+    const char *relay = Z.msg_gets(&f->parts[0], RELAY_PROPERTY);
+    if (!relay || strcmp(relay, RELAY_PROPERTY_VALUE) != 0)
+        return C_REJECT_NOT_RELAY;
+    if (n < 2 || parse_trailer(&f->parts[n - 1], t) < 0 || !(t->flags & T_ROUTE))
         return C_REJECT_ROUTE;
-    const char *ids = Z.msg_data(route);
-    for (size_t off = 0; off < len; off += NODE_ID_LEN)
-        if (memcmp(ids + off, f->node_id, NODE_ID_LEN) == 0)
+    if (t->flags & T_STAMP)
+        track_upstream(f, &f->parts[0], &t->stamp);
+    for (int i = 0; i < t->hops; i++)
+        if (memcmp(t->ids + (size_t)i * NODE_ID_LEN, f->node_id, NODE_ID_LEN) == 0)
             return C_REJECT_LOOP;
     return -1;
+}
+
+/* A relay's hello (its welcome message to a new link): one frame, a trailer without stamp or route. */
+static int is_hello(Forwarder *f, int n)
+{
+    trailer_t t;
+    return n == 1 && parse_trailer(&f->parts[0], &t) == 0 && t.flags == 0;
 }
 
 /* Forward one message from input (the collector, or the upstream link whose
@@ -369,17 +562,20 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
             n++;
         }
     }
+    if (from_upstream && !overflow && is_hello(f, n)) {
+        f->local[C_UPSTREAM_HELLOS]++;  /* a link's greeting, not a message */
+        return close_parts(f, n) < 0 ? -1 : 1;
+    }
     f->local[C_RECEIVED]++;
     f->local[C_RECEIVED_BYTES] += total;
-    zmsg_t *route = NULL;
-    int verdict = -1, rc = 0;
+    trailer_t from, *route = NULL;
+    int verdict = -1, rc = 0, stripped = 0;
     if (from_upstream) {
         f->local[C_RECEIVED_UPSTREAM]++;
-        if (!overflow && n < 2) {
-            verdict = C_REJECT_ROUTE;
-        } else if (!overflow && (verdict = check_route(f, &p[n - 1])) < 0) {
-            route = &p[--n];
-            total -= Z.msg_size(route);
+        if (!overflow && (verdict = check_upstream(f, n, &from)) < 0) {
+            route = &from;
+            total -= Z.msg_size(&p[--n]);
+            stripped = 1;
         }
     }
     if (f->ntopics)
@@ -391,14 +587,19 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
     else if (total > LOAD(f->max_size))
         f->local[C_REJECT_OVERSIZE]++;
     else {
+        stamp_t stamp;
+        if (f->stamping)
+            next_stamp(f, n, &stamp);
         if (f->push)
             rc = push_out(f, n);
         if (rc == 0 && f->relay)
-            rc = relay_out(f, n, route);
+            rc = relay_out(f, n, route, &stamp);
+        if (rc == 0 && f->outs[OUT_STAMPED])
+            rc = stamped_out(f, n, &stamp);
         if (rc == 0 && f->publish)
             rc = publish_out(f, n);
     }
-    if (close_parts(f, n + (route != NULL)) < 0)
+    if (close_parts(f, n + stripped) < 0)
         rc = -1;
     return rc < 0 ? -1 : 1;
 }
@@ -546,7 +747,8 @@ static PyObject *Forwarder_topic_counters(Forwarder *f, PyObject *Py_UNUSED(igno
     return t;
 }
 
-static int set_topics(Forwarder *f, PyObject *topics)
+/* Copy a sequence of bytes into data/len (at most TOPICS_CAP); *count grows as they are copied. */
+static int copy_topics(PyObject *topics, char **data, size_t *lens, int *count)
 {
     PyObject *seq = PySequence_Fast(topics, "topics must be a sequence of bytes");
     if (!seq)
@@ -558,18 +760,18 @@ static int set_topics(Forwarder *f, PyObject *topics)
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        char *data;
+        char *bytes;
         Py_ssize_t len;
-        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(seq, i), &data, &len) < 0)
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(seq, i), &bytes, &len) < 0)
             break;
-        f->topic_data[i] = PyMem_Malloc(len ? (size_t)len : 1);
-        if (!f->topic_data[i]) {
+        data[i] = PyMem_Malloc(len ? (size_t)len : 1);
+        if (!data[i]) {
             PyErr_NoMemory();
             break;
         }
-        memcpy(f->topic_data[i], data, (size_t)len);
-        f->topic_len[i] = (size_t)len;
-        f->ntopics = (int)i + 1;
+        memcpy(data[i], bytes, (size_t)len);
+        lens[i] = (size_t)len;
+        *count = (int)i + 1;
     }
     Py_DECREF(seq);
     return PyErr_Occurred() ? -1 : 0;
@@ -579,22 +781,29 @@ static void Forwarder_dealloc(Forwarder *f)
 {
     for (int i = 0; i < f->ntopics; i++)
         PyMem_Free(f->topic_data[i]);
+    for (int i = 0; i < f->nup_topics; i++)
+        PyMem_Free(f->up_topic_data[i]);
+    streams_free(&f->stamps);
+    streams_free(&f->seen);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 
 static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"collector", "publish", "push", "max_message_size", "max_frames", "strip_topic",
-                            "topics", "upstream", "relay", "node_id", "ingress", "stall_ns", "stall_fd", NULL};
+                            "topics", "upstream", "relay", "node_id", "ingress", "stall_ns", "stall_fd",
+                            "stamped", "epoch", "stamp_streams", "upstream_topics", NULL};
     unsigned long long collector, publish, push, max_size = 1 << 20, upstream = 0, relay = 0, ingress = 0;
+    unsigned long long stamped = 0, epoch = 0;
     long long stall_ns = 0;
-    int max_frames = 16, strip = 1, stall_fd = -1;
-    PyObject *topics = NULL;
+    int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
+    PyObject *topics = NULL, *up_topics = NULL;
     const char *node_id = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#KLi", names, &collector, &publish, &push,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#KLiKKiO", names, &collector, &publish, &push,
                                      &max_size, &max_frames, &strip, &topics, &upstream, &relay,
-                                     &node_id, &node_id_len, &ingress, &stall_ns, &stall_fd))
+                                     &node_id, &node_id_len, &ingress, &stall_ns, &stall_fd,
+                                     &stamped, &epoch, &stamp_streams, &up_topics))
         return -1;
     if (stall_ns < 0) {
         PyErr_SetString(PyExc_ValueError, "stall_ns must not be negative");
@@ -627,10 +836,28 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         f->inputs[f->ninputs].socket = (void *)(uintptr_t)upstream;
         f->inputs[f->ninputs++].from_upstream = 1;
     }
-    if (topics && set_topics(f, topics) < 0)
+    if (topics && copy_topics(topics, f->topic_data, f->topic_len, &f->ntopics) < 0)
         return -1;
+    if (up_topics && copy_topics(up_topics, f->up_topic_data, f->up_topic_len, &f->nup_topics) < 0)
+        return -1;
+    f->stamping = stamped || relay;
+    if (f->stamping && !epoch) {
+        PyErr_SetString(PyExc_ValueError, "stamping (a stamped or relay output) needs a non-zero epoch");
+        return -1;
+    }
+    if (stamp_streams < 1 || stamp_streams > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "stamp_streams must be between 1 and 16777216");
+        return -1;
+    }
+    f->epoch = epoch;
+    if ((f->stamping && streams_init(&f->stamps, stamp_streams) < 0) ||
+        (upstream && streams_init(&f->seen, stamp_streams) < 0)) {
+        PyErr_NoMemory();
+        return -1;
+    }
     f->publish = f->outs[OUT_PUBLISH] = (void *)(uintptr_t)publish;
     f->outs[OUT_RELAY] = f->relay;
+    f->outs[OUT_STAMPED] = (void *)(uintptr_t)stamped;
     f->push = (void *)(uintptr_t)push;
     return set_limits(f, max_size, max_frames, strip);
 }
@@ -662,7 +889,9 @@ static PyTypeObject ForwarderType = {
               "ZMQ_XPUB_NODROP set; topics is an allowlist of topics to count received messages for; upstream "
               "and relay are the federation link in and out, node_id this node's 8-byte id; ingress a PULL "
               "input read like the collector; stall_ns bounds how long output is held when a subscriber is "
-              "full, and stall_fd (an eventfd) is written when that starts.",
+              "full, and stall_fd (an eventfd) is written when that starts; stamped an XPUB whose messages end "
+              "in a stamp trailer (epoch: this run's, non-zero; stamp_streams: how many topic streams are "
+              "kept); upstream_topics the upstream link's subscriptions (gaps are counted for what they cover).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Forwarder_init,
     .tp_dealloc = (destructor)Forwarder_dealloc,
@@ -833,6 +1062,9 @@ PyMODINIT_FUNC PyInit__forward(void)
         PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0 ||
         PyModule_AddIntConstant(m, "NODE_ID_LEN", NODE_ID_LEN) < 0 ||
         PyModule_AddIntConstant(m, "MAX_HOPS", MAX_HOPS) < 0 ||
+        PyModule_AddIntConstant(m, "TRAILER_VERSION", TRAILER_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "STREAM_KEY_CAP", STREAM_KEY_CAP) < 0 ||
+        PyModule_AddStringConstant(m, "RELAY_PROPERTY", RELAY_PROPERTY) < 0 ||
         PyModule_AddIntConstant(m, "ZMQ_ABI_MAJOR", ZABI_MAJOR) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -65,6 +65,10 @@ SETTINGS: tuple[Setting, ...] = (
     # while consumers catch up (bench: burst mode); the memory this implies is in the README.
     Setting("publish_hwm", "count", 250_000, "high-water mark per subscriber on the PUB output, in messages"),
     Setting("push_hwm", "count", 250_000, "high-water mark per puller on the PUSH output, in messages"),
+    Setting("stamp_streams", "streams", 65_536,
+            "topic streams the stamper keeps a sequence for (stamped and relay outputs); past it the least "
+            "recently used is forgotten and its topic starts a new stream, which subscribers see as a reset, "
+            "never as a gap (about 300 bytes each, used only as topics appear)"),
     Setting("slow_consumer_stall", "seconds", 0.02,
             "when a subscriber's queue (publish or relay) reaches its high-water mark, the loop holds all output "
             "for at most this long while that subscriber is disconnected, so nothing is lost for it unseen; past "
@@ -107,6 +111,7 @@ class Config:
     ingress: tuple[str, ...]
     upstream: tuple[str, ...]
     relay: tuple[str, ...]
+    stamped: tuple[str, ...]
     metrics: tuple[str, int]
     collector_topics: tuple[str, ...]
     metrics_topics: tuple[str, ...]
@@ -116,6 +121,7 @@ class Config:
     collector_hwm: int
     publish_hwm: int
     push_hwm: int
+    stamp_streams: int
     slow_consumer_stall: float
     slow_consumer_timeout: float
     peers_view: bool
@@ -201,8 +207,8 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
 def _check_whole(config: Config) -> None:
     if not config.collector:
         raise ConfigError("collector: at least one endpoint is required")
-    if not config.publish and not config.push:
-        raise ConfigError("publish and push are both empty: nothing would leave the broker")
+    if not config.publish and not config.push and not config.stamped:
+        raise ConfigError("publish, stamped and push are all empty: nothing would leave the broker")
     seen: dict[str, str] = {}
     for ep in config.upstream:
         if "*" in ep:

@@ -12,6 +12,7 @@ DROPS: dict[tuple[str, str], str] = {
     ("push", "hwm"): "push_dropped_hwm",
     ("publish", "hwm"): "publish_dropped",
     ("relay", "hwm"): "relay_dropped",
+    ("stamped", "hwm"): "stamped_dropped",
 }
 # reason -> the loop's counter
 REJECTS: dict[str, str] = {
@@ -19,4 +20,5 @@ REJECTS: dict[str, str] = {
     "too_many_frames": "rejected_too_many_frames",
     "loop": "rejected_loop",
     "bad_route": "rejected_bad_route",
+    "not_relay": "rejected_not_relay",
 }

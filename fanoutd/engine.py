@@ -21,7 +21,7 @@ from gevent.threadpool import ThreadPool
 from . import _forward, zmqlib
 from .config import Config
 from .roles import INPUTS, ROLES
-from .sockets import BindError, describe, monitor_address, open_socket
+from .sockets import BindError, SocketSpec, describe, monitor_address, open_socket
 
 __all__ = ["BindError", "Engine", "OTHER_TOPIC"]
 
@@ -44,6 +44,8 @@ class Engine:
     def __init__(self, config: Config, context: zmq.Context, secret_key: bytes | None = None,
                  node_id: bytes = b"") -> None:
         self.node_id = node_id
+        # The stamps' epoch is the node id (new at every start), so subscribers tell a restart from a gap.
+        self.epoch = int.from_bytes(node_id, "big") or 1
         self._config = config
         self._context = context
         self._specs = describe(config, secret_key)
@@ -58,6 +60,10 @@ class Engine:
     @property
     def roles(self) -> tuple[str, ...]:
         return tuple(s.role for s in self._specs)
+
+    def spec(self, role: str) -> SocketSpec | None:
+        """How the socket of ``role`` is (or will be) made; None if the node has none."""
+        return next((s for s in self._specs if s.role == role), None)
 
     def open(self) -> str:
         """Bind every socket in the worker thread (cooperative wait from the hub); returns the libzmq used."""
@@ -86,8 +92,9 @@ class Engine:
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
             topics=[t.encode() for t in c.metrics_topics], upstream=handles.get("upstream", 0),
             relay=handles.get("relay", 0), node_id=self.node_id, ingress=handles.get("ingress", 0),
-            stall_ns=int(c.slow_consumer_stall * 1e9),
-            stall_fd=self.stall_fd)
+            stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
+            stamped=handles.get("stamped", 0), epoch=self.epoch, stamp_streams=c.stamp_streams,
+            upstream_topics=[t.encode() for t in c.collector_topics])
         return None
 
     def start(self) -> Any:

@@ -1,11 +1,17 @@
-"""Upstream links, watched for what libzmq never reports: an upstream host that does not resolve.
+"""Upstream links, watched for what libzmq never reports: a host that does not resolve, an endpoint that is no relay.
 
 libzmq retries a connect to an unresolvable host forever without an error
 or a monitor event, so an edge with a typo in ``upstream`` used to say only
-"no upstream connected".  This greenlet resolves every upstream host when
-the node starts and every ``CHECK_EVERY`` seconds (with gevent's resolver,
-off the hub), logs a failure with the endpoint and the cause (rate-limited),
-counts it per link, and hands the causes to /readyz.
+"no upstream connected"; and an upstream pointed at a hub's *publish*
+endpoint instead of its relay connects fine and delivers nothing usable.
+This greenlet resolves every upstream host (gevent's resolver, off the hub)
+and probes every upstream endpoint with a short-lived SUB, configured like
+the data link, that waits for the relay's hello (its welcome message, see
+README "Trailing frame"): an endpoint that completes a handshake but sends
+no hello is not a fanoutd relay.  It runs when the node starts and every
+``CHECK_EVERY`` seconds until each link is proven, logs a failure with the
+endpoint and the likely mistake (rate-limited), counts it per link
+(``fanoutd_upstream_link_errors_total``) and hands the causes to /readyz.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ from collections.abc import Callable
 
 import gevent
 import gevent.socket
+import zmq
 
-from . import logs
+from . import green, logs
 from .config import Config
+from .sockets import RELAY_HELLO, SocketSpec
 
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 10.0
+HELLO_WAIT = 3.0  # after the handshake: a relay's loop greets within one idle tick (0.1 s)
+NOT_RELAY = "not a fanoutd relay (it completed a handshake but sent no relay hello): is it a publish endpoint?"
 
 
 def host_of(endpoint: str) -> tuple[str, int] | None:
@@ -41,18 +51,31 @@ def host_of(endpoint: str) -> tuple[str, int] | None:
 
 
 class UpstreamWatch:
-    """``problems``: endpoint -> why it cannot work now; ``errors[(endpoint, reason)]`` counts failed checks."""
+    """``problems``: endpoint -> why it cannot work now; ``errors[(endpoint, reason)]`` counts failed checks.
 
-    def __init__(self, config: Config) -> None:
+    ``misconfigured``: the endpoints proven not to be relays (/readyz fails for those).
+    """
+
+    def __init__(self, config: Config, context: zmq.Context | None = None, spec: SocketSpec | None = None) -> None:
         self._named = {ep: target for ep in config.upstream if (target := host_of(ep)) is not None}
-        self.problems: dict[str, str] = {}
+        self._spec = spec
+        self._context = green.shadow(context) if context is not None and spec is not None else None
+        self._unproven = set(config.upstream) if self._context is not None else set()
+        self._unresolved: dict[str, str] = {}
+        self.misconfigured: set[str] = set()
         self.errors: Counter[tuple[str, str]] = Counter(dict.fromkeys(((ep, "unresolvable") for ep in self._named), 0))
+        self.errors.update(dict.fromkeys(((ep, "not_relay") for ep in self._unproven), 0))
         self._greenlet: gevent.Greenlet | None = None
         self._warn = logs.Sparse(log)
 
+    @property
+    def problems(self) -> dict[str, str]:
+        """endpoint -> why it cannot work now."""
+        return {**self._unresolved, **dict.fromkeys(self.misconfigured, NOT_RELAY)}
+
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
-        if not self._named:
-            return  # no upstream names a host: nothing libzmq could hide
+        if not self._named and not self._unproven:
+            return  # nothing libzmq could hide
         self._greenlet = gevent.spawn(self._watch)
         self._greenlet.link_exception(on_crash)
 
@@ -67,14 +90,66 @@ class UpstreamWatch:
                 gevent.socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
             except OSError as exc:
                 cause = f"cannot resolve host {host!r} ({exc.strerror or exc})"
-                self.problems[endpoint] = cause
+                self._unresolved[endpoint] = cause
                 self.errors[(endpoint, "unresolvable")] += 1
                 self._warn.warning("upstream %s: %s; libzmq keeps retrying it without a word",
                                    endpoint, cause, held="more upstream failures not logged")
             else:
-                self.problems.pop(endpoint, None)
+                self._unresolved.pop(endpoint, None)
+
+    def probe(self, endpoint: str) -> bool | None:
+        """Whether endpoint is a fanoutd relay: True (it said hello), False (a handshake but no hello), None
+        (no handshake yet: down, refused or unreachable, which the data link's peer count shows)."""
+        if self._context is None or self._spec is None:
+            raise RuntimeError("this watch was made without a context and link description to probe with")
+        sock = self._context.socket(zmq.SUB)
+        monitor = None
+        try:
+            for option, value in self._spec.options:
+                sock.setsockopt(option, value)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, RELAY_HELLO[:4])
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:  # the data link's connect took it: nothing to learn here
+                log.debug("relay probe of %s: %s", endpoint, exc)
+                return None
+            if not monitor.poll(int(HELLO_WAIT * 1000)):
+                return None
+            if not sock.poll(int(HELLO_WAIT * 1000)):
+                return False
+            frames = sock.recv_multipart(copy=False)
+            try:
+                relay = frames[0].get("X-Fanoutd-Relay") == "1"
+            except zmq.ZMQError:
+                relay = False
+            return relay and len(frames) == 1 and frames[0].bytes == RELAY_HELLO
+        finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
+            sock.close(linger=0)
+
+    def check_relays(self) -> None:
+        """Probe every upstream not yet proven a relay; record, count and log the ones that are not."""
+        for endpoint in sorted(self._unproven):
+            verdict = self.probe(endpoint)
+            if verdict is True:
+                self._unproven.discard(endpoint)
+                if endpoint in self.misconfigured:
+                    self.misconfigured.discard(endpoint)
+                    log.info("upstream %s: now a fanoutd relay", endpoint)
+            elif verdict is False:
+                self.misconfigured.add(endpoint)
+                self.errors[(endpoint, "not_relay")] += 1
+                self._warn.warning("upstream %s: %s; its messages are refused and counted as "
+                                   "fanoutd_rejected_messages_total{reason=\"not_relay\"}", endpoint, NOT_RELAY,
+                                   held="more upstream failures not logged")
 
     def _watch(self) -> None:
         while True:
             self.check()
+            if self._unproven:
+                self.check_relays()
             gevent.sleep(CHECK_EVERY)

@@ -60,11 +60,16 @@ class BrokerCollector:
                        c["relayed_messages"])
         yield _counter("fanoutd_published_messages", "Messages handed to the PUB output.",
                        c["published_messages"])
+        yield _counter("fanoutd_stamped_messages", "Messages handed to the stamped PUB output, each with its "
+                       "sequence stamp.", c["stamped_messages"])
+        yield _counter("fanoutd_stamp_stream_evictions", "Topic streams the stamper forgot to stay within "
+                       "stamp_streams (their topics start new streams: a reset for subscribers, not a gap).",
+                       c["stream_evictions"])
         yield _counter("fanoutd_pushed_messages", "Messages handed to a puller on the PUSH output.",
                        c["pushed_messages"])
         drops = CounterMetricFamily("fanoutd_dropped_messages",
                                     "Messages not delivered: push no_puller (nobody connected), push hwm "
-                                    "(every puller full), publish/relay hwm (sent on without at least one "
+                                    "(every puller full), publish/relay/stamped hwm (sent on without at least one "
                                     "subscriber whose queue was full).", labels=["output", "reason"])
         for (output, reason), key in DROPS.items():
             drops.add_metric([output, reason], c[key])
@@ -94,9 +99,15 @@ class BrokerCollector:
                 stalls.add_metric([role.name], c[f"{role.name}_stalls"])
         yield stalls
         if src.config().upstream:
+            yield _counter("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
+                           "that never arrived over the link (sequence gaps).", c["upstream_gaps"])
+            yield _counter("fanoutd_upstream_untracked_messages", "Messages from upstream whose stream this node's "
+                           "subscriptions only partly cover (a collector_topics prefix longer than the topic), so "
+                           "their gaps cannot be counted.", c["upstream_untracked"])
             yield _filled(CounterMetricFamily("fanoutd_upstream_link_errors", "Checks of an upstream link that "
                                               "found it unusable, per endpoint and reason (unresolvable: its host "
-                                              "does not resolve; libzmq retries without reporting it).",
+                                              "does not resolve, which libzmq retries without reporting; "
+                                              "not_relay: it answers but is no fanoutd relay).",
                                               labels=["endpoint", "reason"]), src.upstream_errors())
         yield _filled(CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
                                           "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"]),

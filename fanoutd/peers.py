@@ -62,6 +62,7 @@ class Connection:
     closed: float | None = None
     reason: str = ""  # why it closed, where fanoutd knows: "slow consumer", "handshake failed (auth)", ...
     handshaken: bool = False
+    failed: str = ""  # the handshake failure libzmq reported for it, if any
 
     def still_open(self) -> bool:
         """True while the fd still names this very connection (fds are reused as soon as libzmq closes one)."""
@@ -103,8 +104,10 @@ class PeerTracker:
         self.closed: collections.deque[Connection] = collections.deque(maxlen=CLOSED_KEPT)
         self.handshake_failures: Counter[tuple[str, str]] = Counter(dict.fromkeys(
             ((role, reason) for role in self._roles for reason in (*HANDSHAKE_FAILURES.values(), INCOMPLETE)), 0))
-        # Failure events carry no fd: each is matched to the next un-handshaken connection that closes.
-        self._failed: dict[str, collections.deque[str]] = {role: collections.deque(maxlen=64) for role in self._roles}
+        # Handshake outcome events (succeeded, failed) carry no fd, only an error code: each is matched to
+        # the oldest connection still waiting for one. Concurrent handshakes may swap which peer is named;
+        # the counts stay exact, and a connection that closes with no outcome at all is "incomplete".
+        self._pending: dict[str, collections.deque[Connection]] = {role: collections.deque() for role in self._roles}
         self._refused = logs.Sparse(log)
         self.disconnects: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
         self._on_change = on_change
@@ -140,13 +143,16 @@ class PeerTracker:
                 return
             if event in HANDSHAKE_FAILURES:
                 self.handshake_failures[(role, HANDSHAKE_FAILURES[event])] += 1
-                self._failed[role].append(HANDSHAKE_FAILURES[event])
+                if self._pending[role]:
+                    self._pending[role].popleft().failed = HANDSHAKE_FAILURES[event]
                 continue
             before = len(conns)
             if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
                 conns[value] = self._accepted(role, value, frames[1])
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and value in conns:
-                conns[value].handshaken = True
+                self._pending[role].append(conns[value])
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self._pending[role]:
+                    self._pending[role].popleft().handshaken = True
             elif event == zmq.EVENT_DISCONNECTED:
                 conn = conns.pop(value, None)
                 if conn is not None:
@@ -160,9 +166,11 @@ class PeerTracker:
     def _closed(self, conn: Connection) -> None:
         """Remember why it closed; a refused handshake is named with the peer (auth refusals ZAP logs itself)."""
         conn.closed = time.time()
+        pending = self._pending[conn.role]
+        if conn in pending:
+            pending.remove(conn)
         if not conn.handshaken and not conn.reason:
-            failed = self._failed[conn.role]
-            why = failed.popleft() if failed else INCOMPLETE
+            why = conn.failed or INCOMPLETE
             if why == INCOMPLETE:
                 self.handshake_failures[(conn.role, INCOMPLETE)] += 1
             conn.reason = f"handshake failed ({why})"

@@ -50,7 +50,7 @@ class Runtime:
         self.engine = Engine(config, self.context, keys.secret, node_id=node_id)
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
         self.guard = Guard(config, self.peers, self.engine.stall_fd)
-        self.upstreams = UpstreamWatch(config)
+        self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         sources = metrics.Sources(self.engine.counters, self.engine.topic_counters, self.peers.counts,
                                   lambda: self.peers.handshake_failures, lambda: self.peers.disconnects,
                                   lambda: self.zap.denied, lambda: self.config, node_id.hex(),
@@ -60,7 +60,8 @@ class Runtime:
         self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view))
 
     def readiness(self) -> tuple[bool, str]:
-        return status.readiness(self.phase, self.config, self.peers.counts(), self.upstreams.problems)
+        return status.readiness(self.phase, self.config, self.peers.counts(), self.upstreams.problems,
+                                self.upstreams.misconfigured)
 
     def open(self) -> Any:
         """Start every part; returns the forwarding loop's result. On failure all is closed and StartupError raised."""

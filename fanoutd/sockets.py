@@ -92,6 +92,14 @@ def limits_metadata(config: Config) -> bytes:
     return b"X-Max-Message-Size:%d" % config.max_message_size
 
 
+#: A relay's ZMTP metadata: every message an edge reads from it carries this property, so the
+#: edge can refuse what comes from anything else (a publish endpoint given as upstream by mistake).
+RELAY_METADATA = b"X-Fanoutd-Relay:1"
+#: A relay's welcome message to each new link: a trailer with neither stamp nor route (README "Trailing
+#: frame"). An edge's link check waits for it to tell a relay from another endpoint.
+RELAY_HELLO = b"\x00FDT\x01\x00"
+
+
 def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpec, ...]:
     """One socket per role (:data:`fanoutd.roles.ROLES`) that the config gives endpoints, inputs first."""
     heartbeat: tuple[tuple[int, int | bytes], ...] = ()
@@ -113,6 +121,8 @@ def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpe
             options += ((zmq.SNDHWM, hwm),)
         if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (_forward.c)
             options += ((zmq.XPUB_NODROP, 1),)
+        if role.name == "relay":
+            options += ((zmq.METADATA, RELAY_METADATA), (zmq.XPUB_WELCOME_MSG, RELAY_HELLO))
         if role.connects:
             options += ((zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000))
         subscribe = tuple(t.encode() for t in config.collector_topics) if role.pattern == "SUB" else ()

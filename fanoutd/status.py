@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import gevent
 
@@ -27,13 +27,18 @@ Counters = Callable[[], Mapping[str, int]]
 
 
 def readiness(phase: str, config: Config, peers: Mapping[str, int],
-              link_problems: Mapping[str, str] | None = None) -> tuple[bool, str]:
+              link_problems: Mapping[str, str] | None = None,
+              misconfigured: Collection[str] = ()) -> tuple[bool, str]:
     """What /readyz answers: ready only while running with every input it needs connected.
 
-    When no upstream is connected, the body names each link known to be broken and why.
+    An upstream proven not to be a relay fails it whatever else is connected (a deploy mistake should
+    stop a rollout); when no upstream is connected, the body names each link known to be broken and why.
     """
     if phase != "ready":
         return False, phase
+    wrong = sorted((ep, cause) for ep, cause in (link_problems or {}).items() if ep in (misconfigured or ()))
+    if wrong:
+        return False, "; ".join(f"upstream {ep}: {cause}" for ep, cause in wrong)
     if config.upstream and not peers.get("upstream"):
         why = "".join(f"; {ep}: {cause}" for ep, cause in sorted((link_problems or {}).items()))
         return False, "no upstream connected" + why

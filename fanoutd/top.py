@@ -62,8 +62,10 @@ SPEC: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("received bytes", "fanoutd_received_bytes_total", {}),
     ("received from upstream", "fanoutd_received_upstream_messages_total", {}),
     ("published", "fanoutd_published_messages_total", {}),
+    ("stamped", "fanoutd_stamped_messages_total", {}),
     ("pushed", "fanoutd_pushed_messages_total", {}),
     ("relayed", "fanoutd_relayed_messages_total", {}),
+    ("upstream gaps", "fanoutd_upstream_gaps_total", {}),
     *((f"dropped {output} {reason}", "fanoutd_dropped_messages_total", {"output": output, "reason": reason})
       for output, reason in DROPS),
     *((f"rejected {reason}", "fanoutd_rejected_messages_total", {"reason": reason}) for reason in REJECTS),

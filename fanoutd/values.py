@@ -165,6 +165,7 @@ PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "frames": _bounded(1, FRAMES_CAP, "a number of frames"),
     "count": _bounded(1, 100_000_000, "a number of messages"),
     "threads": _bounded(1, 64, "a number of threads"),
+    "streams": _bounded(1, 1 << 24, "a number of streams"),
     "seconds": _seconds,
     "level": _level,
 }

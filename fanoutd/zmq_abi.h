@@ -41,6 +41,7 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
     X(int, msg_send, zmq_msg_send, (MSG *, void *, int))   \
     X(int, msg_close, zmq_msg_close, (MSG *))              \
     X(int, msg_copy, zmq_msg_copy, (MSG *, MSG *))         \
+    X(const char *, msg_gets, zmq_msg_gets, (const MSG *, const char *)) \
     X(int, poll, zmq_poll, (POLLITEM *, int, long))        \
     X(int, errno_, zmq_errno, (void))                      \
     X(int, setsockopt, zmq_setsockopt, (void *, int, const void *, size_t)) \

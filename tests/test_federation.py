@@ -6,7 +6,7 @@ import time
 
 import zmq
 
-from conftest import connected, free_port, ready_producer, wait_ready, warm_up
+from conftest import connected, free_port, ready_producer, settle, wait_ready, warm_up
 
 
 def relay_flag() -> tuple[str, str]:
@@ -98,3 +98,58 @@ def test_an_unresolvable_upstream_is_logged_counted_and_named_by_readyz(start_da
     assert status == 503
     assert body.startswith(f"no upstream connected; {upstream}: cannot resolve host 'no-such-host.invalid'"), body
     assert edge.value("fanoutd_upstream_link_errors_total", endpoint=upstream, reason="unresolvable") >= 1
+
+
+def test_an_upstream_that_is_a_publish_endpoint_is_named_refused_and_never_delivers(start_daemon, sockets):
+    """The mistake of the issue: an edge pointed at the hub's publish endpoint. Nothing from it is delivered,
+    damaged or not; the edge says which endpoint and the likely mistake, /readyz fails, and it is counted."""
+    hub = start_daemon("--push", "")
+    edge = start_daemon("--upstream", hub.publish, "--push", "", ready=False)
+    deadline = time.monotonic() + 15
+    while "not a fanoutd relay" not in edge.log():
+        assert time.monotonic() < deadline and edge.proc.poll() is None, edge.log()
+        time.sleep(0.05)
+    assert (f"WARNING fanoutd.links: upstream {hub.publish}: not a fanoutd relay (it completed a handshake but "
+            "sent no relay hello): is it a publish endpoint?") in edge.log()
+    status, body = edge.get("/readyz")
+    assert status == 503 and body.startswith(f"upstream {hub.publish}: not a fanoutd relay"), body
+    assert edge.value("fanoutd_upstream_link_errors_total", endpoint=hub.publish, reason="not_relay") >= 1
+    sub = connected(sockets, zmq.SUB, edge.publish)
+    settle(edge, "publish", 1)
+    prod = ready_producer(sockets, hub.collector)
+    damaged_before = [[b"orders", b"id", b"12345678"], [b"orders", b"ABCDEFGH"], [b"orders single"]]
+    for message in damaged_before * 10:
+        prod.send_multipart(message)
+    assert edge.wait_value("fanoutd_rejected_messages_total", 30, reason="not_relay") == 30
+    assert sub.poll(300) == 0, "nothing from a non-relay may reach the edge's subscribers"
+    assert edge.value("fanoutd_published_messages_total") == 0
+
+
+def test_an_edge_counts_exactly_the_gaps_in_what_its_upstream_stamped(start_daemon, sockets, ctx):
+    """A stand-in relay (an XPUB announcing itself like fanoutd's) sends sequences 1, 2, 5 of one stream: the
+    edge delivers three messages without their trailer and counts 2 messages it never got."""
+    relay = sockets(zmq.XPUB, xpub_verbose=1)
+    relay.setsockopt(zmq.METADATA, b"X-Fanoutd-Relay:1")
+    relay.setsockopt(zmq.XPUB_WELCOME_MSG, b"\x00FDT\x01\x00")
+    port = free_port()
+    relay.bind(f"tcp://127.0.0.1:{port}")
+    edge = start_daemon("--upstream", f"tcp://127.0.0.1:{port}", "--push", "")
+    sub = connected(sockets, zmq.SUB, edge.publish)
+    settle(edge, "publish", 1)
+    while relay.recv() != b"\x01":  # the edge's data link subscribing to everything (probes ask for less)
+        pass
+    time.sleep(0.2)
+
+    def trailer(seq: int, hops: bytes = b"\x01" + b"hubnode1") -> bytes:
+        return (b"\x00FDT\x01\x03" + (99).to_bytes(8, "big") + (1).to_bytes(8, "big") + seq.to_bytes(8, "big")
+                + (7).to_bytes(2, "big") + hops)
+
+    for seq in (1, 2, 5):
+        relay.send_multipart([b"orders %d" % seq, trailer(seq)])
+    relay.send_multipart([b"orders x", b"12345678"])  # no trailer: refused, not delivered damaged
+    got = [sub.recv_multipart() for _ in range(3)] if sub.poll(5000) else []
+    assert got == [[b"orders 1"], [b"orders 2"], [b"orders 5"]]
+    assert edge.wait_value("fanoutd_upstream_gaps_total", 2) == 2
+    assert edge.wait_value("fanoutd_rejected_messages_total", 1, reason="bad_route") == 1
+    assert sub.poll(300) == 0
+    assert edge.get("/readyz")[0] == 200

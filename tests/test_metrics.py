@@ -187,7 +187,8 @@ def test_readme_metrics_table_matches_the_live_endpoint(start_daemon):
     # Its upstream is its own relay (named differently, as two endpoints may not be equal): the link comes up,
     # so the node is ready, and whatever loops back is counted as `loop`.
     d = start_daemon("--relay", f"tcp://127.0.0.1:{relay_port}", "--upstream", f"tcp://localhost:{relay_port}",
-                     "--ingress", f"tcp://127.0.0.1:{ingress_port}", "--metrics-topics", "orders")
+                     "--ingress", f"tcp://127.0.0.1:{ingress_port}", "--metrics-topics", "orders",
+                     "--stamped", f"tcp://127.0.0.1:{free_port()}")
     _, text = d.get("/metrics")
     live: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):

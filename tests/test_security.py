@@ -180,6 +180,22 @@ def test_legacy_zmtp_peer_is_refused_logged_with_its_address_and_counted(start_d
     assert d.wait_value("fanoutd_handshake_failures_total", 1, socket="collector", reason="incomplete") == 1
 
 
+def test_clients_that_simply_leave_are_not_refused_handshakes(start_daemon, sockets):
+    """libzmq's handshake-succeeded event names no connection: ordinary clients that connect and leave must not
+    be counted or logged as incomplete handshakes."""
+    d = start_daemon()
+    for _ in range(5):
+        sub = sockets(zmq.SUB)
+        sub.connect(d.publish)
+        assert d.wait_value("fanoutd_connected_peers", 1, socket="publish") == 1
+        time.sleep(0.1)
+        sub.close(linger=0)
+        assert d.wait_value("fanoutd_connected_peers", 0, socket="publish") == 0
+    assert d.wait_value("fanoutd_disconnects_total", 5, socket="publish") == 5
+    assert d.value("fanoutd_handshake_failures_total", socket="publish", reason="incomplete") == 0
+    assert "refused a connection" not in d.log()
+
+
 def test_plaintext_producer_at_a_curve_collector_is_named_in_the_log(start_daemon, keys, tmp_path):
     """A ZMTP 3.0 NULL (plaintext) greeting at a CURVE collector, sent by hand once the broker has seen the
     connection: libzmq refuses it at once, so this is the way to be sure the address was read first."""

@@ -155,6 +155,38 @@ def test_sub_prints_topic_payload_lines(sockets: Make, start):
                                          "orders caf\u00e9 \\ ok", "orders a b"]
 
 
+def stamp(seq: int, stream: int = 1, epoch: int = 5) -> bytes:
+    return (b"\x00FDT\x01\x01" + epoch.to_bytes(8, "big") + stream.to_bytes(8, "big") + seq.to_bytes(8, "big")
+            + (7).to_bytes(2, "big"))
+
+
+def test_sub_stamped_strips_stamps_and_reports_each_gap(sockets: Make, start):
+    pub, ep = bound(sockets, zmq.XPUB)
+    proc = start("sub", "-e", ep, "--count", "4", "--stamped", "orders")
+    await_subscription(pub, b"orders")
+    for n, seq in enumerate((1, 2, 6)):
+        pub.send_multipart([b"orders %d" % n, stamp(seq)])
+    pub.send_multipart([b"orders 3", stamp(1, epoch=6)])
+    out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, err
+    assert out.decode().splitlines() == ["orders 0", "orders 1", "orders 2", "orders 3"]
+    assert err.decode().splitlines() == [
+        "fanout sub: missed 3 message(s) of stream b'orders ' before this one",
+        "fanout sub: the broker restarted (not a gap: nothing was published while it was down)",
+        "fanout sub: lost 3, restarts 1, resets 0, untracked 0"]
+
+
+def test_sub_stamped_refuses_an_unstamped_endpoint(sockets: Make, start):
+    pub, ep = bound(sockets, zmq.XPUB)
+    proc = start("sub", "-e", ep, "--stamped")
+    await_subscription(pub, b"")
+    pub.send_multipart([b"orders", b"12345678"])
+    _, err = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 1
+    assert "fanout sub: the last frame does not start with fanoutd's trailer magic: is " in err.decode()
+    assert "fanoutd's stamped output?" in err.decode()
+
+
 def test_sub_raw_writes_bytes_unchanged(sockets: Make, start):
     pub, ep = bound(sockets, zmq.XPUB)
     proc = start("sub", "-e", ep, "--count", "1", "--raw")

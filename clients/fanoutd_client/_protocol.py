@@ -22,6 +22,7 @@ from typing import Any, Unpack
 import zmq
 
 from ._base import Client, ClientOptions, Data, Endpoints, Waits, log, ms, to_bytes
+from ._stamps import GapTracker, NotStamped, Stamp, parse_trailer
 
 #: The ZMTP metadata property in which fanoutd's collector announces its
 #: ``max_message_size`` (decimal bytes): a producer's XPUB reads it from the
@@ -249,16 +250,64 @@ class ReceiverProtocol(Client):
 
 
 class SubscriberProtocol(ReceiverProtocol):
-    """A SUB on fanoutd's PUB, subscribed (before connecting) to byte prefixes of the first frame."""
+    """A SUB on fanoutd's PUB, subscribed (before connecting) to byte prefixes of the first frame.
+
+    With ``stamped=True`` (for fanoutd's stamped output) every message's
+    trailing stamp is checked, stripped and counted: ``lost``, ``restarts``,
+    ``resets`` and ``untracked`` say what this subscriber missed (see
+    :class:`._stamps.GapTracker`), ``last_stamp`` is the latest stamp.
+    """
 
     _kind = zmq.SUB
     _role = "publisher"
 
-    def __init__(self, endpoints: Endpoints, topics: Data | Iterable[Data] = (b"",),
+    def __init__(self, endpoints: Endpoints, topics: Data | Iterable[Data] = (b"",), *, stamped: bool = False,
                  **options: Unpack[ClientOptions]) -> None:
         items = (topics,) if isinstance(topics, (str, bytes)) else topics
         self._topics = [to_bytes(t, "topic") for t in items]
+        self._gaps = GapTracker(self._topics) if stamped else None
+        self.last_stamp: Stamp | None = None
         super().__init__(endpoints, **options)
+
+    def _message(self, timeout: float | None) -> Waits[list[bytes]]:
+        """The next message's frames, its stamp checked, counted and stripped on a stamped subscriber."""
+        frames = yield from self._frames(timeout)
+        if self._gaps is None:
+            return frames
+        try:
+            if len(frames) < 2:
+                raise NotStamped("a message of one frame has no trailer")
+            stamp = parse_trailer(frames[-1])
+        except NotStamped as exc:
+            raise NotStamped(f"{exc}: is {', '.join(self.endpoints)} fanoutd's stamped output?") from None
+        self._gaps.observe(frames[0], stamp)
+        self.last_stamp = stamp
+        return frames[:-1]
+
+    def _tracker(self) -> GapTracker:
+        if self._gaps is None:
+            raise AttributeError("gaps are counted only by a stamped subscriber (Subscriber(..., stamped=True))")
+        return self._gaps
+
+    @property
+    def lost(self) -> int:
+        """Messages this subscriber missed, from gaps in the stamps of the streams it covers."""
+        return self._tracker().lost
+
+    @property
+    def restarts(self) -> int:
+        """Broker restarts seen (a restart is reported here, never as lost messages)."""
+        return self._tracker().restarts
+
+    @property
+    def resets(self) -> int:
+        """Streams whose history was forgotten (the broker's bounded stamp table): gaps across them are unknown."""
+        return self._tracker().resets
+
+    @property
+    def untracked(self) -> int:
+        """Messages whose stream a subscription covers only in part (a prefix longer than the topic)."""
+        return self._tracker().untracked
 
     def _prepare(self, sock: zmq.Socket[Any]) -> None:
         # Before connect, so the subscriptions go out with the handshake.
@@ -268,12 +317,21 @@ class SubscriberProtocol(ReceiverProtocol):
     def subscribe(self, topic: Data) -> None:
         """Also receive messages whose first frame starts with ``topic``."""
         self._check_open()
-        self._socket.setsockopt(zmq.SUBSCRIBE, to_bytes(topic, "topic"))
+        data = to_bytes(topic, "topic")
+        self._socket.setsockopt(zmq.SUBSCRIBE, data)
+        self._topics.append(data)
+        if self._gaps is not None:
+            self._gaps.subscriptions_changed(self._topics)
 
     def unsubscribe(self, topic: Data) -> None:
         """Undo one earlier ``subscribe`` of exactly this prefix."""
         self._check_open()
-        self._socket.setsockopt(zmq.UNSUBSCRIBE, to_bytes(topic, "topic"))
+        data = to_bytes(topic, "topic")
+        self._socket.setsockopt(zmq.UNSUBSCRIBE, data)
+        if data in self._topics:
+            self._topics.remove(data)
+        if self._gaps is not None:
+            self._gaps.subscriptions_changed(self._topics)
 
 
 class PullerProtocol(ReceiverProtocol):

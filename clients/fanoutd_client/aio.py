@@ -150,17 +150,17 @@ class Subscriber(SubscriberProtocol, _AsyncClient):
     ``subscribe``/``unsubscribe`` are plain methods (they only set an option).
     """
 
-    def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",),
-                 **options: Unpack[ClientOptions]) -> None:
-        super().__init__(endpoints, topics, **options)
+    def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",), *,
+                 stamped: bool = False, **options: Unpack[ClientOptions]) -> None:
+        super().__init__(endpoints, topics, stamped=stamped, **options)
 
     async def recv(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """The next ``(topic, payload)``; TimeoutError after ``timeout`` s (None: wait forever)."""
-        return split_message(await self._wait(self._frames(timeout)))
+        return split_message(await self._wait(self._message(timeout)))
 
     async def recv_multipart(self, timeout: float | None = None) -> list[bytes]:
         """The next message's frames exactly as sent (a single-frame message is one frame)."""
-        return await self._wait(self._frames(timeout))
+        return await self._wait(self._message(timeout))
 
     def __aiter__(self) -> Self:
         return self

@@ -36,17 +36,17 @@ class Subscriber(SubscriberProtocol):
     the first moments after construction may not arrive.
     """
 
-    def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",),
-                 **options: Unpack[ClientOptions]) -> None:
-        super().__init__(endpoints, topics, **options)
+    def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",), *,
+                 stamped: bool = False, **options: Unpack[ClientOptions]) -> None:
+        super().__init__(endpoints, topics, stamped=stamped, **options)
 
     def recv(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """The next ``(topic, payload)``; TimeoutError after ``timeout`` s (None: wait forever)."""
-        return split_message(run_blocking(self._socket, self._frames(timeout)))
+        return split_message(run_blocking(self._socket, self._message(timeout)))
 
     def recv_multipart(self, timeout: float | None = None) -> list[bytes]:
         """The next message's frames exactly as sent (a single-frame message is one frame)."""
-        return run_blocking(self._socket, self._frames(timeout))
+        return run_blocking(self._socket, self._message(timeout))
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         try:

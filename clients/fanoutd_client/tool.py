@@ -1,7 +1,7 @@
 """``fanout``: publish to, subscribe to and pull from fanoutd from a shell.
 
     fanout pub  [-e EP]... [--wait S] [--count N] [--json] TOPIC [MESSAGE]
-    fanout sub  [-e EP]... [--count N] [--timeout S] [--sep SEP] [--raw] [TOPIC...]
+    fanout sub  [-e EP]... [--count N] [--timeout S] [--sep SEP] [--raw] [--stamped] [TOPIC...]
     fanout pull [-e EP]... [--count N] [--timeout S] [--sep SEP] [--json | --raw]
     fanout --version
 
@@ -32,6 +32,7 @@ from . import __version__
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, CurveKeys, load_curve_keys,
                     normalize_endpoints)
 from ._lines import emit, frames_to_line, printable
+from ._stamps import NotStamped
 from .consumers import Puller, Subscriber
 from .producer import MessageTooLarge, Producer, single_frame_topic
 
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("sub", "print `topic payload` lines from the publisher", "FANOUT_PUBLISH", DEFAULT_PUBLISH)
     _receiver_options(sub)
     sub.add_argument("--raw", action="store_true", help=RAW_HELP)
+    sub.add_argument("--stamped", action="store_true",
+                     help="read fanoutd's stamped output: strip each message's sequence stamp and report on stderr "
+                          "every gap (messages missed), broker restart and reset, with totals at exit")
     sub.add_argument("topics", metavar="TOPIC", nargs="*", help="topic prefixes (default: everything)")
     sub.set_defaults(handler=_sub)
 
@@ -249,8 +253,34 @@ def _receive(args: argparse.Namespace, recv: Callable[[float | None], bytes | No
 def _sub(args: argparse.Namespace) -> int:
     topics = [os.fsencode(t) for t in args.topics] or [b""]
     line = frames_to_line(args.sep, args.raw)
-    with Subscriber(_endpoints(args), topics, **_curve(args)) as subscriber:
-        return _receive(args, lambda timeout: line(subscriber.recv_multipart(timeout)))
+    with Subscriber(_endpoints(args), topics, stamped=args.stamped, **_curve(args)) as subscriber:
+        if not args.stamped:
+            return _receive(args, lambda timeout: line(subscriber.recv_multipart(timeout)))
+
+        def recv(timeout: float | None) -> bytes:
+            before = (subscriber.lost, subscriber.restarts, subscriber.resets)
+            try:
+                frames = subscriber.recv_multipart(timeout)
+            except NotStamped as exc:
+                raise Failure(f"fanout sub: {exc}") from None
+            lost, restarts, resets = subscriber.lost, subscriber.restarts, subscriber.resets
+            key = frames[0][:subscriber.last_stamp.key_length if subscriber.last_stamp else 0]
+            if lost > before[0]:
+                _note(f"missed {lost - before[0]} message(s) of stream {key!r} before this one")
+            if restarts > before[1]:
+                _note("the broker restarted (not a gap: nothing was published while it was down)")
+            if resets > before[2]:
+                _note(f"stream {key!r} was restarted by the broker; what came between is unknown")
+            return line(frames)
+        try:
+            return _receive(args, recv)
+        finally:
+            _note(f"lost {subscriber.lost}, restarts {subscriber.restarts}, resets {subscriber.resets}, "
+                  f"untracked {subscriber.untracked}")
+
+
+def _note(text: str) -> None:
+    print(f"fanout sub: {text}", file=sys.stderr, flush=True)
 
 
 def _pull(args: argparse.Namespace) -> int:
