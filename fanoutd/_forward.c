@@ -92,8 +92,11 @@ typedef struct { int flags; stamp_t stamp; const unsigned char *ids; int hops; }
  * matching subscriber's queue is at its high-water mark. The loop then holds
  * all output for at most stall_ns, signalling stall_fd so the slow-consumer
  * guard (Python, on the hub) can cut the subscriber off; if the bound passes,
- * it sends lossy (NODROP off for that one message) and counts the message, and
- * keeps doing so without stalling again until a send goes through whole. */
+ * it sends lossy (NODROP off for that one message) and counts the message.
+ * From then libzmq leaves the full subscriber out of its distribution until it
+ * drains, without refusing anything: the loop keeps a *window* open on that
+ * output and counts every message it sends there as missed by that subscriber,
+ * until the guard has cut it off and closes the window (close_window). */
 enum { OUT_PUBLISH = 0, OUT_RELAY = 1, OUT_STAMPED = 2, OUTS = 3 };
 static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED, C_STAMPED_DROPPED};
 static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS, C_STAMPED_STALLS};
@@ -102,7 +105,8 @@ typedef struct {
     PyObject_HEAD
     void *publish, *push, *relay;
     void *outs[OUTS];   /* publish, relay, stamped */
-    int lossy[OUTS];    /* an episode whose stall bound passed: send lossy until a send goes through */
+    uint64_t window[OUTS];  /* shared: the number of the lossy send that opened it; 0 closed */
+    uint64_t lossy_sends;   /* numbers lossy sends, so the guard closes only the window it handled */
     int stall_fd;       /* eventfd the loop writes when it starts holding output; -1: none */
     int64_t stall_ns;   /* how long one episode may hold output; 0: lossy at once */
     /* What the loop reads: the collector, then the PULL ingress, then the
@@ -266,34 +270,43 @@ static int set_nodrop(void *sock, int on)
     return Z.setsockopt(sock, Z_XPUB_NODROP, &on, sizeof on);
 }
 
+static void wake_guard(Forwarder *f)
+{
+    uint64_t one = 1;
+    if (f->stall_fd >= 0)
+        (void)!write(f->stall_fd, &one, sizeof one);  /* a full eventfd already says it */
+}
+
 /* Deliver to a fanning-out output, stalling within the bound for the guard to
- * cut a slow consumer; a message sent lossy is counted. 0 done, -1 error. */
+ * cut a slow consumer; a message sent lossy, or while a window is open, is
+ * counted. 0 done, -1 error. */
 static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
 {
     void *sock = f->outs[out];
+    int window = LOAD(f->window[out]) != 0;
     int rc = offer(sock, frames, n, tail, consume);
     if (rc != 0) {
-        if (rc > 0)
-            f->lossy[out] = 0;
+        if (rc > 0 && window)
+            f->local[DROPPED[out]]++;  /* the full subscriber, out of libzmq's distribution, missed it */
         return rc < 0 ? -1 : 0;
     }
-    if (!f->lossy[out] && f->stall_fd >= 0) {
-        /* Tell the guard, stall or not: a full subscriber left connected is skipped by libzmq unseen. */
-        uint64_t one = 1;
-        (void)!write(f->stall_fd, &one, sizeof one);  /* a full eventfd already says it */
-    }
-    if (!f->lossy[out] && f->stall_ns > 0) {
-        f->local[STALLS[out]]++;
-        publish_counters(f);
-        int64_t deadline = now_ns() + f->stall_ns;
-        struct timespec pause = {0, 200000};  /* 0.2 ms: the guard's cut takes libzmq an I/O round */
-        while (now_ns() < deadline && LOAD(f->mode) != MODE_ABORT) {
-            nanosleep(&pause, NULL);
-            if ((rc = offer(sock, frames, n, tail, consume)) != 0)
-                return rc < 0 ? -1 : 0;
+    if (!window) {
+        wake_guard(f);
+        if (f->stall_ns > 0) {
+            f->local[STALLS[out]]++;
+            publish_counters(f);
+            int64_t deadline = now_ns() + f->stall_ns;
+            struct timespec pause = {0, 200000};  /* 0.2 ms: the guard's cut takes libzmq an I/O round */
+            while (now_ns() < deadline && LOAD(f->mode) != MODE_ABORT) {
+                nanosleep(&pause, NULL);
+                if ((rc = offer(sock, frames, n, tail, consume)) != 0)
+                    return rc < 0 ? -1 : 0;
+            }
         }
     }
-    f->lossy[out] = 1;
+    /* Each lossy send takes one more subscriber out of the distribution: (re)open the window with its number. */
+    STORE(f->window[out], ++f->lossy_sends);
+    wake_guard(f);
     if (set_nodrop(sock, 0) < 0)
         return -1;
     rc = offer(sock, frames, n, tail, consume);
@@ -718,6 +731,28 @@ static PyObject *Forwarder_set_push_peers(Forwarder *f, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *Forwarder_windows(Forwarder *f, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(KKK)", (unsigned long long)LOAD(f->window[OUT_PUBLISH]),
+                         (unsigned long long)LOAD(f->window[OUT_RELAY]),
+                         (unsigned long long)LOAD(f->window[OUT_STAMPED]));
+}
+
+static PyObject *Forwarder_close_window(Forwarder *f, PyObject *args)
+{
+    int out;
+    unsigned long long seen;
+    if (!PyArg_ParseTuple(args, "iK", &out, &seen))
+        return NULL;
+    if (out < 0 || out >= OUTS) {
+        PyErr_Format(PyExc_ValueError, "output must be between 0 and %d", OUTS - 1);
+        return NULL;
+    }
+    uint64_t expected = seen;
+    int closed = __atomic_compare_exchange_n(&f->window[out], &expected, 0, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return PyBool_FromLong(closed);
+}
+
 static PyObject *Forwarder_counters(Forwarder *f, PyObject *Py_UNUSED(ignored))
 {
     PyObject *d = PyDict_New();
@@ -871,6 +906,11 @@ static PyMethodDef Forwarder_methods[] = {
      "Change max_message_size, max_frames and strip_topic live. Thread-safe."},
     {"set_push_peers", (PyCFunction)Forwarder_set_push_peers, METH_O,
      "Tell the loop how many pullers are connected, to label push drops. Thread-safe."},
+    {"windows", (PyCFunction)Forwarder_windows, METH_NOARGS,
+     "Per output (OUTPUTS order): the number of the lossy send whose window is open, or 0. Thread-safe."},
+    {"close_window", (PyCFunction)Forwarder_close_window, METH_VARARGS,
+     "close_window(output, number): close that output's window if no later lossy send reopened it "
+     "(the guard has cut the full subscriber); True if closed. Thread-safe."},
     {"counters", (PyCFunction)Forwarder_counters, METH_NOARGS,
      "A snapshot of the counters, at most one batch or one tick stale."},
     {"topic_counters", (PyCFunction)Forwarder_topic_counters, METH_NOARGS,
@@ -1057,6 +1097,9 @@ PyMODINIT_FUNC PyInit__forward(void)
     PyObject *names = counter_names();
     int rc = names ? PyModule_AddObjectRef(m, "COUNTER_NAMES", names) : -1;
     Py_XDECREF(names);
+    PyObject *outputs = rc < 0 ? NULL : Py_BuildValue("(sss)", "publish", "relay", "stamped");
+    rc = outputs ? PyModule_AddObjectRef(m, "OUTPUTS", outputs) : -1;
+    Py_XDECREF(outputs);
     if (rc < 0 || PyModule_AddObjectRef(m, "Forwarder", (PyObject *)&ForwarderType) < 0 ||
         PyModule_AddIntConstant(m, "FRAMES_CAP", FRAMES_CAP) < 0 ||
         PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0 ||

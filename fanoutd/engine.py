@@ -165,6 +165,18 @@ class Engine:
         values = self._forwarder.topic_counters()
         return dict(zip((*self._config.metrics_topics, OTHER_TOPIC), values))
 
+    def windows(self) -> dict[str, int]:
+        """Fanning-out outputs with an open lossy window -> the number of the lossy send that opened it."""
+        if self._forwarder is None:
+            return {}
+        return {role: n for role, n in zip(_forward.OUTPUTS, self._forwarder.windows()) if n}
+
+    def close_window(self, role: str, number: int) -> bool:
+        """Close ``role``'s window once its full subscriber is gone, unless a later lossy send reopened it."""
+        if self._forwarder is None:
+            return False
+        return bool(self._forwarder.close_window(_forward.OUTPUTS.index(role), number))
+
     def set_push_peers(self, count: int) -> None:
         if self._forwarder is not None:
             self._forwarder.set_push_peers(count)

@@ -49,7 +49,7 @@ class Runtime:
         self.zap = auth.ZapHandler(self.context, auth.build_policies(config, keys))
         self.engine = Engine(config, self.context, keys.secret, node_id=node_id)
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
-        self.guard = Guard(config, self.peers, self.engine.stall_fd)
+        self.guard = Guard(config, self.peers, self.engine.stall_fd, self.engine.windows, self.engine.close_window)
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         sources = metrics.Sources(self.engine.counters, self.engine.topic_counters, self.peers.counts,
                                   lambda: self.peers.handshake_failures, lambda: self.peers.disconnects,

@@ -7,7 +7,11 @@ kernel state of every publish and relay connection and cuts off those whose
 send queue is full, so the loop's retry goes through and nothing is lost for
 anyone unseen. (2) Once a second it samples the same connections: one that
 has had data waiting with no byte acknowledged for ``slow_consumer_timeout``
-is cut off before its queue ever fills.  Cutting is ``shutdown()`` on
+is cut off before its queue ever fills.  (3) If the stall bound passed
+first, the loop sent lossy and keeps a *window* open on that output, counting
+every message as missed by the full subscriber (libzmq now skips it without
+a word); the guard cuts the fullest connection there if nobody else was,
+waits until libzmq has closed it, and closes the window.  Cutting is ``shutdown()`` on
 libzmq's own fd (never ``close()``, which would abort libzmq), after
 re-checking by inode that the fd still is that connection; libzmq then tears
 down just that connection, and the subscriber's socket reconnects.
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 1.0
 FULL_BYTES = 16 * 1024  # a send queue at least this full when the loop stalls is a full one (tcp_wmem's default)
+WINDOW_WAIT = 5.0  # how long the guard waits for libzmq to close a cut connection before it stops waiting
 STALL_LOOK = 0.004  # how long the guard watches a stalled output for acknowledgements (within the stall bound)
 _TCP_INFO = 11
 _INFO_LEN = 152  # through tcpi_notsent_bytes (Linux 4.6+); bytes_acked is at 120, notsent_bytes at 144
@@ -78,8 +83,12 @@ def full(fd: int, queued: int) -> bool:
 class Guard:
     """Watches the fanning-out sockets' connections; ``cut[role]`` counts the consumers it disconnected."""
 
-    def __init__(self, config: Config, peers: PeerTracker, stall_fd: int) -> None:
+    def __init__(self, config: Config, peers: PeerTracker, stall_fd: int,
+                 windows: Callable[[], dict[str, int]] = dict,
+                 close_window: Callable[[str, int], bool] = lambda role, number: True) -> None:
         self._config = config
+        self._windows = windows
+        self._close_window = close_window
         self._peers = peers
         self._stall_fd = stall_fd
         self._roles = tuple(role for role in peers.open if BY_NAME[role].fans_out)
@@ -103,7 +112,7 @@ class Guard:
             yield from list(self._peers.open[role].values())
 
     def _on_stalls(self) -> None:
-        """The loop holds output: cut every connection whose peer has stopped reading a full queue, at once.
+        """The loop holds output (or sent lossy): cut whoever has stopped reading a full queue, at once.
 
         Two readings a few milliseconds apart tell them apart: while output
         is held, a reader that is merely behind drains its queue and
@@ -112,23 +121,48 @@ class Guard:
         while True:
             gevent.socket.wait_read(self._stall_fd)
             os.read(self._stall_fd, 8)
+            windows = self._windows()  # before looking: a window opened later wakes us again
             first = self._readings()
             gevent.sleep(STALL_LOOK)
-            now, cut = time.monotonic(), 0
+            now, cut = time.monotonic(), []
             readings = self._readings()
             for conn, (queued, acked) in readings.items():
                 before = first.get(conn)
                 if before is None or not full(conn.fd, queued):
                     continue
                 if (acked == before[1] if acked >= 0 else queued >= before[0]):
-                    cut += self._cut(conn, "its queue reached the high-water mark", queued, self._stalled(conn, now))
+                    if self._cut(conn, "its queue reached the high-water mark", queued, self._stalled(conn, now)):
+                        cut.append(conn)
             if not cut and readings and not self._closing():
                 # Nobody stopped outright: the one furthest behind has the full queue (libzmq queues for a
                 # peer only once its kernel buffer is full). Left connected, libzmq would skip it silently.
                 conn, (queued, _) = max(readings.items(), key=lambda item: item[1][0])
-                if full(conn.fd, queued):
-                    self._cut(conn, "it fell furthest behind when its queue reached the high-water mark", queued,
-                              self._stalled(conn, now))
+                if full(conn.fd, queued) and self._cut(conn, "it fell furthest behind when its queue reached the "
+                                                       "high-water mark", queued, self._stalled(conn, now)):
+                    cut.append(conn)
+            for role, number in windows.items():
+                self._end_window(role, number, [c for c in cut if c.role == role], readings, now)
+
+    def _end_window(self, role: str, number: int, cut: list[Connection],
+                    readings: dict[Connection, tuple[int, int]], now: float) -> None:
+        """Make sure the subscriber libzmq skips on ``role`` is cut, wait until it is gone, close the window."""
+        if not cut:
+            # The lossy send took the fullest subscriber of this output out of the distribution: cut that one.
+            candidates = [(queued, conn) for conn, (queued, _) in readings.items() if conn.role == role]
+            if candidates:
+                queued, conn = max(candidates, key=lambda item: item[0])
+                if self._cut(conn, "its queue was full when a message had to be sent without it", queued,
+                             self._stalled(conn, now)):
+                    cut.append(conn)
+            cut += [conn for conn in self._connections() if conn.role == role and conn.reason]
+        deadline = time.monotonic() + WINDOW_WAIT
+        while any(self._peers.open[role].get(conn.fd) is conn for conn in cut):
+            if time.monotonic() > deadline:
+                log.warning("%s: a cut-off subscriber is still connected after %.0fs; messages go on being "
+                            "counted as missed by it", role, WINDOW_WAIT)
+                return
+            gevent.sleep(0.001)
+        self._close_window(role, number)
 
     def _stalled(self, conn: Connection, now: float) -> float:
         """Seconds since the sampler last saw this connection make progress (0 if never sampled)."""

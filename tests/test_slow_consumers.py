@@ -144,3 +144,34 @@ def test_peers_view_lists_each_connection_and_can_be_turned_off(start_daemon, so
     assert json.loads(d.get("/peers")[1])["closed"][0]["peer"] == entry["peer"]
     off = start_daemon("--no-peers-view")
     assert off.get("/peers")[0] == 404
+
+
+def test_messages_libzmq_skips_for_a_full_subscriber_are_counted_until_it_is_cut(start_daemon, sockets):
+    """slow_consumer_stall = 0: after the lossy send libzmq leaves the full subscriber out of its distribution
+    without refusing anything; every message sent meanwhile is counted as missed by it, none that it got, and
+    once it is cut off and gone the counting stops."""
+    d = start_daemon("--publish-hwm", "100", "--push", "", "--slow-consumer-stall", "0")
+    stalled = connected(sockets, zmq.SUB, d.publish, rcvhwm=100, rcvbuf=16 * 1024, reconnect_ivl=-1)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, stalled)
+    settle(d, "publish", 1)
+    n = 5_000
+    for i in range(n):
+        prod.send(b"t %06d " % i + PAYLOAD)
+        if i % 500 == 0:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while d.value("fanoutd_slow_consumers_total", socket="publish") < 1:
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    assert d.wait_value("fanoutd_connected_peers", 0, socket="publish") == 0
+    got = 0
+    while stalled.poll(200):
+        stalled.recv()
+        got += 1
+    dropped = d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm")
+    assert 1 < dropped <= n - got, (dropped, got)
+    for i in range(100):  # nobody is full any more: nothing more is counted
+        prod.send(b"t after " + PAYLOAD)
+    time.sleep(0.5)
+    assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == dropped
