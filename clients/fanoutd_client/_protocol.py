@@ -119,6 +119,8 @@ class ProducerProtocol(Client):
             raise ValueError(f"max_message_size must be an int >= 1 (None: learn it), not {max_message_size!r}")
         self._subscriptions = 0
         self._drop = drop
+        #: Messages not sent because the collector's queue was full (``drop=True`` only): counted, never silent.
+        self.dropped = 0
         self._send_timeout_ms = -1 if send_timeout is None else ms(send_timeout, "send_timeout")
         self._max_override = max_message_size
         super().__init__(endpoints, **options)
@@ -131,8 +133,10 @@ class ProducerProtocol(Client):
         # Verbose: pass on every peer's subscription, not only the first of each
         # topic, so that N collectors subscribing to b"" give N messages.
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        # Always NODROP: libzmq then refuses a message for a full queue instead of dropping it unseen, and
+        # the producer decides: count it and go on (drop=True), or wait up to send_timeout (drop=False).
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
         if not self._drop:
-            sock.setsockopt(zmq.XPUB_NODROP, 1)
             sock.setsockopt(zmq.SNDTIMEO, self._send_timeout_ms)
 
     def _drain(self) -> None:
@@ -223,6 +227,19 @@ class ProducerProtocol(Client):
         if size > limit:
             raise MessageTooLarge(size, limit, source)
         return frames
+
+    @property
+    def _send_flags(self) -> int:
+        return zmq.DONTWAIT if self._drop else 0
+
+    def _refused(self) -> None:
+        """A full queue refused a message: count it (drop=True) or raise TimeoutError (drop=False)."""
+        if not self._drop:
+            raise self._queue_full()
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 10_000 == 0:
+            log.warning("collector at %s is not keeping up: %d message(s) dropped so far (Producer.dropped)",
+                        ", ".join(self.endpoints), self.dropped)
 
     def _queue_full(self) -> TimeoutError:
         return TimeoutError(f"collector at {', '.join(self.endpoints)} took no message for "

@@ -110,7 +110,7 @@ class Producer(ProducerProtocol, _AsyncClient):
 
     ``await wait_ready()`` before the first send: a message sent before the
     collector's subscription has arrived is silently dropped.  Sends do not
-    wait unless ``drop=False`` (then up to ``send_timeout`` s for room, as in
+    wait (a message a full queue refuses is counted in ``dropped``) unless ``drop=False`` (then up to ``send_timeout`` s for room, as in
     the blocking producer).  A message over :attr:`max_message_size` raises
     :class:`MessageTooLarge` and is not sent.
     """
@@ -139,9 +139,9 @@ class Producer(ProducerProtocol, _AsyncClient):
 
     async def _send(self, frames: list[bytes]) -> None:
         try:
-            await self._io.send_multipart(frames)
-        except zmq.Again:  # only with drop=False: a collector's queue stayed full for SNDTIMEO
-            raise self._queue_full() from None
+            await self._io.send_multipart(frames, self._send_flags)
+        except zmq.Again:  # a collector's queue is full (for send_timeout, with drop=False)
+            self._refused()
 
 
 class Subscriber(SubscriberProtocol, _AsyncClient):

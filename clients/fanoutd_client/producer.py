@@ -25,9 +25,13 @@ class Producer(ProducerProtocol):
     the collector's subscription has arrived is silently dropped.
 
     By default sends never block: past ``hwm`` queued messages on a
-    connection ZeroMQ drops (PUB semantics), so a stalled broker cannot
-    stall the producer.  With ``drop=False`` a send instead waits for room
-    (XPUB_NODROP), raising TimeoutError after ``send_timeout`` seconds
+    connection the message is not sent and counted in :attr:`dropped` (with
+    a warning at the first and every 10,000th), so a stalled broker cannot
+    stall the producer and no loss is silent.  While the broker restarts
+    (or the connection is re-made) messages wait in that queue and are
+    delivered after the reconnect: nothing is lost up to ``hwm`` messages
+    of downtime.  With ``drop=False`` a send instead waits for room,
+    raising TimeoutError after ``send_timeout`` seconds
     (None: no limit; heartbeats still end a dead connection): right for
     batch senders such as ``fanout pub < file``, where losing lines is worse
     than waiting.  ``close`` waits at most ``linger`` (default 1 s) to flush.
@@ -67,6 +71,6 @@ class Producer(ProducerProtocol):
 
     def _send(self, frames: list[bytes]) -> None:
         try:
-            self._socket.send_multipart(frames)
-        except zmq.Again:  # only with drop=False: a collector's queue stayed full
-            raise self._queue_full() from None
+            self._socket.send_multipart(frames, self._send_flags)
+        except zmq.Again:  # a collector's queue is full (for send_timeout, with drop=False)
+            self._refused()
