@@ -34,9 +34,10 @@ bench: install system-deps
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/run.py --modes all
 
-# Ten minutes at full rate with a subscriber that never reads; RSS over time.
-soak: install system-deps
-	$(BIN)/python bench/run.py --modes stall --systems fanoutd --stall-seconds 600 --out bench/soak
+# Ten minutes of traffic with a stalled subscriber, a producer restart and a
+# broker restart; every message accounted for per path (bench/soak.md).
+soak: install
+	$(BIN)/python bench/soak.py --seconds 600 --out bench/soak.md
 
 # fanoutd as a systemd service, in its own virtualenv (/opt/fanoutd, or
 # PREFIX=...); the system Python is left alone. Run as root. WHEELS=DIR

@@ -59,6 +59,15 @@ static const char *COUNTER_NAMES[C_COUNT] = {
 };
 
 enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
+/* Draining: the collector subscribes to DRAIN_TOPIC, which tells fanoutd's
+ * producers (they see subscriptions) to hold their messages until this node
+ * is gone and another has subscribed; the loop reads until its inputs have
+ * been quiet for DRAIN_QUIET_NS (what producers sent before they paused) or
+ * DRAIN_GRACE_NS passed (producers that cannot pause, raw PUBs, never go
+ * quiet), so nothing is in flight to a closing collector from those that can. */
+#define DRAIN_TOPIC "\0FDT-draining"
+#define DRAIN_QUIET_NS 50000000LL
+#define DRAIN_GRACE_NS 1000000000LL
 #define BATCH 512
 #define TICK_MS 100
 #define FRAMES_CAP 256
@@ -638,7 +647,8 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
     }
     f->running = 1;
     const char *result = NULL;
-    int err = 0;
+    int err = 0, announced = 0, can_wait = 0;
+    int64_t drain_start = 0, last_input = 0;
     Py_BEGIN_ALLOW_THREADS
     /* A name operators see in `top -H` and tools can find the loop by;
      * a nicety, so a failure changes nothing. */
@@ -649,11 +659,17 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
             result = "aborted";
             break;
         }
-        int busy = 0, failed = 0;
+        int busy = 0, failed = 0, read = 0;
+        if (mode == MODE_DRAIN && !announced) {
+            announced = 1;
+            can_wait = Z.setsockopt(f->inputs[0].socket, Z_SUBSCRIBE, DRAIN_TOPIC, sizeof DRAIN_TOPIC - 1) == 0;
+            drain_start = last_input = now_ns();
+        }
         for (int i = 0; i < f->ninputs && !failed; i++) {
             int handled = drain(f, f->inputs[i].socket, f->inputs[i].from_upstream);
             failed = handled < 0;
             busy |= handled == BATCH;
+            read |= handled > 0;
         }
         for (int o = 0; o < OUTS && !failed; o++)
             failed = f->outs[o] && discard_subscriptions(f->outs[o]) < 0;
@@ -666,14 +682,21 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
         }
         if (busy)
             continue;
+        long wait_ms = TICK_MS;
         if (mode == MODE_DRAIN) {
-            result = "drained";
-            break;
+            int64_t now = now_ns();
+            if (read)
+                last_input = now;
+            if (!can_wait || now - last_input >= DRAIN_QUIET_NS || now - drain_start >= DRAIN_GRACE_NS) {
+                result = "drained";
+                break;
+            }
+            wait_ms = 5;
         }
         zpollitem_t items[3];
         for (int i = 0; i < f->ninputs; i++)
             items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
-        if (Z.poll(items, f->ninputs, TICK_MS) < 0 && (err = Z.errno_()) != EINTR) {
+        if (Z.poll(items, f->ninputs, wait_ms) < 0 && (err = Z.errno_()) != EINTR) {
             result = err == Z_ETERM ? "terminated" : NULL;
             break;
         }
@@ -1100,6 +1123,9 @@ PyMODINIT_FUNC PyInit__forward(void)
     PyObject *outputs = rc < 0 ? NULL : Py_BuildValue("(sss)", "publish", "relay", "stamped");
     rc = outputs ? PyModule_AddObjectRef(m, "OUTPUTS", outputs) : -1;
     Py_XDECREF(outputs);
+    PyObject *drain_topic = PyBytes_FromStringAndSize(DRAIN_TOPIC, sizeof DRAIN_TOPIC - 1);
+    if (!drain_topic)
+        rc = -1;
     if (rc < 0 || PyModule_AddObjectRef(m, "Forwarder", (PyObject *)&ForwarderType) < 0 ||
         PyModule_AddIntConstant(m, "FRAMES_CAP", FRAMES_CAP) < 0 ||
         PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0 ||
@@ -1108,9 +1134,12 @@ PyMODINIT_FUNC PyInit__forward(void)
         PyModule_AddIntConstant(m, "TRAILER_VERSION", TRAILER_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "STREAM_KEY_CAP", STREAM_KEY_CAP) < 0 ||
         PyModule_AddStringConstant(m, "RELAY_PROPERTY", RELAY_PROPERTY) < 0 ||
+        PyModule_AddObjectRef(m, "DRAIN_TOPIC", drain_topic) < 0 ||
         PyModule_AddIntConstant(m, "ZMQ_ABI_MAJOR", ZABI_MAJOR) < 0) {
+        Py_XDECREF(drain_topic);
         Py_DECREF(m);
         return NULL;
     }
+    Py_DECREF(drain_topic);
     return m;
 }

@@ -55,9 +55,13 @@ def endpoints(config: Config) -> str:
 def status_line(c: Mapping[str, int]) -> str:
     """The one-line summary systemd shows (``systemctl status``) and the stop log repeats."""
     dropped = sum(c.get(key, 0) for key in DROPS.values())
+    why = ", ".join(f"{output}/{reason} {c[key]}" for (output, reason), key in DROPS.items() if c.get(key))
     rejected = sum(c.get(key, 0) for key in REJECTS.values())
+    extra = "".join(f", {label} {c[key]}" for label, key in (("stamped", "stamped_messages"),
+                                                             ("relayed", "relayed_messages")) if c.get(key))
     return (f"received {c.get('received_messages', 0)}, published {c.get('published_messages', 0)}, "
-            f"pushed {c.get('pushed_messages', 0)}, dropped {dropped}, rejected {rejected}")
+            f"pushed {c.get('pushed_messages', 0)}, dropped {dropped}{f' ({why})' if why else ''}, "
+            f"rejected {rejected}{extra}")
 
 
 def report(counters: Counters) -> None:

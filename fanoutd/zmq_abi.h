@@ -24,6 +24,7 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
 #define Z_POLLIN 1
 #define Z_ETERM (156384712 + 53)
 #define Z_XPUB_NODROP 69
+#define Z_SUBSCRIBE 6
 
 /*
  * Every function the loop calls, as X(return type, field, libzmq symbol,

@@ -137,9 +137,10 @@ def test_clients_and_tool_with_curve(start_daemon, tmp_path):
 
 @pytest.mark.parametrize("flavour", ["blocking", "asyncio"])
 def test_a_producer_loses_nothing_unseen_across_a_broker_restart(start_daemon, flavour):
-    """What a producer sends while the broker restarts waits in its queue and arrives after the reconnect;
-    past its high-water mark a message is refused and counted in ``dropped``, never lost unseen. Each number
-    comes from its own counter: the producer's attempts and drops, the new broker's received messages."""
+    """What a producer sends while the broker restarts is held (the stopping broker said it drains) and goes
+    out once a collector is back; past its high-water mark a message is refused and counted in ``dropped``,
+    never lost unseen. Each number comes from its own counter: the producer's attempts and drops, the new
+    broker's received messages."""
     d = start_daemon("--push", "")
     n, hwm = 3000, 1000
     producer: Producer | aio.Producer
@@ -157,6 +158,10 @@ def test_a_producer_loses_nothing_unseen_across_a_broker_restart(start_daemon, f
                 asyncio.run(producer.send("t", b"%d" % i))
         assert 0 < producer.dropped < n
         again = start_daemon("--push", "", ports=d.ports)
+        if flavour == "blocking":  # held messages go out once a collector is back
+            producer.wait_ready(5)
+        else:
+            asyncio.run(producer.wait_ready(5))
         assert again.wait_value("fanoutd_received_messages_total", n - producer.dropped) == n - producer.dropped
         time.sleep(0.5)
         assert again.value("fanoutd_received_messages_total") == n - producer.dropped

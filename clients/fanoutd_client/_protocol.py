@@ -30,6 +30,12 @@ from ._stamps import GapTracker, NotStamped, Stamp, parse_trailer
 MAX_MESSAGE_SIZE_PROPERTY = "X-Max-Message-Size"
 #: fanoutd's default ``max_message_size``, assumed when the collector does not announce one.
 DEFAULT_MAX_MESSAGE_SIZE = 1_048_576
+#: The topic a stopping fanoutd's collector subscribes to: "hold your messages, I am closing". A producer
+#: holds them (up to its high-water mark) until a collector subscribes anew, so nothing it sends is in
+#: flight to a collector that closes (fanoutd/_forward.c, DRAIN_TOPIC).
+DRAIN_TOPIC = b"\x00FDT-draining"
+#: How often (in sends) a producer looks for subscription news without being asked.
+CHECK_EVERY = 16
 
 
 class MessageTooLarge(ValueError):
@@ -123,7 +129,11 @@ class ProducerProtocol(Client):
         self.dropped = 0
         self._send_timeout_ms = -1 if send_timeout is None else ms(send_timeout, "send_timeout")
         self._max_override = max_message_size
+        self._paused = False  # a collector said it is draining: hold messages until one subscribes anew
+        self._held: collections.deque[list[bytes]] = collections.deque()
+        self._sends = 0
         super().__init__(endpoints, **options)
+        self._hold_max = self._socket.getsockopt(zmq.SNDHWM) or 2**62
         # The limits announced by the latest subscriptions, one per endpoint (None:
         # none announced): a collector that reconnects, say after a restart with
         # another limit, replaces what it said before.
@@ -146,7 +156,15 @@ class ProducerProtocol(Client):
                 frame = self._nowait.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if bytes(frame.buffer[:1]) == b"\x01":
+            news = bytes(frame.buffer[:1 + len(DRAIN_TOPIC)])
+            if news[1:] == DRAIN_TOPIC:
+                self._paused = news[:1] == b"\x01"
+                log.info("collector %s: holding messages until a collector subscribes again" if self._paused
+                         else "collector %s: no longer draining", "draining" if self._paused else "gone")
+            elif news[:1] == b"\x01":
+                if self._paused:
+                    self._paused = False
+                    log.info("a collector subscribed: sending %d held message(s)", len(self._held))
                 self._subscriptions += 1
                 self._announced.append(announced_limit(frame))
                 log.debug("collector subscription %d of %d arrived (%s: %s)", self._subscriptions,
@@ -154,7 +172,7 @@ class ProducerProtocol(Client):
 
     @property
     def ready(self) -> bool:
-        """True once as many subscriptions as endpoints have arrived (checked without waiting).
+        """True once as many subscriptions as endpoints have arrived and no collector drains (checked without waiting).
 
         Subscriptions are counted, not matched to endpoints: a collector that
         reconnects during start-up counts twice.  That is rare and only makes
@@ -162,7 +180,7 @@ class ProducerProtocol(Client):
         """
         self._check_open()
         self._drain()
-        return self._subscriptions >= len(self.endpoints)
+        return self._subscriptions >= len(self.endpoints) and not self._paused
 
     @property
     def max_message_size(self) -> int:
@@ -227,6 +245,46 @@ class ProducerProtocol(Client):
         if size > limit:
             raise MessageTooLarge(size, limit, source)
         return frames
+
+    def _must_wait(self) -> bool:
+        """Whether a send has to wait for a draining collector to go (drop=False and the hold is full)."""
+        self._sends += 1
+        if self._paused or self._sends % CHECK_EVERY == 0:
+            self._drain()
+        return self._paused and not self._drop and len(self._held) >= self._hold_max
+
+    def _until_resumed(self) -> Waits[None]:
+        """Wait (up to send_timeout) until a collector subscribes anew or the hold has room."""
+        deadline = None if self._send_timeout_ms < 0 else time.monotonic() + self._send_timeout_ms / 1000
+        while self._paused and len(self._held) >= self._hold_max:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise self._queue_full()
+            yield None if remaining is None else max(1, math.ceil(remaining * 1000))
+            self._drain()
+
+    def _release(self, frames: list[bytes] | None) -> list[list[bytes]]:
+        """What to send now, held messages first; while a collector drains, hold (or count a drop past hwm)."""
+        if self._paused:
+            if frames is not None:
+                if len(self._held) < self._hold_max:
+                    self._held.append(frames)
+                else:
+                    self._refused()
+            return []
+        out = list(self._held)
+        self._held.clear()
+        if frames is not None:
+            out.append(frames)
+        return out
+
+    def _abandon_held(self) -> None:
+        """At close: messages still held for a collector that never came back are counted as dropped."""
+        if self._held:
+            log.warning("closing with %d message(s) held for a draining collector that did not come back: "
+                        "counted in Producer.dropped", len(self._held))
+            self.dropped += len(self._held)
+            self._held.clear()
 
     @property
     def _send_flags(self) -> int:

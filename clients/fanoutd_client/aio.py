@@ -124,6 +124,7 @@ class Producer(ProducerProtocol, _AsyncClient):
     async def wait_ready(self, timeout: float = 5.0) -> None:
         """Return once every collector has subscribed; TimeoutError after ``timeout`` s."""
         await self._wait(self._readiness(timeout))
+        await self._send(None)  # what was held while a collector drained goes out now
 
     async def send(self, topic: Data, payload: Data) -> None:
         """Send one frame ``topic + b" " + payload`` (the topic may not contain a space)."""
@@ -137,11 +138,28 @@ class Producer(ProducerProtocol, _AsyncClient):
         """Send ``obj`` as compact UTF-8 JSON in a single frame (NaN and Infinity: ValueError)."""
         await self.send(topic, self._json(obj))
 
-    async def _send(self, frames: list[bytes]) -> None:
-        try:
-            await self._io.send_multipart(frames, self._send_flags)
-        except zmq.Again:  # a collector's queue is full (for send_timeout, with drop=False)
-            self._refused()
+    async def _send(self, frames: list[bytes] | None) -> None:
+        if frames is not None and self._must_wait():
+            await self._wait(self._until_resumed())
+        for message in self._release(frames):
+            try:
+                await self._io.send_multipart(message, self._send_flags)
+            except zmq.Again:  # a collector's queue is full (for send_timeout, with drop=False)
+                self._refused()
+
+    async def aclose(self) -> None:
+        """Send what is held for a collector that has come back, count the rest as dropped, then close."""
+        if not self.closed and self._held:
+            self._drain()
+            await self._send(None)
+            self._abandon_held()
+        await super().aclose()
+
+    def close(self) -> None:
+        """Close at once; messages still held for a draining collector are counted in ``dropped``."""
+        if not self.closed:
+            self._abandon_held()
+        super().close()
 
 
 class Subscriber(SubscriberProtocol, _AsyncClient):

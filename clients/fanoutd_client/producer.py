@@ -30,7 +30,11 @@ class Producer(ProducerProtocol):
     stall the producer and no loss is silent.  While the broker restarts
     (or the connection is re-made) messages wait in that queue and are
     delivered after the reconnect: nothing is lost up to ``hwm`` messages
-    of downtime.  With ``drop=False`` a send instead waits for room,
+    of downtime.  A fanoutd that stops tells its producers first (it
+    subscribes to :data:`DRAIN_TOPIC`): they hold what they send, up to
+    ``hwm`` messages, until a collector subscribes again, and those go out
+    with the next send, :meth:`wait_ready` or :meth:`close`, so nothing is in
+    flight to a collector that closes.  With ``drop=False`` a send instead waits for room,
     raising TimeoutError after ``send_timeout`` seconds
     (None: no limit; heartbeats still end a dead connection): right for
     batch senders such as ``fanout pub < file``, where losing lines is worse
@@ -56,6 +60,7 @@ class Producer(ProducerProtocol):
     def wait_ready(self, timeout: float = 5.0) -> None:
         """Block until every collector has subscribed, or raise TimeoutError after ``timeout`` s."""
         run_blocking(self._socket, self._readiness(timeout))
+        self._send(None)  # what was held while a collector drained goes out now
 
     def send(self, topic: Data, payload: Data) -> None:
         """Send one frame ``topic + b" " + payload`` (the topic may not contain a space)."""
@@ -69,8 +74,19 @@ class Producer(ProducerProtocol):
         """Send ``obj`` as compact UTF-8 JSON in a single frame (NaN and Infinity: ValueError)."""
         self.send(topic, self._json(obj))
 
-    def _send(self, frames: list[bytes]) -> None:
-        try:
-            self._socket.send_multipart(frames, self._send_flags)
-        except zmq.Again:  # a collector's queue is full (for send_timeout, with drop=False)
-            self._refused()
+    def _send(self, frames: list[bytes] | None) -> None:
+        if frames is not None and self._must_wait():
+            run_blocking(self._socket, self._until_resumed())
+        for message in self._release(frames):
+            try:
+                self._socket.send_multipart(message, self._send_flags)
+            except zmq.Again:  # a collector's queue is full (for send_timeout, with drop=False)
+                self._refused()
+
+    def close(self) -> None:
+        """Send what is held for a collector that has come back, count the rest as dropped, then close."""
+        if not self.closed and self._held:
+            self._drain()
+            self._send(None)
+            self._abandon_held()
+        super().close()
