@@ -23,7 +23,7 @@ from zmq.utils import z85
 from . import files, green, logs
 from .config import Config
 from .peers import plain_ip
-from .roles import POLICY_OWNERS, ROLES
+from .roles import BY_NAME, POLICY_OWNERS, ROLES
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,12 @@ class ZapHandler:
 
     def _log_denial(self, role: str, reason: str, address: bytes, credentials: list[bytes]) -> None:
         key = z85.encode(credentials[0]).decode() if credentials and len(credentials[0]) == 32 else "-"
-        self._denials.warning("denied a connection to %s from %s (reason: %s, key: %s)", role,
-                              plain_ip(address.decode(errors="replace")), reason, key,
+        owner = BY_NAME[role].policy if role in BY_NAME else role
+        hint = {"key": f"to allow it, add its certificate to {owner}_clients and reload",
+                "address": f"its address is outside {owner}_allow or inside {owner}_deny",
+                "mechanism": f"{owner}_curve is on and it did not use CURVE"}.get(reason, "")
+        self._denials.warning("denied a connection to %s from %s (reason: %s, key: %s)%s", role,
+                              plain_ip(address.decode(errors="replace")), reason, key, f"; {hint}" if hint else "",
                               held="more denials not logged")
 
     def close(self) -> None:

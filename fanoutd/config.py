@@ -88,6 +88,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "level", "info", "debug, info, warning or error", live=True),
     Setting("curve_secret_key", "path", "",
             "the daemon's CURVE secret certificate (zmq.auth format; `fanoutd keygen` writes one)"),
+    Setting("upstream_server_key", "path", "",
+            "the upstream relays' public certificate (their `fanoutd keygen` .key file): upstream links use "
+            "CURVE, authenticating this node with curve_secret_key (empty: plaintext links)"),
     *(setting for role in POLICY_OWNERS for setting in (
         Setting(f"{role}_curve", "bool", False, f"require CURVE encryption and authentication on {role}"),
         Setting(f"{role}_clients", "path", "",
@@ -143,6 +146,11 @@ class Config:
     push_clients: str = ""
     push_allow: tuple[str, ...] = ()
     push_deny: tuple[str, ...] = ()
+    relay_curve: bool = False
+    relay_clients: str = ""
+    relay_allow: tuple[str, ...] = ()
+    relay_deny: tuple[str, ...] = ()
+    upstream_server_key: str = ""
     config_file: str | None = None
 
 
@@ -194,11 +202,19 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
         layers.append((path, read_file(path)))
     layers.append(("environment", {s.name: environ[s.env] for s in SETTINGS if s.env in environ}))
     layers.append(("command line", flags))
+    given: set[str] = set()
     for source, layer in layers:
         for name, raw in layer.items():
             if name not in BY_NAME:
                 raise ConfigError(f"{source}: unknown setting {name!r}")
             values[name] = _parse(BY_NAME[name], raw, source)
+            if source != "defaults":
+                given.add(name)
+    # The relay had the publish socket's access control before it had its own: where none of its own is
+    # given, it keeps publish's, so an upgrade never opens a relay that publish_curve used to protect.
+    for suffix in ("curve", "clients", "allow", "deny"):
+        if f"relay_{suffix}" not in given:
+            values[f"relay_{suffix}"] = values[f"publish_{suffix}"]
     config = Config(**values, config_file=path)
     _check_whole(config)
     return config
@@ -220,6 +236,10 @@ def _check_whole(config: Config) -> None:
             seen[ep] = role.name
     if config.heartbeat_interval and config.heartbeat_timeout < config.heartbeat_interval:
         raise ConfigError("heartbeat_timeout must be at least heartbeat_interval")
+    if config.upstream_server_key and not config.curve_secret_key:
+        raise ConfigError("upstream_server_key needs curve_secret_key: this node's key pair for its upstream links")
+    if config.upstream_server_key and not config.upstream:
+        raise ConfigError("upstream_server_key is set but there is no upstream")
     for role in POLICY_OWNERS:
         if getattr(config, f"{role}_curve") and not config.curve_secret_key:
             raise ConfigError(f"{role}_curve needs curve_secret_key (create one with `fanoutd keygen`)")

@@ -42,13 +42,13 @@ class Engine:
     """
 
     def __init__(self, config: Config, context: zmq.Context, secret_key: bytes | None = None,
-                 node_id: bytes = b"") -> None:
+                 node_id: bytes = b"", upstream_server: bytes | None = None) -> None:
         self.node_id = node_id
         # The stamps' epoch is the node id (new at every start), so subscribers tell a restart from a gap.
         self.epoch = int.from_bytes(node_id, "big") or 1
         self._config = config
         self._context = context
-        self._specs = describe(config, secret_key)
+        self._specs = describe(config, secret_key, upstream_server)
         self._sockets: dict[str, zmq.Socket] = {}
         self._forwarder: _forward.Forwarder | None = None  # made in the worker, once the sockets are bound
         self._result: Any = None  # the running loop's gevent ThreadResult
@@ -176,6 +176,12 @@ class Engine:
         if self._forwarder is None:
             return False
         return bool(self._forwarder.close_window(_forward.OUTPUTS.index(role), number))
+
+    def reconnect(self, endpoint: str) -> bool:
+        """Have the loop connect the upstream link to ``endpoint`` afresh; False if a request is still pending."""
+        if self._forwarder is None:
+            return False
+        return bool(self._forwarder.reconnect(endpoint.encode()))
 
     def set_push_peers(self, count: int) -> None:
         if self._forwarder is not None:

@@ -118,6 +118,7 @@ class Keys:
 
     secret: bytes | None  # the daemon's Z85 CURVE secret key, if curve_secret_key is set
     clients: Mapping[str, Mapping[str, bytes] | None]  # role -> {file name: Z85 public key}; None: any key
+    upstream_server: bytes | None = None  # the upstream relays' Z85 public key (upstream_server_key)
 
 
 def load_keys(config: Config) -> Keys:
@@ -127,4 +128,8 @@ def load_keys(config: Config) -> Keys:
     for role in POLICY_OWNERS:
         directory = getattr(config, f"{role}_clients")
         clients[role] = load_public_keys(directory, f"{role}_clients") if directory else None
-    return Keys(secret, clients)
+    server = None
+    if config.upstream_server_key:
+        server, _ = parse_certificate(read_bytes(config.upstream_server_key, "upstream_server_key"),
+                                      config.upstream_server_key, "upstream_server_key")
+    return Keys(secret, clients, server)

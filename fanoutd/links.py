@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CHECK_EVERY = 10.0
 HELLO_WAIT = 3.0  # after the handshake: a relay's loop greets within one idle tick (0.1 s)
 NOT_RELAY = "not a fanoutd relay (it completed a handshake but sent no relay hello): is it a publish endpoint?"
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # back-off of a refused link (libzmq never retries one itself)
 
 
 def host_of(endpoint: str) -> tuple[str, int] | None:
@@ -63,15 +64,54 @@ class UpstreamWatch:
         self._unproven = set(config.upstream) if self._context is not None else set()
         self._unresolved: dict[str, str] = {}
         self.misconfigured: set[str] = set()
+        self._refused: dict[str, str] = {}
+        self._backoff: dict[str, float] = {}
+        self._public_key = ""  # this node's public key, named when a relay refuses it
+        self._reconnect: Callable[[str], bool] = lambda endpoint: True
         self.errors: Counter[tuple[str, str]] = Counter(dict.fromkeys(((ep, "unresolvable") for ep in self._named), 0))
         self.errors.update(dict.fromkeys(((ep, "not_relay") for ep in self._unproven), 0))
+        self.errors.update(dict.fromkeys(((ep, "refused") for ep in config.upstream), 0))
         self._greenlet: gevent.Greenlet | None = None
         self._warn = logs.Sparse(log)
 
     @property
     def problems(self) -> dict[str, str]:
         """endpoint -> why it cannot work now."""
-        return {**self._unresolved, **dict.fromkeys(self.misconfigured, NOT_RELAY)}
+        return {**self._unresolved, **self._refused, **dict.fromkeys(self.misconfigured, NOT_RELAY)}
+
+    def heal_with(self, reconnect: Callable[[str], bool], public_key: bytes | None) -> None:
+        """How to connect a refused link afresh (the loop owns the socket), and this node's key to name."""
+        self._reconnect = reconnect
+        self._public_key = public_key.decode() if public_key else ""
+
+    def refused(self, endpoint: str, why: str) -> None:
+        """The upstream at ``endpoint`` refused this node's handshake: say why, count it, retry with back-off."""
+        if why == "auth":
+            cause = (f"the relay refused this node's key {self._public_key or '(none: plaintext)'}: add it to the "
+                     "hub's relay_clients and reload the hub")
+        elif why == "protocol":
+            cause = ("the handshake failed: CURVE on one side only? (upstream_server_key here, relay_curve there, "
+                     "and the relay's public key must match)")
+        else:
+            cause = (f"the link closed during its handshake ({why}): CURVE on one side only, or not a "
+                     "ZeroMQ 4 peer?")
+        self._refused[endpoint] = cause
+        self.errors[(endpoint, "refused")] += 1
+        delay = self._backoff.get(endpoint, RETRY_FIRST)
+        self._backoff[endpoint] = min(delay * 2, RETRY_MAX)
+        self._warn.warning("upstream %s: %s; retrying in %.0fs", endpoint, cause, delay,
+                           held="more upstream failures not logged")
+        gevent.spawn_later(delay, self._retry, endpoint)
+
+    def linked(self, endpoint: str) -> None:
+        """A handshake with the upstream at ``endpoint`` succeeded."""
+        self._backoff.pop(endpoint, None)
+        if self._refused.pop(endpoint, None) is not None:
+            log.info("upstream %s: link up, its handshake succeeded", endpoint)
+
+    def _retry(self, endpoint: str) -> None:
+        if endpoint in self._refused and not self._reconnect(endpoint):
+            gevent.spawn_later(0.2, self._retry, endpoint)  # the loop has not taken the last request yet
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
         if not self._named and not self._unproven:

@@ -107,7 +107,8 @@ class BrokerCollector:
             yield _filled(CounterMetricFamily("fanoutd_upstream_link_errors", "Checks of an upstream link that "
                                               "found it unusable, per endpoint and reason (unresolvable: its host "
                                               "does not resolve, which libzmq retries without reporting; "
-                                              "not_relay: it answers but is no fanoutd relay).",
+                                              "not_relay: it answers but is no fanoutd relay; refused: its handshake "
+                                              "refused this node).",
                                               labels=["endpoint", "reason"]), src.upstream_errors())
         yield _filled(CounterMetricFamily("fanoutd_disconnects", "Connections closed, per socket, for any reason "
                                           "(peer gone, heartbeat timeout, refused handshake).", labels=["socket"]),

@@ -111,6 +111,9 @@ class PeerTracker:
         self._refused = logs.Sparse(log)
         self.disconnects: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
         self._on_change = on_change
+        # Hooks for the upstream link (this node's own outgoing connections): refused, and linked.
+        self.on_refused: Callable[[str, str], None] | None = None
+        self.on_linked: Callable[[str], None] | None = None
         self._sockets: list[zmq.Socket] = []
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -152,7 +155,10 @@ class PeerTracker:
                 self._pending[role].append(conns[value])
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if self._pending[role]:
-                    self._pending[role].popleft().handshaken = True
+                    conn = self._pending[role].popleft()
+                    conn.handshaken = True
+                    if role == "upstream" and self.on_linked is not None:
+                        self.on_linked(conn.peer)
             elif event == zmq.EVENT_DISCONNECTED:
                 conn = conns.pop(value, None)
                 if conn is not None:
@@ -174,7 +180,10 @@ class PeerTracker:
             if why == INCOMPLETE:
                 self.handshake_failures[(conn.role, INCOMPLETE)] += 1
             conn.reason = f"handshake failed ({why})"
-            if why in WHY:
+            if conn.role == "upstream":  # this node's own link was refused: the upstream watch says why
+                if self.on_refused is not None:
+                    self.on_refused(conn.peer, why)
+            elif why in WHY:
                 self._refused.warning("%s: refused a connection from %s: %s", conn.role, conn.peer, WHY[why],
                                       held="more refused handshakes not logged")
         conn.reason = conn.reason or "closed (peer left or heartbeat timeout)"

@@ -58,7 +58,7 @@ ROLES: tuple[Role, ...] = (
     Role("push", "PUSH", "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH "
          "output)", "push_hwm", "push", ("tcp://127.0.0.1:5562",)),
     Role("relay", "XPUB", "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: "
-         "none)", "publish_hwm", "publish"),
+         "none)", "publish_hwm", "relay"),
 )
 BY_NAME: dict[str, Role] = {role.name: role for role in ROLES}
 INPUTS: tuple[str, ...] = tuple(role.name for role in ROLES if role.is_input)

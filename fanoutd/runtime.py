@@ -47,10 +47,12 @@ class Runtime:
         self.context = zmq.Context(io_threads=config.io_threads)
         # The ZAP handler must answer before any socket accepts a peer: it is started first.
         self.zap = auth.ZapHandler(self.context, auth.build_policies(config, keys))
-        self.engine = Engine(config, self.context, keys.secret, node_id=node_id)
+        self.engine = Engine(config, self.context, keys.secret, node_id=node_id, upstream_server=keys.upstream_server)
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
         self.guard = Guard(config, self.peers, self.engine.stall_fd, self.engine.windows, self.engine.close_window)
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
+        self.upstreams.heal_with(self.engine.reconnect, zmq.curve_public(keys.secret) if keys.secret else None)
+        self.peers.on_refused, self.peers.on_linked = self.upstreams.refused, self.upstreams.linked
         sources = metrics.Sources(self.engine.counters, self.engine.topic_counters, self.peers.counts,
                                   lambda: self.peers.handshake_failures, lambda: self.peers.disconnects,
                                   lambda: self.zap.denied, lambda: self.config, node_id.hex(),

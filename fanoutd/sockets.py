@@ -51,6 +51,17 @@ def frame_guard(config: Config) -> int:
     return 2 * config.max_message_size + 64 * 1024
 
 
+def client_security_options(secret_key: bytes | None,
+                            server_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:
+    """CURVE client keys for a socket that connects out (the upstream link), when the server's key is given."""
+    if server_key is None:
+        return ()
+    if secret_key is None:
+        raise ValueError("a CURVE link needs this node's secret key")
+    return ((zmq.CURVE_SERVERKEY, server_key), (zmq.CURVE_PUBLICKEY, zmq.curve_public(secret_key)),
+            (zmq.CURVE_SECRETKEY, secret_key))
+
+
 def security_options(config: Config, role: Role, secret_key: bytes | None) -> tuple[tuple[int, int | bytes], ...]:
     """The ZAP domain (the role) on every socket that takes connections, plus the CURVE server keys where asked for.
 
@@ -100,7 +111,8 @@ RELAY_METADATA = b"X-Fanoutd-Relay:1"
 RELAY_HELLO = b"\x00FDT\x01\x00"
 
 
-def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpec, ...]:
+def describe(config: Config, secret_key: bytes | None = None,
+             upstream_server: bytes | None = None) -> tuple[SocketSpec, ...]:
     """One socket per role (:data:`fanoutd.roles.ROLES`) that the config gives endpoints, inputs first."""
     heartbeat: tuple[tuple[int, int | bytes], ...] = ()
     if config.heartbeat_interval > 0:
@@ -126,6 +138,8 @@ def describe(config: Config, secret_key: bytes | None = None) -> tuple[SocketSpe
         if role.connects:
             options += ((zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000))
         subscribe = tuple(t.encode() for t in config.collector_topics) if role.pattern == "SUB" else ()
+        if role.connects:
+            options += client_security_options(secret_key, upstream_server)
         specs.append(SocketSpec(role.name, _KIND[role.pattern], endpoints,
                                 options + heartbeat + security_options(config, role, secret_key),
                                 subscribe, connect=role.connects))

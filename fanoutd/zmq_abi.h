@@ -46,6 +46,8 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
     X(int, poll, zmq_poll, (POLLITEM *, int, long))        \
     X(int, errno_, zmq_errno, (void))                      \
     X(int, setsockopt, zmq_setsockopt, (void *, int, const void *, size_t)) \
+    X(int, connect, zmq_connect, (void *, const char *))   \
+    X(int, disconnect, zmq_disconnect, (void *, const char *)) \
     X(void, version, zmq_version, (int *, int *, int *))
 
 #define ZABI_FIELD(ret, field, symbol, params) ret (*field) params;

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import zmq
+import zmq.auth
 
 from conftest import connected, free_port, ready_producer, settle, wait_ready, warm_up
 
@@ -153,3 +155,42 @@ def test_an_edge_counts_exactly_the_gaps_in_what_its_upstream_stamped(start_daem
     assert edge.wait_value("fanoutd_rejected_messages_total", 1, reason="bad_route") == 1
     assert sub.poll(300) == 0
     assert edge.get("/readyz")[0] == 200
+
+
+def test_curve_on_the_upstream_link_a_refused_edge_is_named_on_both_sides_and_heals_after_a_hub_reload(
+        start_daemon, sockets, tmp_path):
+    """The edge authenticates with its own key pair and checks the hub's relay key. Refused, it says which key
+    to add and retries with back-off (libzmq never retries a refused handshake); once the hub lists the key
+    and reloads, the link comes up without restarting the edge."""
+    for name in ("hub", "edge"):
+        zmq.auth.create_certificates(tmp_path, name)
+    (tmp_path / "relay-clients").mkdir()
+    relay = f"tcp://127.0.0.1:{free_port()}"
+    hub = start_daemon("--push", "", "--relay", relay, "--relay-curve", "--relay-clients",
+                       str(tmp_path / "relay-clients"), "--curve-secret-key", str(tmp_path / "hub.key_secret"))
+    edge = start_daemon("--push", "", "--upstream", relay, "--upstream-server-key", str(tmp_path / "hub.key"),
+                        "--curve-secret-key", str(tmp_path / "edge.key_secret"), ready=False)
+    edge_public = zmq.auth.load_certificate(tmp_path / "edge.key")[0].decode()
+    deadline = time.monotonic() + 15
+    while "the relay refused this node's key" not in edge.log():
+        assert time.monotonic() < deadline and edge.proc.poll() is None, edge.log()
+        time.sleep(0.05)
+    assert (f"WARNING fanoutd.links: upstream {relay}: the relay refused this node's key {edge_public}: add it to "
+            "the hub's relay_clients and reload the hub; retrying in 1s") in edge.log()
+    status, body = edge.get("/readyz")
+    assert status == 503 and "the relay refused this node's key" in body, body
+    assert edge.value("fanoutd_upstream_link_errors_total", endpoint=relay, reason="refused") >= 1
+    assert hub.wait_value("fanoutd_auth_denied_total", 1, socket="relay", reason="key") >= 1
+    assert (f"denied a connection to relay from 127.0.0.1 (reason: key, key: {edge_public}); to allow it, add "
+            "its certificate to relay_clients and reload") in hub.log()
+
+    (tmp_path / "relay-clients" / "edge.key").write_bytes((tmp_path / "edge.key").read_bytes())
+    hub.send_signal(signal.SIGHUP)
+    assert edge.wait_value("fanoutd_connected_peers", 1, timeout=40, socket="upstream") == 1
+    wait_ready(edge)
+    assert f"upstream {relay}: link up, its handshake succeeded" in edge.log()
+    sub = connected(sockets, zmq.SUB, edge.publish)
+    prod = ready_producer(sockets, hub.collector)
+    warm_up(prod, sub)
+    prod.send(b"orders over curve")
+    assert sub.recv() == b"orders over curve"

@@ -45,8 +45,22 @@ def test_nothing_changed_says_so_and_a_new_secret_key_needs_a_restart():
 
 
 def test_policies_cover_exactly_the_configured_sockets_and_borrow_by_the_role_table():
-    config = load({"relay": ["tcp://127.0.0.1:7000"], "publish_allow": ["10.0.0.0/8"]}, NO_ENV)
+    config = load({"relay": ["tcp://127.0.0.1:7000"], "stamped": ["tcp://127.0.0.1:7001"],
+                   "publish_allow": ["10.0.0.0/8"]}, NO_ENV)
     p = plan(config, keys(), config, keys())
-    assert set(p.policies) == {"collector", "publish", "push", "relay"}
-    assert p.policies["relay"] is p.policies["publish"]
+    assert set(p.policies) == {"collector", "publish", "push", "relay", "stamped"}
+    assert p.policies["stamped"] is p.policies["publish"]
+    # The relay has a policy of its own, which keeps publish's settings where none of its own are given.
+    assert p.policies["relay"] is not p.policies["publish"]
     assert [str(n) for n in p.policies["relay"].allow] == ["10.0.0.0/8"]
+    own = load({"relay": ["tcp://127.0.0.1:7000"], "publish_allow": ["10.0.0.0/8"], "relay_allow": ["192.0.2.0/24"]},
+               NO_ENV)
+    assert [str(n) for n in plan(own, keys(), own, keys()).policies["relay"].allow] == ["192.0.2.0/24"]
+
+
+def test_a_relay_protected_by_publish_curve_stays_protected_after_the_upgrade():
+    config = load({"relay": ["tcp://127.0.0.1:7000"], "publish_curve": "true", "curve_secret_key": "/k"}, NO_ENV)
+    assert config.relay_curve is True
+    opened = load({"relay": ["tcp://127.0.0.1:7000"], "publish_curve": "true", "relay_curve": "false",
+                   "curve_secret_key": "/k"}, NO_ENV)
+    assert opened.relay_curve is False  # only when asked for, explicitly
