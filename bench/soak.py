@@ -248,7 +248,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=600.0)
     p.add_argument("--rate", type=float, default=5000.0, help="messages per second the producer sends")
-    p.add_argument("--stall", type=float, default=20.0, help="seconds the stalled subscriber stops reading, twice")
+    p.add_argument("--stall", type=float, default=15.0, help="seconds the stalled subscriber stops reading, twice")
     p.add_argument("--broker-flag", action="append", default=[], help="an extra fanoutd flag (repeatable)")
     p.add_argument("--out", type=Path, help="also write the report here (markdown)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp"), help="where the broker logs go")

@@ -6,7 +6,9 @@ Topology (all addresses live only inside namespaces this test creates):
                                                └─relay──▶ edge-b 10.231.0.3 ──▶ clients-b 10.231.0.30
 
 Every subscriber and puller on every edge must get every message, and the
-tree must survive the hub being killed and restarted.
+tree must survive the hub being killed and restarted. The same runs over
+IPv6 (fd31::/64 on the same bridge) with CURVE on every relay link, each
+edge with its own key pair.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 
 HOSTS = {"hub": "10.231.0.1", "edge-a": "10.231.0.2", "edge-b": "10.231.0.3", "producer": "10.231.0.10",
          "clients-a": "10.231.0.20", "clients-b": "10.231.0.30"}
+HOSTS6 = {host: f"fd31::{ip.rsplit('.', 1)[1]}" for host, ip in HOSTS.items()}
 PREFIX = f"fo{os.getpid() % 100000}"
 
 
@@ -36,6 +39,12 @@ def sh(*cmd: str, timeout: float = 20) -> str:
 @dataclass
 class Lan:
     names: dict[str, str]
+    ipv6: bool = False
+    keys: str = ""  # a directory of CURVE certificates: the relay links use CURVE
+
+    def host(self, name: str) -> str:
+        """How an endpoint names the host: an IPv4 address, or a bracketed IPv6 one."""
+        return f"[{HOSTS6[name]}]" if self.ipv6 else HOSTS[name]
 
     def cmd(self, host: str, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.names[host], *args]
@@ -62,6 +71,7 @@ def lan() -> Iterator[Lan]:
                "netns", switch)
             sh("ip", "netns", "exec", ns, "ip", "link", "set", f"{PREFIX}h{i}", "name", "eth0")
             sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+            sh("ip", "netns", "exec", ns, "ip", "-6", "addr", "add", f"{HOSTS6[host]}/64", "dev", "eth0", "nodad")
             sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
             sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
             sh("ip", "netns", "exec", switch, "ip", "link", "set", f"{PREFIX}s{i}", "master", "br0")
@@ -83,10 +93,15 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def daemon(lan: Lan, procs: list, host: str, *flags: str) -> subprocess.Popen[str]:
-    ip = HOSTS[host]
+    ip = lan.host(host)
     args = ["--collector", f"tcp://{ip}:5560", "--publish", f"tcp://{ip}:5561", "--push", f"tcp://{ip}:5562",
             "--relay", f"tcp://{ip}:5563", "--metrics", "127.0.0.1:9560", "--heartbeat-interval", "0.5",
             "--heartbeat-timeout", "1.5", *flags]
+    if lan.keys:  # each node its own key pair; the hub's relay admits the edges' keys only
+        args += ["--curve-secret-key", f"{lan.keys}/{host}.key_secret", "--relay-curve",
+                 "--relay-clients", f"{lan.keys}/edges"]
+        if "--upstream" in flags:
+            args += ["--upstream-server-key", f"{lan.keys}/hub.key"]
     p = subprocess.Popen(lan.cmd(host, sys.executable, "-m", "fanoutd", *args), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     procs.append(p)
@@ -128,7 +143,7 @@ def wait_peers(lan: Lan, host: str, socket: str, count: int, seconds: float = 20
 def clients(lan: Lan, procs: list, n: int) -> list[subprocess.Popen[str]]:
     out = []
     for host, edge in (("clients-a", "edge-a"), ("clients-b", "edge-b")):
-        ip = HOSTS[edge]
+        ip = lan.host(edge)
         for args in (["sub", "-e", f"tcp://{ip}:5561", "orders"], ["pull", "-e", f"tcp://{ip}:5562"]):
             p = subprocess.Popen(lan.cmd(host, sys.executable, "-m", "fanoutd_client.tool", *args, "--count", str(n),
                                          "--timeout", "30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -144,7 +159,7 @@ def clients(lan: Lan, procs: list, n: int) -> list[subprocess.Popen[str]]:
 def produce(lan: Lan, n: int, tag: str) -> None:
     lines = "".join(f"{tag}-{i}\n" for i in range(n))
     r = subprocess.run(lan.cmd("producer", sys.executable, "-m", "fanoutd_client.tool", "pub", "-e",
-                               f"tcp://{HOSTS['hub']}:5560", "--wait", "10", "orders"),
+                               f"tcp://{lan.host('hub')}:5560", "--wait", "10", "orders"),
                        input=lines, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 
@@ -158,11 +173,20 @@ def check(receivers: list[subprocess.Popen[str]], n: int, tag: str) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_hub_and_two_edges_deliver_everything_and_survive_a_hub_restart(lan, procs):
+@pytest.mark.parametrize("variant", ["ipv4", "ipv6-curve"])
+def test_hub_and_two_edges_deliver_everything_and_survive_a_hub_restart(lan, procs, variant, tmp_path):
+    if variant == "ipv6-curve":
+        import zmq.auth
+        lan.ipv6, lan.keys = True, str(tmp_path)
+        (tmp_path / "edges").mkdir()
+        for host in ("hub", "edge-a", "edge-b"):
+            public, _ = zmq.auth.create_certificates(tmp_path, host)
+            if host != "hub":
+                (tmp_path / "edges" / f"{host}.key").write_bytes(open(public, "rb").read())
     hub = daemon(lan, procs, "hub")
     wait_ready(lan, "hub")
     for edge in ("edge-a", "edge-b"):
-        daemon(lan, procs, edge, "--upstream", f"tcp://{HOSTS['hub']}:5563")
+        daemon(lan, procs, edge, "--upstream", f"tcp://{lan.host('hub')}:5563")
     for edge in ("edge-a", "edge-b"):
         wait_ready(lan, edge)
     n = 500
