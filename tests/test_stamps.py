@@ -115,6 +115,7 @@ def test_stamps_are_exact_per_topic_with_prefix_filters_single_and_multipart(sta
         got_all = [everything.recv_multipart(timeout=5) for _ in range(len(messages))]
         got_narrow = [narrow.recv_multipart(timeout=5) for _ in range(11)]  # orders 1, 10..19
         assert got_orders == [m for m in messages if m[0].startswith(b"orders ")]
+        assert got_narrow == [[b"orders 1"]] + [[b"orders %d" % i] for i in range(10, 20)]
         assert got_all == messages  # frames exactly as sent: the trailer is stripped
         assert orders.lost == everything.lost == narrow.lost == 0
         assert narrow.untracked == 11 + narrow_warm and orders.untracked == 0

@@ -10,7 +10,7 @@ For asyncio, the same three with coroutines are in :mod:`fanoutd_client.aio`
 
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, load_curve_keys,
                     validate_endpoint)
-from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_PROPERTY, MessageTooLarge
+from ._producing import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_PROPERTY, MessageTooLarge
 from ._stamps import NotStamped, Stamp
 from .consumers import Puller, Subscriber, split_message
 from .producer import Producer

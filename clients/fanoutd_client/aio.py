@@ -40,8 +40,8 @@ import zmq
 import zmq.asyncio
 
 from ._base import DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, Client, ClientOptions, Data, Endpoints, Waits
-from ._protocol import (MessageTooLarge, ProducerProtocol, PullerProtocol, SubscriberProtocol, parse_json,
-                        split_message)
+from ._producing import MessageTooLarge, ProducerProtocol
+from ._protocol import PullerProtocol, SubscriberProtocol, parse_json, split_message
 
 __all__ = ["MessageTooLarge", "Producer", "Puller", "Subscriber"]
 

@@ -12,7 +12,8 @@ from typing import Any, Unpack
 import zmq
 
 from ._base import DEFAULT_COLLECTOR, ClientOptions, Data, Endpoints, run_blocking
-from ._protocol import MessageTooLarge, ProducerProtocol, single_frame_topic
+from ._producing import MessageTooLarge, ProducerProtocol
+from ._protocol import single_frame_topic
 
 __all__ = ["MessageTooLarge", "Producer", "single_frame_topic"]
 
