@@ -130,6 +130,6 @@ def load_keys(config: Config) -> Keys:
         clients[role] = load_public_keys(directory, f"{role}_clients") if directory else None
     server = None
     if config.upstream_server_key:
-        server, _ = parse_certificate(read_bytes(config.upstream_server_key, "upstream_server_key"),
-                                      config.upstream_server_key, "upstream_server_key")
+        path = resolve(config.upstream_server_key)
+        server, _ = parse_certificate(read_bytes(path, "upstream_server_key"), path, "upstream_server_key")
     return Keys(secret, clients, server)

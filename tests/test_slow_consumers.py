@@ -87,7 +87,8 @@ def test_a_stalled_subscriber_is_cut_off_counted_and_named_while_a_fast_one_gets
                      r"slow consumer: its queue reached the high-water mark", top.stdout), top.stdout
     _, body = d.get("/peers")
     closed = json.loads(body)["closed"]
-    assert any(c["socket"] == "publish" and c["reason"].startswith("slow consumer") for c in closed), closed
+    named = [c for c in closed if c["socket"] == "publish" and c["reason"].startswith("slow consumer")]
+    assert len(named) == cut, ("each cut-off is counted once and named once", cut, closed)
     assert d.get("/readyz")[0] == 200
 
 
