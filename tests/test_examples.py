@@ -321,3 +321,58 @@ def test_stamped_subscriber_strips_the_stamp_and_reports_what_it_missed(example,
     assert out == [f"orders {n}" for n in range(5)]
     # 5 after 2: two missed; stream 2 after stream 1: a reset, and its seq 3 says two before it were missed.
     assert err.strip().endswith("lost 4 restarts 1 resets 1"), err
+
+
+def test_c_producer_to_c_subscriber_across_a_curve_federation_link_over_ipv6(c_examples, start_daemon, run,
+                                                                              tmp_path):
+    """The federation issue's check: 10,000 messages from the C producer at a hub to the C subscriber at an
+    edge, the relay link over IPv6 with CURVE both ways (the edge's own key pair, listed at the hub)."""
+    for name in ("hub", "edge"):
+        zmq.auth.create_certificates(tmp_path, name)
+    (tmp_path / "edges").mkdir()
+    (tmp_path / "edges" / "edge.key").write_bytes((tmp_path / "edge.key").read_bytes())
+    relay = f"tcp://[::1]:{free_port()}"
+    hub_collector, edge_publish = f"tcp://[::1]:{free_port()}", f"tcp://[::1]:{free_port()}"
+    hub = start_daemon("--collector", hub_collector, "--relay", relay, "--relay-curve", "--relay-clients",
+                       str(tmp_path / "edges"), "--curve-secret-key", str(tmp_path / "hub.key_secret"))
+    edge = start_daemon("--publish", edge_publish, "--upstream", relay, "--upstream-server-key",
+                        str(tmp_path / "hub.key"), "--curve-secret-key", str(tmp_path / "edge.key_secret"))
+    n = 10_000
+    sub = run([*c_examples["subscriber"], edge_publish, "orders", str(n), "20000"])
+    assert link_carries_a_probe(hub, edge_publish), "the federation link never carried a probe"
+    status, out, err = run([*c_examples["producer"], hub_collector, "orders", str(n), "item"]).finish()
+    assert status == 0, err
+    status, lines, err = sub.finish()
+    assert status == 0, err
+    assert lines == [f"orders item-{k}" for k in range(1, n + 1)]
+    assert edge.value("fanoutd_received_upstream_messages_total") >= n
+    assert hub.value("fanoutd_auth_denied_total", socket="relay", reason="key") == 0
+
+
+def link_carries_a_probe(hub, edge_publish: str) -> bool:
+    """Probe hub to edge with a Python SUB until a probe arrives: the C subscriber's subscription is live then."""
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.IPV6, 1)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"probe")
+    sub.connect(edge_publish)
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.IPV6, 1)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(hub.collector)
+    try:
+        if not pub.poll(10_000):
+            return False
+        pub.recv()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pub.send(b"probe x")
+            if sub.poll(100):
+                time.sleep(0.5)  # the C subscriber connected at the same time as this probe
+                return True
+        return False
+    finally:
+        sub.close()
+        pub.close()
+

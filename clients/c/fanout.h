@@ -71,6 +71,7 @@ static inline void *fanout_socket(void *ctx, int type)
     set_int(sock, ZMQ_HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS, "ZMQ_HEARTBEAT_TIMEOUT");
     set_int(sock, ZMQ_HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS, "ZMQ_HEARTBEAT_TTL");
     set_int(sock, ZMQ_LINGER, LINGER_MS, "ZMQ_LINGER");
+    set_int(sock, ZMQ_IPV6, 1, "ZMQ_IPV6");  /* tcp://[::1]:5560 and names that resolve to IPv6 work too */
     if (set_key(sock, ZMQ_CURVE_SERVERKEY, "FANOUT_SERVER_KEY")) {
         if (!set_key(sock, ZMQ_CURVE_PUBLICKEY, "FANOUT_PUBLIC_KEY") ||
             !set_key(sock, ZMQ_CURVE_SECRETKEY, "FANOUT_SECRET_KEY")) {

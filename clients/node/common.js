@@ -29,6 +29,7 @@ function socketOptions() {
     heartbeatTimeout: HEARTBEAT_TIMEOUT_MS,
     heartbeatTimeToLive: HEARTBEAT_TIMEOUT_MS,
     linger: 2000, // close() flushes for at most this long
+    ipv6: true, // tcp://[::1]:5560 and names that resolve to IPv6 work too
   };
   const { FANOUT_SERVER_KEY: server, FANOUT_PUBLIC_KEY: pub, FANOUT_SECRET_KEY: secret } = process.env;
   if (server) {
