@@ -85,13 +85,15 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
  *   magic "\0FDT" | version 1 | flags | [stamp] | [route]
  *   stamp (flag 1): epoch u64 | stream u64 | seq u64 | key length u16
  *   route (flag 2): hops u8 | hops x node id (8 bytes)
- * Integers big-endian.  Flags 0 is a relay's hello (its welcome message).
+ * Integers big-endian.  Flags 0 is a relay's hello (its welcome message);
+ * flags 4 (READY) answers a subscription on the stamped output.
  * The stamped output adds a stamp; the relay output a stamp and a route. */
 #define TRAILER_MAGIC "\0FDT"
 #define TRAILER_VERSION 1
 #define TRAILER_HEAD 6
 #define T_STAMP 1
 #define T_ROUTE 2
+#define T_READY 4  /* control, on the stamped output: "your subscription to this prefix is live" */
 #define STAMP_LEN 26
 #define RELAY_PROPERTY "X-Fanoutd-Relay"
 #define RELAY_PROPERTY_VALUE "1"
@@ -480,16 +482,54 @@ static int stamped_out(Forwarder *f, int n, const stamp_t *s)
     return 0;
 }
 
-/* Read and discard what subscribers send an XPUB (their subscriptions), which
- * would otherwise pile up in it; libzmq has applied them already. */
-static int discard_subscriptions(void *sock)
+/* On the stamped output, answer a subscription with a control message: its
+ * prefix as the first frame and a trailer flagged READY. libzmq applied the
+ * subscription before handing it up, so the subscriber that sent it receives
+ * this: it now knows messages of that prefix reach it (the readiness a plain
+ * SUB can never have). Others matching the prefix skip it as control, and
+ * plain publish subscribers never see it. Best effort: a full subscriber
+ * refusing it (EAGAIN) only delays the new one's readiness. */
+static int answer_subscription(void *sock, zmsg_t *sub)
+{
+    const unsigned char *d = Z.msg_data(sub);
+    size_t len = Z.msg_size(sub);
+    if (len < 1 || d[0] != 1)
+        return 0;  /* an unsubscription */
+    zmsg_t parts[1], trailer;
+    if (Z.msg_init_size(&parts[0], len - 1) < 0)
+        return -1;
+    memcpy(Z.msg_data(&parts[0]), d + 1, len - 1);
+    if (Z.msg_init_size(&trailer, TRAILER_HEAD) < 0) {
+        Z.msg_close(&parts[0]);
+        return -1;
+    }
+    unsigned char *t = Z.msg_data(&trailer);
+    memcpy(t, TRAILER_MAGIC, 4);
+    t[4] = TRAILER_VERSION;
+    t[5] = T_READY;
+    int rc = offer(sock, parts, 1, &trailer, 1);
+    if (rc <= 0) {
+        Z.msg_close(&parts[0]);
+        Z.msg_close(&trailer);
+    }
+    return rc < 0 && Z.errno_() != EAGAIN ? -1 : 0;
+}
+
+/* Read what subscribers send an XPUB (their subscriptions), which would
+ * otherwise pile up in it (libzmq has applied them already); on the stamped
+ * output, answer each subscription. */
+static int read_subscriptions(Forwarder *f, int out)
 {
     zmsg_t m;
     for (int i = 0; i < BATCH; i++) {
         if (Z.msg_init(&m) < 0)
             return -1;
-        int rc = Z.msg_recv(&m, sock, Z_DONTWAIT);
+        int rc = Z.msg_recv(&m, f->outs[out], Z_DONTWAIT);
         int err = rc < 0 ? Z.errno_() : 0;
+        if (rc >= 0 && out == OUT_STAMPED && answer_subscription(f->outs[out], &m) < 0) {
+            Z.msg_close(&m);
+            return -1;
+        }
         Z.msg_close(&m);
         if (rc < 0)
             return err == EAGAIN ? 0 : -1;
@@ -689,7 +729,7 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
             read |= handled > 0;
         }
         for (int o = 0; o < OUTS && !failed; o++)
-            failed = f->outs[o] && discard_subscriptions(f->outs[o]) < 0;
+            failed = f->outs[o] && read_subscriptions(f, o) < 0;
         f->local[C_TICKS]++;
         publish_counters(f);
         if (failed) {

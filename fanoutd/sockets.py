@@ -133,6 +133,8 @@ def describe(config: Config, secret_key: bytes | None = None,
             options += ((zmq.SNDHWM, hwm),)
         if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (_forward.c)
             options += ((zmq.XPUB_NODROP, 1),)
+        if role.name == "stamped":  # every subscription reaches the loop, which answers each (READY)
+            options += ((zmq.XPUB_VERBOSE, 1),)
         if role.name == "relay":
             options += ((zmq.METADATA, RELAY_METADATA), (zmq.XPUB_WELCOME_MSG, RELAY_HELLO))
         if role.connects:

@@ -234,3 +234,27 @@ def test_a_forgotten_stream_is_a_reset_not_a_gap(start_daemon, sockets):
             sub.recv(timeout=5)
         assert sub.lost == 0 and sub.resets > 0
     assert d.value("fanoutd_stamp_stream_evictions_total") > 0
+
+
+def test_a_stamped_subscriber_knows_when_its_subscription_is_live(start_daemon, sockets):
+    """The stamped output answers each subscription, so wait_ready() is real readiness: a message sent right
+    after it returns is received, every time, with no sleep; other subscribers never see the answers."""
+    d = stamped_daemon(start_daemon)
+    prod = ready_producer(sockets, d.collector)
+    with Subscriber(d.stamped, [""], stamped=True) as watcher:
+        watcher.wait_ready(5)
+        for i in range(20):
+            with Subscriber(d.stamped, [b"orders %d " % i, b"other"], stamped=True) as sub:
+                sub.wait_ready(5)
+                prod.send(b"orders %d hello" % i)
+                assert sub.recv(timeout=5) == (b"orders", b"%d hello" % i)
+        got = [watcher.recv_multipart(timeout=5) for _ in range(20)]
+        assert got == [[b"orders %d hello" % i] for i in range(20)]  # data only: the answers are control
+        assert watcher.lost == 0
+
+
+def test_only_a_stamped_subscriber_can_wait_for_readiness(start_daemon):
+    d = start_daemon("--push", "")
+    with Subscriber(d.publish) as plain:
+        with pytest.raises(RuntimeError, match="only a stamped subscriber"):
+            plain.wait_ready(1)

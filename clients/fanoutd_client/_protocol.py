@@ -12,6 +12,7 @@ without having taken a message off the socket.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import time
@@ -21,7 +22,7 @@ from typing import Any, Unpack
 import zmq
 
 from ._base import Client, ClientOptions, Data, Endpoints, Waits, ms, to_bytes
-from ._stamps import GapTracker, NotStamped, Stamp, parse_trailer
+from ._stamps import GapTracker, NotStamped, Stamp, is_ready, parse_trailer
 
 
 def single_frame_topic(topic: Data) -> bytes:
@@ -91,13 +92,48 @@ class SubscriberProtocol(ReceiverProtocol):
         self._topics = [to_bytes(t, "topic") for t in items]
         self._gaps = GapTracker(self._topics) if stamped else None
         self.last_stamp: Stamp | None = None
+        self._ready: set[bytes] = set()  # prefixes the broker said are live for this subscriber
+        self._early: collections.deque[list[bytes]] = collections.deque()  # read while waiting for readiness
         super().__init__(endpoints, **options)
+
+    def _readiness(self, timeout: float) -> Waits[None]:
+        """Wait until the stamped output has answered every subscription; TimeoutError after ``timeout`` s.
+
+        Messages that arrive meanwhile are kept, in order, for the next receives.
+        """
+        if self._gaps is None:
+            raise RuntimeError("only a stamped subscriber can know its subscriptions are live: the stamped output "
+                               "answers each one (Subscriber(..., stamped=True)); a plain SUB cannot")
+        deadline = time.monotonic() + ms(timeout, "timeout") / 1000
+        while not set(self._topics) <= self._ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(self._topics) - self._ready)
+                raise TimeoutError(f"the stamped output at {', '.join(self.endpoints)} did not confirm "
+                                   f"{len(missing)} subscription(s) within {timeout:g}s (is fanoutd running there, "
+                                   "with a stamped output?)")
+            try:
+                frames = yield from self._frames(remaining)
+            except TimeoutError:
+                continue
+            if not self._control(frames):
+                self._early.append(frames)
+
+    def _control(self, frames: list[bytes]) -> bool:
+        """Take the broker's answer to a subscription (``[prefix, READY]``); False for anything else."""
+        if len(frames) == 2 and is_ready(frames[1]):
+            self._ready.add(frames[0])
+            return True
+        return False
 
     def _message(self, timeout: float | None) -> Waits[list[bytes]]:
         """The next message's frames, its stamp checked, counted and stripped on a stamped subscriber."""
-        frames = yield from self._frames(timeout)
-        if self._gaps is None:
-            return frames
+        while True:
+            frames = self._early.popleft() if self._early else (yield from self._frames(timeout))
+            if self._gaps is None:
+                return frames
+            if not self._control(frames):
+                break
         try:
             if len(frames) < 2:
                 raise NotStamped("a message of one frame has no trailer")
@@ -154,6 +190,8 @@ class SubscriberProtocol(ReceiverProtocol):
         self._socket.setsockopt(zmq.UNSUBSCRIBE, data)
         if data in self._topics:
             self._topics.remove(data)
+        if data not in self._topics:
+            self._ready.discard(data)
         if self._gaps is not None:
             self._gaps.subscriptions_changed(self._topics)
 

@@ -5,6 +5,7 @@ frame")::
 
     magic b"\\x00FDT" | version 1 | flags | [stamp] | [route]
     stamp (flag 1): epoch u64 | stream u64 | seq u64 | key length u16   (big-endian)
+    flags 4 alone (READY): the broker's answer to a subscription, [prefix, trailer]
 
 The stamped output adds a stamp to every message.  The broker keeps one
 sequence per *stream*: the message's first frame up to ``key length`` bytes
@@ -27,6 +28,7 @@ MAGIC = b"\x00FDT"
 VERSION = 1
 _STAMP = 1
 _ROUTE = 2
+_READY = 4  # control, on the stamped output: "your subscription to this prefix is live"
 _HEAD = struct.Struct(">4sBB")
 _STAMP_BODY = struct.Struct(">QQQH")
 
@@ -59,6 +61,11 @@ def parse_trailer(frame: bytes) -> Stamp:
     if len(frame) < _HEAD.size + _STAMP_BODY.size:
         raise NotStamped("the trailer is too short for its stamp")
     return Stamp(*_STAMP_BODY.unpack_from(frame, _HEAD.size))
+
+
+def is_ready(frame: bytes) -> bool:
+    """Whether a last frame is the broker's answer to a subscription (a trailer flagged READY, nothing else)."""
+    return frame == MAGIC + bytes((VERSION, _READY))
 
 
 class GapTracker:

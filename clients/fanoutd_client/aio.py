@@ -172,6 +172,11 @@ class Subscriber(SubscriberProtocol, _AsyncClient):
                  stamped: bool = False, **options: Unpack[ClientOptions]) -> None:
         super().__init__(endpoints, topics, stamped=stamped, **options)
 
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Stamped subscribers: return once the broker confirmed every subscription is live (TimeoutError after
+        ``timeout`` s)."""
+        await self._wait(self._readiness(timeout))
+
     async def recv(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """The next ``(topic, payload)``; TimeoutError after ``timeout`` s (None: wait forever)."""
         return split_message(await self._wait(self._message(timeout)))

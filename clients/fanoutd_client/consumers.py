@@ -40,6 +40,11 @@ class Subscriber(SubscriberProtocol):
                  stamped: bool = False, **options: Unpack[ClientOptions]) -> None:
         super().__init__(endpoints, topics, stamped=stamped, **options)
 
+    def wait_ready(self, timeout: float = 5.0) -> None:
+        """Stamped subscribers: block until the broker confirmed every subscription is live (TimeoutError after
+        ``timeout`` s); from then, nothing published for these topics misses this subscriber."""
+        run_blocking(self._socket, self._readiness(timeout))
+
     def recv(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """The next ``(topic, payload)``; TimeoutError after ``timeout`` s (None: wait forever)."""
         return split_message(run_blocking(self._socket, self._message(timeout)))
