@@ -122,6 +122,12 @@ while time.monotonic() < deadline:
 sys.exit(1)
 """
 
+SAMPLE = """
+import sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9560/metrics", timeout=5).read().decode()
+print(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(sys.argv[1])))
+"""
+
 PEERS = """
 import sys, urllib.request
 text = urllib.request.urlopen("http://127.0.0.1:9560/metrics", timeout=5).read().decode()
@@ -193,6 +199,23 @@ def test_hub_and_two_edges_deliver_everything_and_survive_a_hub_restart(lan, pro
     receivers = clients(lan, procs, n)
     produce(lan, n, "first")
     check(receivers, n, "first")
+    if lan.keys:
+        # A rogue edge whose key the hub does not list gets nothing, and the hub counts and names it.
+        import zmq.auth
+        zmq.auth.create_certificates(lan.keys, "producer")
+        daemon(lan, procs, "producer", "--upstream", f"tcp://{lan.host('hub')}:5563")
+        deadline = time.monotonic() + 20
+        while float(lan.python("hub", SAMPLE, 'fanoutd_auth_denied_total{reason="key",socket="relay"}').stdout
+                    or 0) < 1:
+            assert time.monotonic() < deadline, "the hub never counted the rogue edge"
+            time.sleep(0.2)
+        produce(lan, 10, "rogue-check")
+        time.sleep(1.0)
+        assert float(lan.python("producer", SAMPLE, "fanoutd_received_upstream_messages_total").stdout) == 0
+        assert lan.python("producer", WAIT_READY, "0.5").returncode != 0, "a refused edge must not say ready"
+        receivers = clients(lan, procs, 10)
+        produce(lan, 10, "after-rogue")
+        check(receivers, 10, "after-rogue")
 
     hub.kill()
     hub.wait(timeout=10)

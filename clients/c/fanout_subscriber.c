@@ -71,7 +71,14 @@ static void observe(zmq_msg_t *frame0, zmq_msg_t *t, const char *prefix)
     }
 }
 
-/* Receive one stamped message, print it without its trailer: 0, or -1 on timeout. */
+/* Whether a trailer is the stamped output's answer to a subscription (READY): control, not a message. */
+static int is_ready(zmq_msg_t *t)
+{
+    return zmq_msg_size(t) == 6 && memcmp(zmq_msg_data(t), "\0FDT\x01\x04", 6) == 0;
+}
+
+/* Receive one stamped message, print it without its trailer: 0, 1 for a
+ * control message (skipped), or -1 on timeout. */
 static int print_stamped(void *sock, const char *prefix)
 {
     zmq_msg_t frames[MAX_FRAMES];
@@ -91,6 +98,11 @@ static int print_stamped(void *sock, const char *prefix)
     if (n < 2) {
         fprintf(stderr, "a message of one frame has no stamp: is this fanoutd's stamped output?\n");
         exit(2);
+    }
+    if (n == 2 && is_ready(&frames[1])) {
+        for (int i = 0; i < n; i++)
+            zmq_msg_close(&frames[i]);
+        return 1;
     }
     observe(&frames[0], &frames[n - 1], prefix);
     for (int i = 0; i < n - 1; i++) {
@@ -123,12 +135,14 @@ int main(int argc, char **argv)
     check(zmq_connect(sock, endpoint), endpoint);
 
     int status = 0;
-    for (long got = 0; count == 0 || got < count; got++) {
-        if ((stamped ? print_stamped(sock, prefix) : print_message(sock)) == -1) {
+    for (long got = 0; count == 0 || got < count;) {
+        int rc = stamped ? print_stamped(sock, prefix) : print_message(sock);
+        if (rc == -1) {
             fprintf(stderr, "timeout: no message for %ld ms (%ld received)\n", timeout_ms, got);
             status = 1;
             break;
         }
+        got += rc == 0;  /* a control message (the broker confirming the subscription) is not counted */
     }
     if (stamped)
         fprintf(stderr, "lost %llu restarts %llu resets %llu\n", (unsigned long long)lost,

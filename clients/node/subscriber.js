@@ -15,6 +15,7 @@ const zmq = require("zeromq");
 const { fail, parseCount, socketOptions, printMessage } = require("./common");
 
 const MAGIC = Buffer.from([0, 0x46, 0x44, 0x54]); // "\0FDT"
+const READY = Buffer.from([0, 0x46, 0x44, 0x54, 1, 4]); // a trailer flagged READY alone
 
 // Gap counting per stream, as clients/README.md describes it.
 class Gaps {
@@ -76,6 +77,10 @@ async function main() {
       });
       if (gaps) {
         if (frames.length < 2) fail("a message of one frame has no stamp: is this fanoutd's stamped output?");
+        if (frames.length === 2 && frames[1].equals(READY)) {
+          got -= 1; // the broker confirming the subscription: control, not a message
+          continue;
+        }
         gaps.observe(frames[0], frames[frames.length - 1]);
         printMessage(frames.slice(0, -1));
       } else {
