@@ -75,7 +75,8 @@ def _cpus() -> int:
 def throughput_table(cells: Sequence[Cell], systems: Sequence[str]) -> list[str]:
     by = {(c.system, c.size, c.subs): c for c in cells}
     keys = sorted({(c.size, c.subs) for c in cells})
-    lines = ["| size | subscribers | " + " | ".join(NAMES.get(s, s) for s in systems) + " |",
+    lines = ["| size | subscribers (+1 consumer: fanoutd's and the C baseline's puller, Redis's and NATS's extra "
+             "subscriber) | " + " | ".join(NAMES.get(s, s) for s in systems) + " |",
              "|---|---|" + "---|" * len(systems)]
     for size, subs in keys:
         base = by.get((BASELINE, size, subs))

@@ -38,6 +38,9 @@ class TrialSpec:
     stall: float = 0.0       # add one subscriber that stops reading for this long
     rss_every: float = 0.0   # sample the server's RSS this often while loaded
     idle_ms: int = 1000      # a sink is done after this long without a message
+    # Equal work: Redis and NATS have no PUSH output, so they get one more subscriber standing in for
+    # fanoutd's puller (same number of consumers, same bytes out), and their slowest consumer is measured.
+    equal_work: bool = True
 
 
 @dataclass
@@ -170,15 +173,16 @@ def _run_zmq(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], res
 
 def _run_raw(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], result: TrialResult) -> None:
     proto = PROTOS[server.system]
+    consumers = spec.subs + (1 if spec.equal_work else 0)
     sinks = [Child(sink_argv(proto, bins["rawsink"], server.port, spec.size, spec.count,
                              spec.latency, spec.idle_ms), f"rawsink-{proto.name}")
-             for _ in range(spec.subs)]
+             for _ in range(consumers)]
     try:
         for sink in sinks:
             sink.expect("ready", READY_TIMEOUT)
         seen = subscriber_count(proto, server.port, server.monitor_port)
-        if seen != spec.subs:
-            raise ProcError(f"{proto.name}: {seen} subscriptions, expected {spec.subs}")
+        if seen != consumers:
+            raise ProcError(f"{proto.name}: {seen} subscriptions, expected {consumers}")
         publisher = RawPublisher(proto, server.port)
         try:
             if spec.rate:
