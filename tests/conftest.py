@@ -198,6 +198,15 @@ def connected(make: Callable[..., zmq.Socket], kind: int, endpoint: str, **optio
     return sock
 
 
+def wait_logged(daemon: Daemon, needle: str, timeout: float = 10.0) -> str:
+    """The first log line of the daemon that contains ``needle``, waiting for it (and failing if it exits)."""
+    deadline = time.monotonic() + timeout
+    while needle not in daemon.log():
+        assert time.monotonic() < deadline and daemon.proc.poll() is None, daemon.log()
+        time.sleep(0.05)
+    return next(line for line in daemon.log().splitlines() if needle in line)
+
+
 def settle(daemon: Daemon, socket_name: str, count: int, timeout: float = 5.0) -> None:
     """Wait until the daemon has seen ``count`` peers on a socket (so messages will reach them)."""
     got = daemon.wait_value("fanoutd_connected_peers", count, timeout, socket=socket_name)

@@ -8,7 +8,7 @@ import time
 import zmq
 import zmq.auth
 
-from conftest import connected, free_port, ready_producer, settle, wait_ready, warm_up
+from conftest import connected, free_port, ready_producer, settle, wait_logged, wait_ready, warm_up
 
 
 def relay_flag() -> tuple[str, str]:
@@ -98,11 +98,7 @@ def test_an_unresolvable_upstream_is_logged_counted_and_named_by_readyz(start_da
     """libzmq retries such a connect forever without a word; the edge says what is wrong within seconds."""
     upstream = "tcp://no-such-host.invalid:5570"
     edge = start_daemon("--upstream", upstream, ready=False)
-    deadline = time.monotonic() + 10
-    while "cannot resolve host" not in edge.log():
-        assert time.monotonic() < deadline and edge.proc.poll() is None, edge.log()
-        time.sleep(0.05)
-    line = next(line for line in edge.log().splitlines() if "cannot resolve host" in line)
+    line = wait_logged(edge, "cannot resolve host", 10)
     assert f"WARNING fanoutd.links: upstream {upstream}: cannot resolve host 'no-such-host.invalid'" in line
     status, body = edge.get("/readyz")
     assert status == 503
@@ -115,10 +111,7 @@ def test_an_upstream_that_is_a_publish_endpoint_is_named_refused_and_never_deliv
     damaged or not; the edge says which endpoint and the likely mistake, /readyz fails, and it is counted."""
     hub = start_daemon("--push", "")
     edge = start_daemon("--upstream", hub.publish, "--push", "", ready=False)
-    deadline = time.monotonic() + 15
-    while "not a fanoutd relay" not in edge.log():
-        assert time.monotonic() < deadline and edge.proc.poll() is None, edge.log()
-        time.sleep(0.05)
+    wait_logged(edge, "not a fanoutd relay", 15)
     assert (f"WARNING fanoutd.links: upstream {hub.publish}: not a fanoutd relay (it completed a handshake but "
             "sent no relay hello): is it a publish endpoint?") in edge.log()
     status, body = edge.get("/readyz")
@@ -179,10 +172,7 @@ def test_curve_on_the_upstream_link_a_refused_edge_is_named_on_both_sides_and_he
     edge = start_daemon("--push", "", "--upstream", relay, "--upstream-server-key", str(tmp_path / "hub.key"),
                         "--curve-secret-key", str(tmp_path / "edge.key_secret"), ready=False)
     edge_public = zmq.auth.load_certificate(tmp_path / "edge.key")[0].decode()
-    deadline = time.monotonic() + 15
-    while "the relay refused this node's key" not in edge.log():
-        assert time.monotonic() < deadline and edge.proc.poll() is None, edge.log()
-        time.sleep(0.05)
+    wait_logged(edge, "the relay refused this node's key", 15)
     assert (f"WARNING fanoutd.links: upstream {relay}: the relay refused this node's key {edge_public}: add it to "
             "the hub's relay_clients and reload the hub; retrying in 1s") in edge.log()
     status, body = edge.get("/readyz")

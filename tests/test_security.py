@@ -11,7 +11,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import connected, warm_up
+from conftest import connected, wait_logged, warm_up
 
 
 @pytest.fixture
@@ -151,14 +151,6 @@ def test_curve_config_errors_are_one_line(start_daemon, tmp_path):
     assert d.proc.wait(timeout=15) == 2
     assert d.log().strip().splitlines() == [
         f"fanoutd: configuration error: curve_secret_key: cannot read {tmp_path / 'missing'}: not found"]
-
-
-def wait_logged(d, needle: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while needle not in d.log():
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.05)
-    return next(line for line in d.log().splitlines() if needle in line)
 
 
 def test_legacy_zmtp_peer_is_refused_logged_with_its_address_and_counted(start_daemon):
