@@ -68,6 +68,8 @@ class UpstreamWatch:
         self._backoff: dict[str, float] = {}
         self._public_key = ""  # this node's public key, named when a relay refuses it
         self._reconnect: Callable[[str], bool] = lambda endpoint: True
+        self._retries: set[gevent.Greenlet] = set()  # scheduled reconnects of refused links
+        self._closed = False
         self.errors: Counter[tuple[str, str]] = Counter(dict.fromkeys(((ep, "unresolvable") for ep in self._named), 0))
         self.errors.update(dict.fromkeys(((ep, "not_relay") for ep in self._unproven), 0))
         self.errors.update(dict.fromkeys(((ep, "refused") for ep in config.upstream), 0))
@@ -101,7 +103,7 @@ class UpstreamWatch:
         self._backoff[endpoint] = min(delay * 2, RETRY_MAX)
         self._warn.warning("upstream %s: %s; retrying in %.0fs", endpoint, cause, delay,
                            held="more upstream failures not logged")
-        gevent.spawn_later(delay, self._retry, endpoint)
+        self._schedule(delay, endpoint)
 
     def linked(self, endpoint: str) -> None:
         """A handshake with the upstream at ``endpoint`` succeeded."""
@@ -111,7 +113,13 @@ class UpstreamWatch:
 
     def _retry(self, endpoint: str) -> None:
         if endpoint in self._refused and not self._reconnect(endpoint):
-            gevent.spawn_later(0.2, self._retry, endpoint)  # the loop has not taken the last request yet
+            self._schedule(0.2, endpoint)  # the loop has not taken the last request yet
+
+    def _schedule(self, delay: float, endpoint: str) -> None:
+        if not self._closed:
+            retry = gevent.spawn_later(delay, self._retry, endpoint)
+            self._retries.add(retry)
+            retry.link(self._retries.discard)
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
         if not self._named and not self._unproven:
@@ -120,6 +128,8 @@ class UpstreamWatch:
         self._greenlet.link_exception(on_crash)
 
     def close(self) -> None:
+        self._closed = True
+        gevent.killall(list(self._retries), timeout=1.0)
         if self._greenlet is not None:
             self._greenlet.kill(timeout=1.0)
 
