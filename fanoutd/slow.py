@@ -19,13 +19,9 @@ down just that connection, and the subscriber's socket reconnects.
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import logging
 import os
 import socket
-import struct
-import termios
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -44,20 +40,6 @@ SAMPLE_EVERY = 1.0
 FULL_BYTES = 16 * 1024  # a send queue at least this full when the loop stalls is a full one (tcp_wmem's default)
 WINDOW_WAIT = 5.0  # how long the guard waits for libzmq to close a cut connection before it stops waiting
 STALL_LOOK = 0.004  # how long the guard watches a stalled output for acknowledgements (within the stall bound)
-_TCP_INFO = 11
-_INFO_LEN = 152  # through tcpi_notsent_bytes (Linux 4.6+); bytes_acked is at 120, notsent_bytes at 144
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def kernel_state(fd: int) -> tuple[int, int]:
-    """(bytes waiting in the kernel send queue, bytes the peer acknowledged so far; -1 where unknown)."""
-    out = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ: unacknowledged + unsent bytes
-    queued = struct.unpack("i", out)[0]
-    buf = ctypes.create_string_buffer(_INFO_LEN)
-    size = ctypes.c_uint32(_INFO_LEN)
-    if _libc.getsockopt(fd, socket.IPPROTO_TCP, _TCP_INFO, buf, ctypes.byref(size)) != 0 or size.value < 128:
-        return queued, -1  # not TCP (ipc): progress is seen in the queue only
-    return queued, struct.unpack_from("Q", buf, 120)[0]
 
 
 def full(fd: int, queued: int) -> bool:

@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import _forward
 from .peers import Connection, PeerTracker
-from .slow import kernel_state
 
 
-def _entry(conn: Connection, live: bool) -> dict[str, Any]:
+def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = False) -> dict[str, Any]:
+    """One connection; ``state`` is its kernel state (queued, acknowledged), None once its fd is gone."""
     entry: dict[str, Any] = {"socket": conn.role, "peer": conn.peer, "connected_since": round(conn.since, 3)}
-    if live:
-        try:
-            entry["queued_bytes"], _ = kernel_state(conn.fd)
-            entry["state"] = "connected"
-        except OSError:
-            entry["state"] = "closing"
+    if live and state is not None:
+        entry["queued_bytes"], entry["state"] = state[0], "connected"
+    elif live:
+        entry["state"] = "closing"
     else:
         entry.update(closed=round(conn.closed or 0.0, 3), reason=conn.reason)
     return entry
@@ -28,7 +27,9 @@ def _entry(conn: Connection, live: bool) -> dict[str, Any]:
 
 def peers(tracker: PeerTracker) -> bytes:
     """The JSON body: open connections (largest kernel queue first) and the last closed ones (newest first)."""
-    connected = [_entry(c, True) for conns in tracker.open.values() for c in list(conns.values())]
+    live = [c for conns in tracker.open.values() for c in list(conns.values())]
+    states = _forward.kernel_states([c.fd for c in live])  # one call for all, as the guard reads them
+    connected = [_entry(c, state, live=True) for c, state in zip(live, states)]
     connected.sort(key=lambda e: -e.get("queued_bytes", 0))
-    closed = [_entry(c, False) for c in reversed(tracker.closed)]
+    closed = [_entry(c) for c in reversed(tracker.closed)]
     return json.dumps({"connected": connected, "closed": closed}, indent=1).encode() + b"\n"
