@@ -60,7 +60,7 @@ def main() -> int:
     publish, http = f"tcp://127.0.0.1:{ports[1]}", f"http://127.0.0.1:{ports[2]}"
     log = tempfile.NamedTemporaryFile(prefix="fanoutd-detector-", suffix=".log", delete=False)
     broker = subprocess.Popen([sys.executable, "-m", "fanoutd", "--collector", f"tcp://127.0.0.1:{ports[0]}",
-                               "--publish", publish, "--push", "", "--metrics", f"127.0.0.1:{ports[2]}",
+                               "--publish", publish, "--push", "", "--stamped", "", "--metrics", f"127.0.0.1:{ports[2]}",
                                "--log-level", "debug"], stdout=log, stderr=subprocess.STDOUT)
     holders: list[subprocess.Popen[str]] = []
     try:

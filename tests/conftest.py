@@ -89,6 +89,7 @@ class Daemon:
     publish: str
     push: str
     http: str
+    stamped: str
     log_path: Path
     ports: list[int] = field(default_factory=list)
 
@@ -145,17 +146,17 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True,
               ports: list[int] | None = None, prefix: tuple[str, ...] = ()) -> Daemon:
-        ports = ports or [free_port() for _ in range(4)]
-        endpoints = [f"tcp://127.0.0.1:{p}" for p in ports[:3]]
+        ports = ports or [free_port() for _ in range(5)]
+        endpoints = [f"tcp://127.0.0.1:{p}" for p in (*ports[:3], ports[4])]
         log_path = tmp_path / f"fanoutd-{len(started)}.log"
         args = ["--collector", endpoints[0], "--publish", endpoints[1], "--push", endpoints[2],
-                "--metrics", f"127.0.0.1:{ports[3]}", "--log-level", "debug", *flags]
+                "--stamped", endpoints[3], "--metrics", f"127.0.0.1:{ports[3]}", "--log-level", "debug", *flags]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("FANOUTD_")}
         environ.update(env or {})
         with open(log_path, "w") as log:
             proc = subprocess.Popen([*prefix, *daemon_command(*args)], stdout=log, stderr=subprocess.STDOUT,
                                     text=True, env=environ, cwd=tmp_path)
-        daemon = Daemon(proc, *endpoints, f"http://127.0.0.1:{ports[3]}", log_path, ports=ports)
+        daemon = Daemon(proc, *endpoints[:3], f"http://127.0.0.1:{ports[3]}", endpoints[3], log_path, ports=ports)
         started.append(daemon)
         if ready:
             wait_ready(daemon)

@@ -11,7 +11,7 @@ import time
 import pytest
 import zmq.auth
 
-from conftest import settle
+from conftest import free_port, settle
 from fanoutd_client import Producer, Puller, Subscriber, aio, load_curve_keys
 
 
@@ -167,3 +167,49 @@ def test_a_producer_loses_nothing_unseen_across_a_broker_restart(start_daemon, f
         assert again.value("fanoutd_received_messages_total") == n - producer.dropped
     finally:
         producer.close()
+
+
+def test_a_puller_knows_when_its_connection_is_up(start_daemon):
+    """Puller.wait_ready() (a monitor on the client's own handshake) is readiness for the PUSH output: a message
+    sent right after it returns reaches that puller, every time, with no sleep, and nothing is counted as
+    pushed to no puller."""
+    d = start_daemon()
+    with Producer(d.collector) as prod:
+        prod.wait_ready(5)
+        for i in range(30):
+            with Puller(d.push) as pull:
+                pull.wait_ready(5)
+                prod.send("jobs", b"%d" % i)
+                assert pull.recv(timeout=5) == b"%d" % i
+            settle(d, "push", 0)
+    assert d.wait_value("fanoutd_dropped_messages_total", 0, output="push", reason="no_puller") == 0
+
+
+def test_puller_wait_ready_times_out_naming_the_endpoint_and_keeps_what_arrived_meanwhile(start_daemon):
+    """With one endpoint up and one down, wait_ready() times out; messages that arrived from the live one
+    while it waited are kept for the next receives, in order."""
+    d = start_daemon()
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    with Producer(d.collector) as prod, Puller([d.push, dead]) as pull:
+        prod.wait_ready(5)
+        settle(d, "push", 1)
+        for i in range(3):
+            prod.send("jobs", b"%d" % i)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="no connection to the push output"):
+            pull.wait_ready(0.5)
+        assert 0.45 < time.monotonic() - t0 < 3
+        assert [pull.recv(timeout=5) for _ in range(3)] == [b"0", b"1", b"2"]
+
+
+def test_an_asyncio_puller_waits_for_its_connection(start_daemon):
+    d = start_daemon()
+
+    async def main() -> bytes:
+        async with aio.Producer(d.collector) as prod, aio.Puller(d.push) as pull:
+            await prod.wait_ready(5)
+            await pull.wait_ready(5)
+            await prod.send("jobs", b"async")
+            return await pull.recv(timeout=5)
+
+    assert asyncio.run(main()) == b"async"

@@ -37,7 +37,7 @@ def test_a_readme_example_runs_as_written(start_daemon, index):
     d = start_daemon()
     code = using_it_examples()[index]
     for default, endpoint in (("tcp://127.0.0.1:5560", d.collector), ("tcp://127.0.0.1:5561", d.publish),
-                              ("tcp://127.0.0.1:5562", d.push)):
+                              ("tcp://127.0.0.1:5562", d.push), ("tcp://127.0.0.1:5565", d.stamped)):
         code = code.replace(default, endpoint)
     assert "127.0.0.1:556" not in code
     if index == 0:

@@ -42,10 +42,11 @@ def test_env_lists_are_comma_separated_and_config_file_from_env(tmp_path):
     assert c.max_frames == 9
 
 
-def test_empty_output_disables_it_but_not_both():
+def test_empty_output_disables_it_but_not_all():
     assert load({"push": [""]}, NO_ENV).push == ()
+    assert load({"push": [""], "publish": [""]}, NO_ENV).stamped == ("tcp://127.0.0.1:5565",)
     with pytest.raises(ConfigError, match="nothing would leave"):
-        load({"push": [""], "publish": [""]}, NO_ENV)
+        load({"push": [""], "publish": [""], "stamped": [""]}, NO_ENV)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -79,7 +79,8 @@ def typed(script: str, cwd: Path, env: dict[str, str] | None = None,
 
 def endpoints(d: Daemon) -> tuple[tuple[str, str], ...]:
     return (("tcp://127.0.0.1:5560", d.collector), ("tcp://127.0.0.1:5561", d.publish),
-            ("tcp://127.0.0.1:5562", d.push), ("127.0.0.1:9560", d.http.removeprefix("http://")))
+            ("tcp://127.0.0.1:5562", d.push), ("tcp://127.0.0.1:5565", d.stamped),
+            ("127.0.0.1:9560", d.http.removeprefix("http://")))
 
 
 def run_using_it(text: str, start_daemon, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def _node(python: str, upstream: str | None) -> tuple[Child, list[str], str]:
     ep = [tcp_endpoint(p) for p in ports[:4]]
     metrics = f"{LOOPBACK}:{ports[4]}"
     argv = [python, "-m", "fanoutd", "--collector", ep[0], "--publish", ep[1], "--push", ep[2],
-            "--relay", ep[3], "--metrics", metrics]
+            "--relay", ep[3], "--stamped", "", "--metrics", metrics]
     if upstream:
         argv += ["--upstream", upstream]
     child = Child(argv, "fanoutd", env=_clean_env(), cwd=str(REPO_DIR))

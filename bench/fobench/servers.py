@@ -61,11 +61,12 @@ def _clean_env() -> dict[str, str]:
 
 
 def start_fanoutd(python: str | None = None) -> Server:
-    ports = [free_port() for _ in range(4)]
-    ep = [tcp_endpoint(p) for p in ports[:3]]
+    ports = [free_port() for _ in range(5)]
+    ep = [tcp_endpoint(p) for p in (*ports[:3], ports[4])]
     metrics = f"{LOOPBACK}:{ports[3]}"
+    # The shipped defaults, on free ports: the stamped output too (no bench client reads it).
     argv = [python or sys.executable, "-m", "fanoutd", "--collector", ep[0],
-            "--publish", ep[1], "--push", ep[2], "--metrics", metrics]
+            "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics]
     child = Child(argv, "fanoutd", env=_clean_env(), cwd=str(REPO_DIR))
     server = Server("fanoutd", child, ep[0], ep[1], ep[2], strip_topic=True,
                     extras={"metrics": metrics})

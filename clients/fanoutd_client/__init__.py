@@ -8,8 +8,8 @@ For asyncio, the same three with coroutines are in :mod:`fanoutd_client.aio`
 (imported only when asked for: nothing here imports gevent or asyncio).
 """
 
-from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, load_curve_keys,
-                    validate_endpoint)
+from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, DEFAULT_STAMPED, ClientOptions,
+                    load_curve_keys, validate_endpoint)
 from ._producing import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_PROPERTY, MessageTooLarge
 from ._stamps import NotStamped, Stamp
 from .consumers import Puller, Subscriber, split_message
@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PUBLISH",
     "DEFAULT_PUSH",
+    "DEFAULT_STAMPED",
     "MAX_MESSAGE_SIZE_PROPERTY",
     "ClientOptions",
     "MessageTooLarge",

@@ -36,13 +36,13 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import zmq
 
-from ._options import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, CurveKeys, Data,
-                       Endpoints, curve_options, heartbeat_options, load_curve_keys, ms, normalize_endpoints, to_bytes,
-                       validate_endpoint)
+from ._options import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, DEFAULT_STAMPED, ClientOptions, CurveKeys,
+                       Data, Endpoints, curve_options, heartbeat_options, load_curve_keys, ms, normalize_endpoints,
+                       to_bytes, validate_endpoint)
 
-__all__ = ["DEFAULT_COLLECTOR", "DEFAULT_PUBLISH", "DEFAULT_PUSH", "Client", "ClientOptions", "CurveKeys", "Data",
-           "Endpoints", "Waits", "load_curve_keys", "ms", "normalize_endpoints", "run_blocking", "to_bytes",
-           "validate_endpoint"]
+__all__ = ["DEFAULT_COLLECTOR", "DEFAULT_PUBLISH", "DEFAULT_PUSH", "DEFAULT_STAMPED", "Client", "ClientOptions",
+           "CurveKeys", "Data", "Endpoints", "Waits", "load_curve_keys", "ms", "normalize_endpoints", "run_blocking",
+           "to_bytes", "validate_endpoint"]
 
 log = logging.getLogger("fanoutd_client")
 

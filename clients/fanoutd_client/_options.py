@@ -19,6 +19,7 @@ import zmq
 DEFAULT_COLLECTOR = "tcp://127.0.0.1:5560"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5561"
 DEFAULT_PUSH = "tcp://127.0.0.1:5562"
+DEFAULT_STAMPED = "tcp://127.0.0.1:5565"  # the stamped PUB output (Subscriber(stamped=True))
 
 #: One endpoint or several (the client connects to each).
 Endpoints = str | Sequence[str]

@@ -55,9 +55,24 @@ def parse_json(payload: bytes) -> Any:
 
 
 class ReceiverProtocol(Client):
-    """A consumer's receive loop: one message's frames, or TimeoutError after ``timeout`` s."""
+    """A consumer's receive loop: one message's frames, or TimeoutError after ``timeout`` s.
+
+    Messages read while waiting for readiness are kept in ``_early`` and
+    handed out first, in order, so waiting never loses one.
+    """
+
+    def __init__(self, endpoints: Endpoints, **options: Unpack[ClientOptions]) -> None:
+        self._early: collections.deque[list[bytes]] = collections.deque()
+        super().__init__(endpoints, **options)
 
     def _frames(self, timeout: float | None) -> Waits[list[bytes]]:
+        """The next message: one kept while waiting for readiness, else one off the socket."""
+        if self._early:
+            self._check_open()
+            return self._early.popleft()
+        return (yield from self._read(timeout))
+
+    def _read(self, timeout: float | None) -> Waits[list[bytes]]:
         deadline = 0.0 if timeout is None else time.monotonic() + ms(timeout, "timeout") / 1000
         while True:
             self._check_open()
@@ -93,7 +108,6 @@ class SubscriberProtocol(ReceiverProtocol):
         self._gaps = GapTracker(self._topics) if stamped else None
         self.last_stamp: Stamp | None = None
         self._ready: set[bytes] = set()  # prefixes the broker said are live for this subscriber
-        self._early: collections.deque[list[bytes]] = collections.deque()  # read while waiting for readiness
         super().__init__(endpoints, **options)
 
     def _readiness(self, timeout: float) -> Waits[None]:
@@ -113,7 +127,7 @@ class SubscriberProtocol(ReceiverProtocol):
                                    f"{len(missing)} subscription(s) within {timeout:g}s (is fanoutd running there, "
                                    "with a stamped output?)")
             try:
-                frames = yield from self._frames(remaining)
+                frames = yield from self._read(remaining)
             except TimeoutError:
                 continue
             if not self._control(frames):
@@ -129,7 +143,7 @@ class SubscriberProtocol(ReceiverProtocol):
     def _message(self, timeout: float | None) -> Waits[list[bytes]]:
         """The next message's frames, its stamp checked, counted and stripped on a stamped subscriber."""
         while True:
-            frames = self._early.popleft() if self._early else (yield from self._frames(timeout))
+            frames = yield from self._frames(timeout)
             if self._gaps is None:
                 return frames
             if not self._control(frames):
@@ -197,7 +211,74 @@ class SubscriberProtocol(ReceiverProtocol):
 
 
 class PullerProtocol(ReceiverProtocol):
-    """A PULL on fanoutd's PUSH: payloads with the topic already stripped by fanoutd."""
+    """A PULL on fanoutd's PUSH: payloads with the topic already stripped by fanoutd.
+
+    fanoutd's PUSH hands a message only to pullers connected at that moment
+    (with none, it drops and counts it as ``push/no_puller``), and nothing
+    travels from the broker to one puller alone that could confirm it.  So
+    readiness is this end's own knowledge: a socket monitor, set up before
+    connecting, reports the completed ZMTP handshake on each endpoint.  The
+    broker attaches the connection to its PUSH before it sends its half of
+    the handshake whenever it has already read ours, which its access check
+    (ZAP, on every fanoutd socket) all but ensures; see the README.
+    """
 
     _kind = zmq.PULL
     _role = "pusher"
+
+    def __init__(self, endpoints: Endpoints, **options: Unpack[ClientOptions]) -> None:
+        self._monitor: zmq.Socket[Any] | None = None
+        self._handshakes: set[bytes] = set()
+        super().__init__(endpoints, **options)
+
+    def _prepare(self, sock: zmq.Socket[Any]) -> None:
+        # Before connect, so no handshake goes unseen; a plain socket on the same context, so the
+        # non-blocking reads below work for both flavours.
+        address = f"inproc://fanoutd-client-puller-monitor-{sock.FD}"
+        sock.monitor(address, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = zmq.Context.shadow(self._context.underlying).socket(zmq.PAIR)
+        self._monitor.setsockopt(zmq.LINGER, 0)
+        self._monitor.connect(address)
+
+    def _connected(self) -> bool:
+        """Whether every endpoint has completed a handshake (reads the monitor's pending events)."""
+        if self._monitor is None:
+            return True
+        while True:
+            try:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) == 2:
+                self._handshakes.add(frames[1])
+        if len(self._handshakes) < len(self.endpoints):
+            return False
+        self._stop_monitor()
+        return True
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _readiness(self, timeout: float) -> Waits[None]:
+        """Wait until the connection to every endpoint is up; TimeoutError after ``timeout`` s.
+
+        Messages that arrive meanwhile are kept, in order, for the next receives.
+        """
+        deadline = time.monotonic() + ms(timeout, "timeout") / 1000
+        while not self._connected():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no connection to the push output at {', '.join(self.endpoints)} within "
+                                   f"{timeout:g}s (is fanoutd running there, with a push output?)")
+            try:  # the monitor is not this socket: look at it again every 10 ms
+                self._early.append((yield from self._read(min(remaining, 0.01))))
+            except TimeoutError:
+                pass
+
+    def _close_socket(self) -> bool:
+        if not self.closed:
+            self._stop_monitor()
+        return super()._close_socket()

@@ -205,6 +205,10 @@ class Puller(PullerProtocol, _AsyncClient):
     def __init__(self, endpoints: Endpoints = DEFAULT_PUSH, **options: Unpack[ClientOptions]) -> None:
         super().__init__(endpoints, **options)
 
+    async def wait_ready(self, timeout: float = 5.0) -> None:
+        """Return once the connection to every endpoint is up (TimeoutError after ``timeout`` s)."""
+        await self._wait(self._readiness(timeout))
+
     async def recv(self, timeout: float | None = None) -> bytes:
         """The next payload (its frames concatenated); TimeoutError after ``timeout`` s (None: wait forever)."""
         return b"".join(await self._wait(self._frames(timeout)))

@@ -72,6 +72,11 @@ class Puller(PullerProtocol):
     def __init__(self, endpoints: Endpoints = DEFAULT_PUSH, **options: Unpack[ClientOptions]) -> None:
         super().__init__(endpoints, **options)
 
+    def wait_ready(self, timeout: float = 5.0) -> None:
+        """Block until the connection to every endpoint is up (TimeoutError after ``timeout`` s): from then on
+        fanoutd's PUSH output counts this puller among those it hands messages to."""
+        run_blocking(self._socket, self._readiness(timeout))
+
     def recv(self, timeout: float | None = None) -> bytes:
         """The next payload (its frames concatenated); TimeoutError after ``timeout`` s (None: wait forever)."""
         return b"".join(run_blocking(self._socket, self._frames(timeout)))

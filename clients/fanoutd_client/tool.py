@@ -29,8 +29,8 @@ from typing import NoReturn
 import zmq
 
 from . import __version__
-from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, CurveKeys, load_curve_keys,
-                    normalize_endpoints)
+from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, DEFAULT_STAMPED, CurveKeys,
+                    load_curve_keys, normalize_endpoints)
 from ._lines import emit, frames_to_line, printable
 from ._stamps import NotStamped
 from .consumers import Puller, Subscriber
@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     _receiver_options(sub)
     sub.add_argument("--raw", action="store_true", help=RAW_HELP)
     sub.add_argument("--stamped", action="store_true",
-                     help="read fanoutd's stamped output: strip each message's sequence stamp and report on stderr "
-                          "every gap (messages missed), broker restart and reset, with totals at exit")
+                     help="read fanoutd's stamped output (default endpoint: $FANOUT_STAMPED or "
+                          f"{DEFAULT_STAMPED}): strip each message's sequence stamp and report on stderr every "
+                          "gap (messages missed), broker restart and reset, with totals at exit")
     sub.add_argument("topics", metavar="TOPIC", nargs="*", help="topic prefixes (default: everything)")
     sub.set_defaults(handler=_sub)
 
@@ -171,9 +172,12 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, ...]:
     source = "--endpoint"
     items = args.endpoint
     if not items:
-        env = os.environ.get(args.env, "").strip()
-        source, items = (args.env, [e.strip() for e in env.split(",") if e.strip()]) if env else \
-            ("default", [args.default_endpoint])
+        # `sub --stamped` reads the stamped output, which has its own endpoint
+        name, default = ("FANOUT_STAMPED", DEFAULT_STAMPED) if getattr(args, "stamped", False) else \
+            (args.env, args.default_endpoint)
+        env = os.environ.get(name, "").strip()
+        source, items = (name, [e.strip() for e in env.split(",") if e.strip()]) if env else \
+            ("default", [default])
     try:
         return normalize_endpoints(items)
     except ValueError as exc:
