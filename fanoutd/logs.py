@@ -63,10 +63,17 @@ class Sparse:
 
     def warning(self, msg: str, *args: object, held: str = "more not logged") -> None:
         """``msg % args``, plus "; N <held>" when some were held back since the last line."""
+        self._emit(logging.WARNING, msg, args, held)
+
+    def info(self, msg: str, *args: object, held: str = "more not logged") -> None:
+        """As :meth:`warning`, at info: for events that are normal but sometimes the only clue."""
+        self._emit(logging.INFO, msg, args, held)
+
+    def _emit(self, level: int, msg: str, args: tuple[object, ...], held: str) -> None:
         now = time.monotonic()
         if now - self._last < self._every:
             self._held += 1
             return
         suffix = f"; {self._held} {held}" if self._held else ""
-        self._log.warning(msg + "%s", *args, suffix)
+        self._log.log(level, msg + "%s", *args, suffix)
         self._last, self._held = now, 0

@@ -27,6 +27,7 @@ import gevent
 import zmq
 
 from . import green, logs
+from .roles import ROLES
 from .sockets import monitor_address
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ WHY = {
                 "JeroMQ 0.3), which fanoutd refuses, or not a ZeroMQ peer at all",
 }
 CLOSED_KEPT = 100  # closed connections remembered for /peers
+# Bound inputs producers connect to (the upstream link is this node's own, watched by links.py).
+PRODUCER_ROLES = frozenset(role.name for role in ROLES if role.is_input and not role.connects)
 
 
 @dataclass(eq=False)
@@ -109,6 +112,7 @@ class PeerTracker:
         # the counts stay exact, and a connection that closes with no outcome at all is "incomplete".
         self._pending: dict[str, collections.deque[Connection]] = {role: collections.deque() for role in self._roles}
         self._refused = logs.Sparse(log)
+        self._producer_left = logs.Sparse(log)
         self.disconnects: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
         self._on_change = on_change
         # Hooks for the upstream link (this node's own outgoing connections): refused, and linked.
@@ -186,6 +190,15 @@ class PeerTracker:
             elif why in WHY:
                 self._refused.warning("%s: refused a connection from %s: %s", conn.role, conn.peer, WHY[why],
                                       held="more refused handshakes not logged")
+        elif conn.role in PRODUCER_ROLES and not conn.reason:
+            # libzmq closes a producer that sends a frame over the collector's MAXMSGSIZE with no event but
+            # this disconnect, indistinguishable from the producer leaving: say both, so the message that
+            # vanished has a clue in the log.
+            self._producer_left.info(
+                "%s: producer %s disconnected after %.1f s: it left, stopped answering heartbeats, or sent a "
+                "frame over twice max_message_size (+64 KiB), which libzmq refuses by closing the connection "
+                "without a reason (counted in fanoutd_disconnects_total)", conn.role, conn.peer,
+                conn.closed - conn.since, held="more producer disconnects not logged")
         conn.reason = conn.reason or "closed (peer left or heartbeat timeout)"
         self.closed.append(conn)
 

@@ -170,3 +170,24 @@ def test_fanout_pub_with_a_20_mib_line_exits_1_with_one_line_and_sends_nothing_o
         with pytest.raises(TimeoutError):
             puller.recv(timeout=0.5)
     assert d.value("fanoutd_rejected_messages_total", reason="oversize") == 0
+
+
+def test_a_producer_cut_for_an_oversize_frame_is_logged_with_its_address_and_counted(start_daemon):
+    """libzmq closes a connection whose frame is over the collector's MAXMSGSIZE and says nothing but
+    "disconnected": the broker logs that disconnect at once, naming the peer and that cause among the likely
+    ones, and counts it; the messages before it were delivered."""
+    from conftest import wait_logged
+    d = start_daemon("--max-message-size", "4096")
+    with zmq.Context() as ctx, ctx.socket(zmq.XPUB) as raw, Puller(d.push) as puller:
+        puller.wait_ready(5)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.RCVTIMEO, 5000)
+        raw.connect(d.collector)
+        assert raw.recv()[:1] == b"\x01"
+        before = d.value("fanoutd_disconnects_total", socket="collector")
+        raw.send(b"t fine")
+        assert puller.recv(timeout=5) == b"fine"
+        raw.send(b"t " + b"x" * (2 * 4096 + 64 * 1024 + 1))  # over the frame guard: libzmq drops the connection
+        line = wait_logged(d, "collector: producer 127.0.0.1:")
+        assert "over twice max_message_size" in line
+        assert d.wait_value("fanoutd_disconnects_total", before + 1, socket="collector") == before + 1
