@@ -2,8 +2,9 @@
 """Benchmark fanoutd against a C baseline, Redis and NATS: ``python bench/run.py``.
 
 Runs the selected modes (default: the throughput matrix and latency), then
-writes ``results.md``, ``results.json`` and ``results.png`` into ``--out``
-(default: this directory; ``--quick`` writes to ``bench/build/quick``).
+writes ``results.md``, ``results.json``, ``results.png`` (throughput) and
+``fleet.png`` (cost, scale, latency) into ``--out`` (default: this
+directory; ``--quick`` writes to ``bench/build/quick``).
 See ``bench/README.md`` for what each number means.
 """
 
@@ -16,11 +17,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fobench import extra, hops, matrix, report
+from fobench import extra, fleetmodes, fleetreport, hops, matrix, report
 from fobench.build import BENCH_DIR, BUILD_DIR, build_all
 from fobench.servers import ALL_SYSTEMS
 
-MODES = ("throughput", "latency", "burst", "idle", "stall", "hops")
+MODES = ("throughput", "latency", "cost", "scale", "burst", "idle", "stall", "hops")
 DEFAULT_MODES = ("throughput", "latency")
 
 
@@ -50,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-ms", type=int, default=1000,
                    help="a sink is done after this long without a message (default 1000)")
     p.add_argument("--latency-seconds", type=float, default=3.0, help="length of a latency run")
+    p.add_argument("--cost-seconds", type=float, default=fleetmodes.COST_SECONDS,
+                   help="length of a cost run (at its fixed offered rate)")
+    p.add_argument("--scale-subs", type=_csv(int), default=list(fleetmodes.SCALE_SUBS),
+                   help="subscriber counts of the scale mode")
     p.add_argument("--idle-seconds", type=float, default=extra.IDLE_SECONDS)
     p.add_argument("--stall-seconds", type=float, default=extra.STALL_SECONDS)
     p.add_argument("--python", default=sys.executable, help="interpreter that runs 'python -m fanoutd'")
@@ -62,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.scale = min(args.scale, 0.1)
         args.latency_seconds = min(args.latency_seconds, 0.5)
         args.idle_seconds, args.stall_seconds = min(args.idle_seconds, 2), min(args.stall_seconds, 3)
+        args.cost_seconds, args.scale_subs = min(args.cost_seconds, 0.5), [s for s in args.scale_subs if s <= 100]
+    args.cost_cells = fleetmodes.COST_CELLS[:1] if args.quick else fleetmodes.COST_CELLS
     if args.out is None:
         args.out = BUILD_DIR / "quick" if args.quick else BENCH_DIR
     return args
@@ -76,7 +83,31 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[tuple[str, list[str]]] = []
     data: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
     tput: list[matrix.Cell] = []
-    lat: list[matrix.Cell] = []
+    cost: list[fleetmodes.FleetCell] = []
+    scale: list[fleetmodes.FleetCell] = []
+    lat: list[fleetmodes.FleetCell] = []
+
+    def save(final: bool = False) -> None:
+        """Write what has been measured so far (after every mode: a later failure loses nothing)."""
+        done = list(sections)
+        unavailable = [f"- {s}: {why}" for s, why in runner.unavailable.items()]
+        if unavailable:
+            done.append(("Systems that could not run", unavailable))
+        elapsed = time.monotonic() - started
+        command = " ".join(["python bench/run.py", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
+        generated = (f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{command}` "
+                     f"in {elapsed / 60:.1f} min" + ("." if final else " (still running)."))
+        header = [generated, "", *report.environment(), "", "How to read these numbers: see bench/README.md."]
+        args.out.mkdir(parents=True, exist_ok=True)
+        report.write_markdown(args.out / "results.md", done, header)
+        report.write_json(args.out / "results.json", data)
+        plots = [name for name, made in (
+            ("results.png", bool(tput) and report.write_plot(args.out / "results.png", tput, systems)),
+            ("fleet.png", fleetreport.plot(args.out / "fleet.png", cost, scale, lat, systems))) if made]
+        if final:
+            print(f"wrote {args.out / 'results.md'}" + (f" and {', '.join(plots)}" if plots else
+                                                       " (no plot: matplotlib missing or nothing to plot)"))
+
 
     if "throughput" in args.modes:
         tput = matrix.throughput(runner, systems, args.sizes, args.subs, args.repeats, args.scale)
@@ -84,27 +115,47 @@ def main(argv: list[str] | None = None) -> int:
         sections.append((title, report.throughput_table(tput, systems)))
         sections.append(("Throughput: every run", report.runs_table(tput)))
         data["throughput"] = tput
+        save()
     if "latency" in args.modes:
-        lat = matrix.latency(runner, systems, args.repeats, args.latency_seconds)
-        title = (f"Latency: {matrix.LATENCY_RATE / 1e3:.0f}k msg/s, {matrix.LATENCY_SIZE} B, "
-                 f"{args.latency_seconds:g} s (median of {args.repeats})")
-        sections.append((title, report.latency_table(lat)))
+        lat = fleetmodes.latency(bins, systems, args.repeats, args.latency_seconds, args.python)
+        title = (f"Latency: one subscriber (+1 consumer), {fleetmodes.LATENCY_SIZE} B, {args.latency_seconds:g} s "
+                 f"per run, send to receive, µs (median of {args.repeats})")
+        sections.append((title, fleetreport.latency_table(lat, systems) + fleetreport.errors(lat)))
         data["latency"] = lat
+        save()
+    if "cost" in args.modes:
+        cost = fleetmodes.cost(bins, systems, args.repeats, args.cost_seconds, args.python, args.cost_cells)
+        title = (f"Cost: server CPU µs per delivered message at a fixed offered rate, {args.cost_seconds:g} s "
+                 f"per run (median of {args.repeats}; lower is better)")
+        sections.append((title, fleetreport.cost_table(cost, systems) + fleetreport.errors(cost)))
+        data["cost"] = cost
+        save()
+    if "scale" in args.modes:
+        scale = fleetmodes.scale(bins, systems, args.repeats, args.python, args.scale_subs)
+        for title, lines in fleetreport.scale_tables(scale, systems):
+            sections.append((f"Scale, {fleetmodes.SCALE_SIZE} B flat out: {title} (median of {args.repeats})",
+                             lines))
+        sections[-1][1].extend(fleetreport.errors(scale))
+        data["scale"] = scale
+        save()
     if "burst" in args.modes:
         count = max(1000, int(extra.BURST_COUNT * args.scale))
         bursts = extra.burst(runner, systems, count)
         sections.append((f"Burst: {count:,} x {extra.BURST_SIZE} B flat out, losses per output",
                          report.burst_table(bursts)))
         data["burst"] = bursts
+        save()
     if "idle" in args.modes:
         idle = extra.idle_cpu(bins, systems, args.idle_seconds, args.python)
         sections.append((f"Idle CPU over {args.idle_seconds:g} s", report.idle_table(idle)))
         data["idle"] = idle
+        save()
     if "stall" in args.modes:
         stalled = extra.stall(runner, [s for s in systems if s == "fanoutd"] or systems, args.stall_seconds)
         title = f"Stalled subscriber: {args.stall_seconds:g} s of full load, one subscriber never reads"
         sections.append((title, report.stall_lines(stalled)))
         data["stall"] = stalled
+        save()
 
     if "hops" in args.modes and "fanoutd" in systems:
         rows = hops.run(bins, args.repeats, args.latency_seconds, args.python)
@@ -112,21 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"{hops.SIZE} B (median of {args.repeats})")
         sections.append((title, hops.table(rows)))
         data["hops"] = rows
+        save()
 
-    unavailable = [f"- {s}: {why}" for s, why in runner.unavailable.items()]
-    if unavailable:
-        sections.append(("Systems that could not run", unavailable))
-    elapsed = time.monotonic() - started
-    command = " ".join(["python bench/run.py", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
-    generated = (f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{command}` "
-                 f"in {elapsed / 60:.1f} min.")
-    header = [generated, "", *report.environment(), "", "How to read these numbers: see bench/README.md."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    report.write_markdown(args.out / "results.md", sections, header)
-    report.write_json(args.out / "results.json", data)
-    plotted = bool(tput or lat) and report.write_plot(args.out / "results.png", tput, lat, systems)
-    print(f"wrote {args.out / 'results.md'}" + (f" and {args.out / 'results.png'}" if plotted else
-                                               " (no plot: matplotlib missing or nothing to plot)"))
+    save(final=True)
     return 0
 
 

@@ -22,7 +22,7 @@ static inline uint64_t now_ns(void)
 static inline void put_u64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
 static inline uint64_t get_u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
-static int cmp_u64(const void *a, const void *b)
+static inline int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);

@@ -21,8 +21,6 @@ SUBS = (1, 4)
 # Messages per throughput run with one subscriber, sized so one run lasts
 # about 1-3 s on a 2-core machine; runs with more subscribers send half.
 COUNTS = {100: 1_000_000, 1024: 500_000, 16384: 40_000}
-LATENCY_RATE = 10_000.0
-LATENCY_SIZE = 100
 
 
 def count_for(size: int, subs: int, scale: float = 1.0) -> int:
@@ -117,19 +115,4 @@ def throughput(runner: Runner, systems: Sequence[str], sizes: Sequence[int], sub
                 for system in _rotated(systems, rep):
                     spec = TrialSpec(system, size, n, count=count_for(size, n, scale))
                     cells[(system, size, n)].trials.append(runner.run(spec, label))
-    return list(cells.values())
-
-
-def latency(runner: Runner, systems: Sequence[str], repeats: int, seconds: float) -> list[Cell]:
-    """End-to-end latency at a fixed rate, one subscriber (+ one puller)."""
-    cells = {sy: Cell(sy, LATENCY_SIZE, 1) for sy in systems}
-    count = max(100, int(LATENCY_RATE * seconds))
-    for rep in range(repeats):
-        for system in _rotated(systems, rep):
-            spec = TrialSpec(system, LATENCY_SIZE, 1, count=count, rate=LATENCY_RATE, latency=True)
-            result = runner.run(spec, f"[latency {rep + 1}/{repeats}]")
-            if result.ok:
-                _log(f"    sub p50/p99 {result.worst('sub', 'p50_us')}/{result.worst('sub', 'p99_us')} us"
-                     f", pull p50/p99 {result.worst('pull', 'p50_us')}/{result.worst('pull', 'p99_us')} us")
-            cells[system].trials.append(result)
     return list(cells.values())

@@ -146,7 +146,7 @@ def subscriber_count(proto: RawProto, port: int, monitor_port: int = 0) -> int:
     """How many subscriptions the server holds on the bench channel."""
     if proto is NATS:
         import urllib.request
-        url = f"http://{LOOPBACK}:{monitor_port}/connz?subs=1"
+        url = f"http://{LOOPBACK}:{monitor_port}/connz?subs=1&limit=100000"  # the default page is 1,024
         with urllib.request.urlopen(url, timeout=5) as resp:
             conns = json.load(resp).get("connections") or []
         return sum((c.get("subscriptions_list") or []).count(CHANNEL) for c in conns)
@@ -159,4 +159,7 @@ def subscriber_count(proto: RawProto, port: int, monitor_port: int = 0) -> int:
                 break
             reply += chunk
         # *2 $1 c :N
-        return int(reply.split(b"\r\n")[3].lstrip(b":"))
+        lines = reply.split(b"\r\n")
+        if len(lines) < 4:
+            raise ProcError(f"redis: no answer to PUBSUB NUMSUB (got {reply[:80]!r})")
+        return int(lines[3].lstrip(b":"))

@@ -2,7 +2,8 @@
 
 Throughput cells show the median delivered msg/s per subscriber of the
 slowest output and, in brackets, the ratio to the C baseline measured in the
-same run; latency rows show medians over repeats of each run's p50 and p99.
+same run.  The cost, scale and latency modes have their own tables in
+:mod:`.fleetreport`.
 """
 
 from __future__ import annotations
@@ -97,11 +98,6 @@ def throughput_table(cells: Sequence[Cell], systems: Sequence[str]) -> list[str]
     return lines
 
 
-def _median_worst(cell: Cell, output: str, attr: str) -> float | None:
-    """Median over a cell's runs of the worst sink's value on one output."""
-    return cell.median(lambda t: t.worst(output, attr))
-
-
 def runs_table(cells: Sequence[Cell]) -> list[str]:
     """Every run of every cell: rate and losses, and fanoutd's own drop counters."""
     lines = ["| size | subscribers | system | msg/s per run | lost per run | fanoutd drop counters |",
@@ -115,19 +111,6 @@ def runs_table(cells: Sequence[Cell]) -> list[str]:
                      f"| {drops} |")
     errors = [f"- {NAMES.get(c.system, c.system)} {_size(c.size)} x{c.subs}: {e}" for c in cells for e in c.errors]
     return lines + ([""] + errors if errors else [])
-
-
-def latency_table(cells: Sequence[Cell]) -> list[str]:
-    lines = ["| system | subscriber p50 µs | subscriber p99 µs | puller p50 µs | puller p99 µs | lost |",
-             "|---|---|---|---|---|---|"]
-    for c in cells:
-        if not c.good:
-            lines.append(f"| {NAMES.get(c.system, c.system)} | n/a | n/a | n/a | n/a | n/a |")
-            continue
-        vals = [_median_worst(c, o, a) for o in ("sub", "pull") for a in ("p50_us", "p99_us")]
-        lines.append(f"| {NAMES.get(c.system, c.system)} | " + " | ".join(_us(v) for v in vals)
-                     + f" | {c.lost:,.0f} |")
-    return lines
 
 
 def burst_table(results: Sequence[TrialResult]) -> list[str]:
@@ -185,8 +168,8 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, default=enc, indent=1))
 
 
-def write_plot(path: Path, cells: Sequence[Cell], lat: Sequence[Cell], systems: Sequence[str]) -> bool:
-    """Grouped bars of throughput (and latency, if measured); False if matplotlib is missing."""
+def write_plot(path: Path, cells: Sequence[Cell], systems: Sequence[str]) -> bool:
+    """Grouped bars of throughput; False if matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -195,9 +178,7 @@ def write_plot(path: Path, cells: Sequence[Cell], lat: Sequence[Cell], systems: 
         return False
     keys = sorted({(c.size, c.subs) for c in cells})
     by = {(c.system, c.size, c.subs): c for c in cells}
-    fig, axes = plt.subplots(1, 2 if lat else 1, figsize=(13 if lat else 9, 4.8),
-                             gridspec_kw={"width_ratios": [3, 1]} if lat else None, squeeze=False)
-    ax = axes[0][0]
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.8 / max(1, len(systems))
     for i, system in enumerate(systems):
         ys = [(by[(system, *k)].rate or 0) / 1e3 for k in keys]
@@ -206,21 +187,8 @@ def write_plot(path: Path, cells: Sequence[Cell], lat: Sequence[Cell], systems: 
     ax.set_xticklabels([f"{_size(s)}\n{n} sub" for s, n in keys])
     ax.set_yscale("log")
     ax.set_ylabel("delivered k msg/s per subscriber, slowest output (log)")
-    ax.set_title("Throughput (median)")
+    ax.set_title("Throughput, equal work (median)")
     ax.legend()
-    if lat:
-        lx = axes[0][1]
-        names = [NAMES.get(c.system, c.system) for c in lat]
-        p50 = [_median_worst(c, "sub", "p50_us") or 0 for c in lat]
-        p99 = [_median_worst(c, "sub", "p99_us") or 0 for c in lat]
-        xs = range(len(lat))
-        lx.bar([x - 0.2 for x in xs], p50, 0.4, label="p50")
-        lx.bar([x + 0.2 for x in xs], p99, 0.4, label="p99")
-        lx.set_xticks(list(xs))
-        lx.set_xticklabels(names, rotation=20)
-        lx.set_ylabel("µs")
-        lx.set_title("Latency, subscriber, 10k msg/s, 100 B")
-        lx.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

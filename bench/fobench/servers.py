@@ -98,8 +98,9 @@ def start_cbase(binary: Path) -> Server:
 def start_redis() -> Server:
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
+    # maxclients: Redis refuses connections past 10,000 by default; the scale mode holds 10,001 subscribers.
     argv = [exe, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", LOOPBACK,
-            "--daemonize", "no", "--logfile", ""]
+            "--daemonize", "no", "--logfile", "", "--maxclients", "19000"]
     server = Server("redis", Child(argv, "redis-server"), port=port)
     try:
         wait_tcp(port, START_TIMEOUT, server.child)

@@ -1,0 +1,238 @@
+"""One run of one system with a fleet of subscribers held by ``msink``: the cost, scale and latency modes.
+
+``msink`` holds K subscriber connections in one process over raw TCP (ZMTP
+for the ZeroMQ systems, RESP and the NATS protocol for the others), so the
+same program reads for every system and 10,000 subscribers fit in one
+process.  The producer is C for every system too: ``zpub`` for ZeroMQ,
+``rawpub`` for Redis and NATS, paced per message by ``clock_nanosleep``.
+
+Equal work, as in the throughput matrix: fanoutd and the C baseline feed K
+subscribers and one puller (``zsink``), Redis and NATS K + 1 subscribers.
+
+A run: start the server; connect the fleet (``connect_ms``: until every
+handshake is done); measure the server's CPU and memory with everyone
+connected and no traffic (``idle_cpu``, ``rss_per_conn``: fanoutd's
+slow-consumer detector scans every connection, so this is its cost); start
+the producer and wait until every consumer is ready; then send ``count``
+messages and read the server's CPU time (all threads, in ns, from
+``/proc/PID/task/*/schedstat``) over the window from the first send to the
+last delivery, divided by the deliveries.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import servers
+from .procs import Child, ProcError, prometheus_counters, rss_bytes
+from .rawproto import PROTOS, subscriber_count
+
+READY_TIMEOUT = 120.0   # 10,000 handshakes through fanoutd's ZAP handler take a while
+IDLE_PROBE = 2.0        # seconds of connected-but-idle measurement
+TOPIC_LEN = 2
+MAX_PER_SINK = 5_000    # connections per msink process (spread over processes, and so over cores)
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of a process, in ns (schedstat: finer than the 10 ms of /proc/PID/stat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return total
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    system: str
+    size: int
+    subs: int
+    count: int
+    rate: float = 0.0        # msg/s; 0: flat out
+    latency: bool = False
+    idle_probe: float = 0.0  # measure connected-idle CPU for this long before the load
+    idle_ms: int = 1000
+
+
+@dataclass
+class FleetResult:
+    spec: FleetSpec
+    sent: int = 0
+    consumers: int = 0
+    received: int = 0            # deliveries over every consumer
+    received_min: int = 0        # the worst consumer's count
+    closed: int = 0              # connections the server closed during the run
+    connect_ms: float = 0.0
+    cpu_s: float = 0.0           # server CPU over the load window
+    window_s: float = 0.0
+    idle_cpu_pct: float | None = None
+    rss_per_conn: float | None = None   # bytes, connected minus started, per subscriber connection
+    latency_us: dict[str, float] = field(default_factory=dict)  # p50, p99, p999 (subscribers)
+    counters: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.received > 0
+
+    @property
+    def expected(self) -> int:
+        return self.sent * self.consumers
+
+    @property
+    def lost(self) -> int:
+        return self.expected - self.received
+
+    @property
+    def deliveries_per_s(self) -> float:
+        return self.received / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def cpu_us_per_delivery(self) -> float | None:
+        return self.cpu_s * 1e6 / self.received if self.received else None
+
+    def counted_losses(self) -> float:
+        """fanoutd's own account of what it did not deliver (cut subscribers, drops)."""
+        return sum(v for k, v in self.counters.items() if "dropped" in k or "slow_consumers" in k)
+
+
+class _CpuTrace:
+    """Samples a process's CPU time every 20 ms, so a window can be cut out afterwards."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.samples = pid, [(time.monotonic_ns(), cpu_ns(pid))]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.samples.append((time.monotonic_ns(), cpu_ns(self.pid)))
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, t_ns: int) -> int:
+        """CPU time at the first sample at or after ``t_ns`` (the latest before it if none is)."""
+        for t, cpu in self.samples:
+            if t >= t_ns:
+                return cpu
+        return self.samples[-1][1]
+
+
+def _split(n: int) -> list[int]:
+    procs = max(1, -(-n // MAX_PER_SINK))
+    return [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+
+
+def _msinks(bins: dict[str, Path], mode: str, port: int, n: int, spec: FleetSpec, offset: int) -> list[Child]:
+    out = []
+    for k in _split(n):
+        argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(spec.size),
+                "-n", str(spec.count), "-o", str(offset), "-i", str(spec.idle_ms), "-w", "60000"]
+        out.append(Child(argv + (["-l"] if spec.latency else []), f"msink-{mode}"))
+    return out
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
+        on_load: Callable[[int], object] | None = None) -> FleetResult:
+    """One run; ``on_load(server_pid)`` (e.g. a profiler) runs in a thread from the first send."""
+    result = FleetResult(spec)
+    try:
+        server = servers.start(spec.system, bins, python)
+    except (ProcError, OSError) as err:
+        result.error = f"start: {err}"
+        return result
+    children: list[Child] = []
+    trace: _CpuTrace | None = None
+    try:
+        rss0 = rss_bytes(server.pid)
+        if server.is_zmq:
+            sinks = _msinks(bins, "zmtp", _port(server.publish), spec.subs, spec, TOPIC_LEN)
+            offset = 0 if server.strip_topic else TOPIC_LEN
+            puller = Child([str(bins["zsink"]), "-t", "pull", "-e", server.push, "-L",
+                            str(spec.size - TOPIC_LEN + offset), "-o", str(offset), "-n", str(spec.count),
+                            "-i", str(spec.idle_ms)], "zsink-pull")
+            readers, result.consumers = [*sinks, puller], spec.subs + 1
+        else:
+            sinks = _msinks(bins, server.system, server.port, spec.subs + 1, spec, 0)
+            readers, result.consumers = list(sinks), spec.subs + 1
+        children += readers
+        t0 = time.monotonic()
+        for sink in sinks:
+            sink.expect("connected", READY_TIMEOUT)
+        result.connect_ms = (time.monotonic() - t0) * 1e3
+        if spec.idle_probe:
+            time.sleep(0.5)
+            c0, w0 = cpu_ns(server.pid), time.monotonic_ns()
+            time.sleep(spec.idle_probe)
+            result.idle_cpu_pct = (cpu_ns(server.pid) - c0) * 100 / (time.monotonic_ns() - w0)
+        result.rss_per_conn = (rss_bytes(server.pid) - rss0) / spec.subs
+        if server.is_zmq:
+            argv = [str(bins["zpub"]), "-e", server.collector, "-s", str(spec.size), "-n", str(spec.count)]
+            producer = Child(argv + (["-r", str(spec.rate)] if spec.rate else []), "zpub", stdin=True)
+            children.append(producer)
+            producer.expect("subscribed", READY_TIMEOUT)
+        else:
+            argv = [str(bins["rawpub"]), "-m", server.system, "-p", str(server.port), "-s", str(spec.size),
+                    "-n", str(spec.count)]
+            producer = Child(argv + (["-r", str(spec.rate)] if spec.rate else []), "rawpub", stdin=True)
+            children.append(producer)
+            producer.expect("connected", READY_TIMEOUT)
+        for reader in readers:
+            reader.expect("ready", READY_TIMEOUT)
+        if not server.is_zmq:
+            seen = subscriber_count(PROTOS[server.system], server.port, server.monitor_port)
+            if seen != result.consumers:
+                raise ProcError(f"{server.system}: {seen} subscriptions, expected {result.consumers}")
+        trace = _CpuTrace(server.pid)
+        producer.send_line("go")
+        if on_load is not None:
+            threading.Thread(target=on_load, args=(server.pid,), daemon=True).start()
+        budget = 120.0 + (spec.count / spec.rate if spec.rate else 0)
+        pub = producer.result(budget)
+        result.sent = int(pub["sent"])
+        outs = [reader.result(budget) for reader in readers]
+        trace.stop()
+        t_first, t_last = int(pub["t_first"]), max(int(o["t_last"]) for o in outs if o["received"])
+        result.window_s = (t_last - t_first) / 1e9
+        result.cpu_s = (trace.at(t_last) - trace.at(t_first)) / 1e9
+        result.received = sum(int(o["received"]) for o in outs)
+        result.received_min = min(int(o.get("received_min", o["received"])) for o in outs)
+        result.closed = sum(int(o.get("closed", 0)) for o in outs)
+        bad = sum(int(o["bad"]) for o in outs)
+        if spec.latency:
+            weights = [(o, int(o["received"])) for o in outs[:len(sinks)] if "p50" in o]
+            for q in ("p50", "p99", "p999"):  # several sink processes: weighted by their deliveries
+                total = sum(w for _, w in weights)
+                if total:
+                    result.latency_us[q] = sum(o[q] * w for o, w in weights) / total / 1e3
+        if "metrics" in server.extras:
+            result.counters = prometheus_counters(f"http://{server.extras['metrics']}/metrics", "fanoutd_")
+        if bad:
+            result.error = f"{bad} malformed messages"
+    except (ProcError, OSError, ValueError, KeyError) as err:
+        result.error = str(err)
+    finally:
+        if trace is not None:
+            trace.stop()
+        for child in children:
+            child.stop()
+        server.stop()
+    return result

@@ -1,0 +1,47 @@
+"""Bench-only: applies one lever to a fanoutd started by ``bench/levers.py`` (never imported by fanoutd).
+
+``bench/levers.py`` puts this directory on ``PYTHONPATH`` and names the
+lever in ``FOBENCH_LEVER``; Python imports ``sitecustomize`` at start-up, so
+the broker under test runs unchanged code with one thing varied:
+
+* ``NAME=VALUE[;NAME=VALUE...]``: fanoutd's own settings (``io_threads=1``,
+  ``forward_spin=0.00005``, ``heartbeat_interval=30;heartbeat_timeout=90``);
+* ``affinity=CPU``: every libzmq I/O thread pinned to CPU
+  (``ZMQ_THREAD_AFFINITY_CPU_ADD`` on fanoutd's context, before any socket);
+* ``buffers=BYTES``: ``SO_SNDBUF`` and ``SO_RCVBUF`` of every fanoutd socket
+  (``ZMQ_SNDBUF``/``ZMQ_RCVBUF``, set before it binds or connects).
+"""
+
+from __future__ import annotations
+
+import os
+
+_lever = os.environ.get("FOBENCH_LEVER", "")
+_name, _, _value = _lever.partition("=")
+
+if _name in ("affinity", "buffers"):
+    import zmq
+
+    if _name == "affinity":
+        _init = zmq.Context.__init__
+
+        def _pinned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            _init(self, *args, **kwargs)
+            self.set(zmq.THREAD_AFFINITY_CPU_ADD, int(_value))
+
+        zmq.Context.__init__ = _pinned  # type: ignore[method-assign]
+    else:
+        for _method in ("bind", "connect"):
+            _orig = getattr(zmq.Socket, _method)
+
+            def _sized(self, addr, _orig=_orig):  # type: ignore[no-untyped-def]
+                if addr.startswith("tcp://"):
+                    self.setsockopt(zmq.SNDBUF, int(_value))
+                    self.setsockopt(zmq.RCVBUF, int(_value))
+                return _orig(self, addr)
+
+            setattr(zmq.Socket, _method, _sized)
+elif _lever:  # fanoutd settings: NAME=VALUE[;NAME=VALUE...]
+    for _item in _lever.split(";"):
+        _key, _, _val = _item.partition("=")
+        os.environ["FANOUTD_" + _key.upper()] = _val
