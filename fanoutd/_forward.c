@@ -128,7 +128,6 @@ typedef struct {
     uint64_t lossy_sends;   /* numbers lossy sends, so the guard closes only the window it handled */
     int stall_fd;       /* eventfd the loop writes when it starts holding output; -1: none */
     int64_t stall_ns;   /* how long one episode may hold output; 0: lossy at once */
-    int64_t spin_ns;    /* after the last message, keep polling without sleeping this long */
     /* What the loop reads: the collector, then the PULL ingress, then the
      * upstream link (whose messages carry a route frame). */
     struct { void *socket; int from_upstream; } inputs[3];
@@ -688,7 +687,7 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
     f->running = 1;
     const char *result = NULL;
     int err = 0, announced = 0, can_wait = 0;
-    int64_t drain_start = 0, last_input = 0, last_read = 0;
+    int64_t drain_start = 0, last_input = 0;
     Py_BEGIN_ALLOW_THREADS
     /* A name operators see in `top -H` and tools can find the loop by;
      * a nicety, so a failure changes nothing. */
@@ -731,13 +730,6 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
         }
         if (busy)
             continue;
-        if (f->spin_ns && mode == MODE_RUN) {  /* a bounded spin: the next message may be microseconds away */
-            int64_t now = now_ns();
-            if (read)
-                last_read = now;
-            if (now - last_read < f->spin_ns)
-                continue;
-        }
         long wait_ms = TICK_MS;
         if (mode == MODE_DRAIN) {
             int64_t now = now_ns();
@@ -928,29 +920,24 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"collector", "publish", "push", "max_message_size", "max_frames", "strip_topic",
                             "topics", "upstream", "relay", "node_id", "ingress", "stall_ns", "stall_fd",
-                            "stamped", "epoch", "stamp_streams", "upstream_topics", "spin_ns", NULL};
+                            "stamped", "epoch", "stamp_streams", "upstream_topics", NULL};
     unsigned long long collector, publish, push, max_size = 1 << 20, upstream = 0, relay = 0, ingress = 0;
     unsigned long long stamped = 0, epoch = 0;
-    long long stall_ns = 0, spin_ns = 0;
+    long long stall_ns = 0;
     int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
     PyObject *topics = NULL, *up_topics = NULL;
     const char *node_id = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#KLiKKiOL", names, &collector, &publish, &push,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKK|$KipOKKy#KLiKKiO", names, &collector, &publish, &push,
                                      &max_size, &max_frames, &strip, &topics, &upstream, &relay,
                                      &node_id, &node_id_len, &ingress, &stall_ns, &stall_fd,
-                                     &stamped, &epoch, &stamp_streams, &up_topics, &spin_ns))
+                                     &stamped, &epoch, &stamp_streams, &up_topics))
         return -1;
     if (stall_ns < 0) {
         PyErr_SetString(PyExc_ValueError, "stall_ns must not be negative");
         return -1;
     }
-    if (spin_ns < 0) {
-        PyErr_SetString(PyExc_ValueError, "spin_ns must not be negative");
-        return -1;
-    }
     f->stall_ns = stall_ns;
-    f->spin_ns = spin_ns;
     f->stall_fd = stall_fd;
     if (f->ninputs) {
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");

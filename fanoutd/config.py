@@ -83,9 +83,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("heartbeat_timeout", "seconds", 15.0, "a peer silent this long is disconnected"),
     Setting("drain_timeout", "seconds", 5.0,
             "on stop: how long to keep forwarding what the collector holds, and to flush the outputs"),
-    Setting("forward_spin", "seconds", 0.0,
-            "after a message, the forwarding loop keeps polling this long before it sleeps (lower latency for "
-            "CPU; 0: sleep at once)"),
     Setting("io_threads", "threads", 2,
             "libzmq I/O threads (2 measured fastest on 2 cores: connections are spread over them)"),
     Setting("log_level", "level", "info", "debug, info, warning or error", live=True),
@@ -134,7 +131,6 @@ class Config:
     heartbeat_interval: float
     heartbeat_timeout: float
     drain_timeout: float
-    forward_spin: float
     io_threads: int
     log_level: str
     curve_secret_key: str = ""

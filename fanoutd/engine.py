@@ -94,7 +94,7 @@ class Engine:
             relay=handles.get("relay", 0), node_id=self.node_id, ingress=handles.get("ingress", 0),
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
             stamped=handles.get("stamped", 0), epoch=self.epoch, stamp_streams=c.stamp_streams,
-            upstream_topics=[t.encode() for t in c.collector_topics], spin_ns=int(c.forward_spin * 1e9))
+            upstream_topics=[t.encode() for t in c.collector_topics])
         return None
 
     def start(self) -> Any:
