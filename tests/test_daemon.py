@@ -264,3 +264,16 @@ def test_pull_ingress_forwards_and_pushes_back_instead_of_dropping(start_daemon,
     got = [sub.recv() for _ in range(sent)]
     assert got == [b"t %d" % i for i in range(sent)], "everything accepted was delivered, in order"
     assert d.value("fanoutd_connected_peers", socket="ingress") == 1
+
+
+def test_every_bound_socket_listens_with_a_deep_backlog(start_daemon):
+    """libzmq's default listen backlog (100) drops SYNs when a crowd reconnects at once; the kernel shows ours."""
+    import subprocess as sp
+    from pathlib import Path
+    d = start_daemon()
+    cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    for endpoint in (d.collector, d.publish, d.push, d.stamped):
+        port = endpoint.rsplit(":", 1)[1]
+        out = sp.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+        send_q = [int(line.split()[2]) for line in out.splitlines() if line.strip()]
+        assert send_q == [min(4096, cap)], (endpoint, out)
