@@ -28,8 +28,9 @@ system-deps:
 test: system-deps install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Side-by-side benchmarks (writes bench/results.md and .png); needs the system
-# packages of `make system-deps` and, for the plot, matplotlib.
+# Side-by-side benchmarks, every mode (writes bench/results.md, results.json,
+# results.png and fleet.png; about 40 minutes); needs the system packages of
+# `make system-deps` and, for the plots, matplotlib.
 bench: install system-deps
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/run.py --modes all

@@ -27,7 +27,9 @@ from fobench import fleet, matrix
 from fobench.build import BENCH_DIR, BUILD_DIR, build_all
 from fobench.trial import TrialSpec
 
-LEVERS = ("io_threads=1", "io_threads=3", "forward_spin=0.00005", "affinity=0", "buffers=4194304")
+# forward_spin (a bounded spin of the loop before it sleeps) was measured on a build that had it (commit
+# da1817e) and reverted: bench/README.md, Levers.
+LEVERS = ("io_threads=1", "io_threads=3", "affinity=0", "buffers=4194304")
 
 
 def _measures(bins: dict[str, Path], python: str, seconds: float) -> list[tuple[str, bool, Callable[[], float | None]]]:

@@ -21,6 +21,7 @@ from .matrix import Cell
 from .trial import TrialResult
 
 BASELINE = "cbase"
+PEERS = ("redis", "nats")  # fanoutd's competitors; the C baseline is its own stack
 NAMES = {"fanoutd": "fanoutd", "cbase": "C baseline", "redis": "Redis", "nats": "NATS"}
 
 
@@ -77,8 +78,8 @@ def throughput_table(cells: Sequence[Cell], systems: Sequence[str]) -> list[str]
     by = {(c.system, c.size, c.subs): c for c in cells}
     keys = sorted({(c.size, c.subs) for c in cells})
     lines = ["| size | subscribers (+1 consumer: fanoutd's and the C baseline's puller, Redis's and NATS's extra "
-             "subscriber) | " + " | ".join(NAMES.get(s, s) for s in systems) + " |",
-             "|---|---|" + "---|" * len(systems)]
+             "subscriber) | " + " | ".join(NAMES.get(s, s) for s in systems) + " | fanoutd vs best peer |",
+             "|---|---|" + "---|" * (len(systems) + 1)]
     for size, subs in keys:
         base = by.get((BASELINE, size, subs))
         base_rate = base.rate if base else None
@@ -94,7 +95,11 @@ def throughput_table(cells: Sequence[Cell], systems: Sequence[str]) -> list[str]
             if not cell.good:
                 text = "n/a" + (" (error)" if cell.errors else "")
             row.append(text)
-        lines.append(f"| {_size(size)} | {subs} | " + " | ".join(row) + " |")
+        mine = by[("fanoutd", size, subs)].rate if ("fanoutd", size, subs) in by else None
+        peers = [by[(p, size, subs)].rate for p in PEERS if (p, size, subs) in by]
+        best = max((r for r in peers if r), default=None)
+        versus = f"{mine / best:.2f}x" if mine and best else "n/a"
+        lines.append(f"| {_size(size)} | {subs} | " + " | ".join(row) + f" | {versus} |")
     return lines
 
 

@@ -5,7 +5,7 @@ lever in ``FOBENCH_LEVER``; Python imports ``sitecustomize`` at start-up, so
 the broker under test runs unchanged code with one thing varied:
 
 * ``NAME=VALUE[;NAME=VALUE...]``: fanoutd's own settings (``io_threads=1``,
-  ``forward_spin=0.00005``, ``heartbeat_interval=30;heartbeat_timeout=90``);
+  ``heartbeat_interval=30;heartbeat_timeout=90``);
 * ``affinity=CPU``: every libzmq I/O thread pinned to CPU
   (``ZMQ_THREAD_AFFINITY_CPU_ADD`` on fanoutd's context, before any socket);
 * ``buffers=BYTES``: ``SO_SNDBUF`` and ``SO_RCVBUF`` of every fanoutd socket
