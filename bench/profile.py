@@ -24,7 +24,8 @@ from fobench import fleet
 from fobench.build import BUILD_DIR, build_all
 from fobench.servers import ALL_SYSTEMS
 
-SYSCALLS = ("write", "writev", "sendto", "sendmsg", "read", "recvfrom", "recvmsg", "epoll_wait", "poll", "futex")
+SYSCALLS = ("write", "writev", "sendto", "sendmsg", "read", "recvfrom", "recvmsg", "epoll_wait", "poll", "futex",
+            "getsockopt", "ioctl", "clock_gettime", "epoll_ctl", "sched_yield", "getpid")
 
 
 def main(argv: list[str] | None = None) -> int:
