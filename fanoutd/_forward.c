@@ -207,43 +207,6 @@ static int copy_part(zmsg_t *out, zmsg_t *src)
     return 0;
 }
 
-/* A stripped payload at least this long is handed over as a view into the
- * received message instead of a copy: below it, a copy is cheaper than the
- * two small allocations a view costs (its keeper and libzmq's refcount). */
-#define VIEW_MIN 1024
-
-/* libzmq's free function for a view: the message it looked into is released. */
-static void release_viewed(void *data, void *keeper)
-{
-    (void)data;
-    Z.msg_close((zmsg_t *)keeper);
-    free(keeper);
-}
-
-/* `out` = bytes [off, size) of `src`: a zero-copy view for large payloads (the
- * keeper holds a reference to src's buffer until libzmq has sent the view). */
-static int init_tail(zmsg_t *out, zmsg_t *src, size_t off)
-{
-    size_t rest = Z.msg_size(src) - off;
-    zmsg_t *keeper = rest >= VIEW_MIN ? malloc(sizeof *keeper) : NULL;
-    if (keeper) {
-        if (copy_part(keeper, src) < 0) {
-            free(keeper);
-            return -1;
-        }
-        if (Z.msg_init_data(out, (char *)Z.msg_data(keeper) + off, rest, release_viewed, keeper) < 0) {
-            Z.msg_close(keeper);
-            free(keeper);
-            return -1;
-        }
-        return 0;
-    }
-    if (Z.msg_init_size(out, rest) < 0)
-        return -1;
-    memcpy(Z.msg_data(out), (const char *)Z.msg_data(src) + off, rest);
-    return 0;
-}
-
 /* Hand the payload to one puller without blocking; count a drop otherwise. */
 static int push_out(Forwarder *f, int n)
 {
@@ -254,8 +217,10 @@ static int push_out(Forwarder *f, int n)
         size_t len = Z.msg_size(&f->parts[0]);
         const char *space = strip ? memchr(data, ' ', len) : NULL;
         if (space) {
-            if (init_tail(&out, &f->parts[0], (size_t)(space - data) + 1) < 0)
+            size_t off = (size_t)(space - data) + 1;
+            if (Z.msg_init_size(&out, len - off) < 0)
                 return -1;
+            memcpy(Z.msg_data(&out), data + off, len - off);
         } else if (copy_part(&out, &f->parts[0]) < 0) {
             return -1;
         }

@@ -42,7 +42,6 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
     X(int, msg_send, zmq_msg_send, (MSG *, void *, int))   \
     X(int, msg_close, zmq_msg_close, (MSG *))              \
     X(int, msg_copy, zmq_msg_copy, (MSG *, MSG *))         \
-    X(int, msg_init_data, zmq_msg_init_data, (MSG *, void *, size_t, void (*)(void *, void *), void *)) \
     X(const char *, msg_gets, zmq_msg_gets, (const MSG *, const char *)) \
     X(int, poll, zmq_poll, (POLLITEM *, int, long))        \
     X(int, errno_, zmq_errno, (void))                      \
