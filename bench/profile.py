@@ -68,20 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         per_s = result.deliveries_per_s * args.seconds  # deliveries while perf counted (a paced load)
         rows = [f"{name:16s} {n / per_s:8.3f} per delivery ({n:,.0f} in {args.seconds:g} s)"
                 for name, n in sorted(counted.items(), key=lambda kv: -kv[1]) if n]
-        head = (f"# {args.system}, {args.size} B x {args.subs} subscribers (+1) at {args.rate:,.0f} msg/s: system "
-                f"calls per delivered message ({result.deliveries_per_s:,.0f} deliveries/s)\n")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(head + "\n".join(rows) + "\n")
-        print(out.read_text())
-        return 0
+        return _write(out, f"# {args.system}, {args.size} B x {args.subs} subscribers (+1) at {args.rate:,.0f} "
+                           f"msg/s: system calls per delivered message ({result.deliveries_per_s:,.0f} "
+                           "deliveries/s)", rows)
     report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--stdio", "--sort",
                              "dso,symbol", "-g", "none", "--percent-limit", "0.5"],
                             check=False, capture_output=True, text=True).stdout
     rows = [line for line in report.splitlines() if line.strip() and not line.startswith("#")][:args.top]
-    head = (f"# {args.system}, {args.size} B x {args.subs} subscribers (+1) at {args.rate:,.0f} msg/s: "
-            f"{result.cpu_us_per_delivery or 0:.3f} µs CPU per delivery, lost {result.lost}\n")
+    return _write(out, f"# {args.system}, {args.size} B x {args.subs} subscribers (+1) at {args.rate:,.0f} msg/s: "
+                       f"{result.cpu_us_per_delivery or 0:.3f} µs CPU per delivery, lost {result.lost}", rows)
+
+
+def _write(out: Path, head: str, rows: list[str]) -> int:
+    """Write the report (a heading line, then its rows) and print it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(head + "\n".join(rows) + "\n")
+    out.write_text("\n".join([head, *rows]) + "\n")
     print(out.read_text())
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .fleet import FleetResult
 from .fleetmodes import FleetCell
@@ -110,6 +111,17 @@ def errors(cells: Sequence[FleetCell]) -> list[str]:
     return [f"- {NAMES.get(c.system, c.system)} {c.key}: {e}" for c in cells for e in c.errors]
 
 
+def _bars(ax: Any, systems: Sequence[str], labels: list[str], values: list[list[float]], rotation: int = 0) -> None:
+    """Grouped bars on a log scale: one group per label, one bar per system (``values[system][label]``)."""
+    width = 0.8 / max(1, len(systems))
+    for i, (s, ys) in enumerate(zip(systems, values)):
+        ax.bar([x + i * width for x in range(len(labels))], ys, width, label=NAMES.get(s, s))
+    ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, fontsize=8, rotation=rotation)
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+
+
 def plot(path: Path, cost: Sequence[FleetCell], scale: Sequence[FleetCell], lat: Sequence[FleetCell],
          systems: Sequence[str]) -> bool:
     """Bars of CPU per delivery, lines of deliveries/s over K, bars of latency; False without matplotlib."""
@@ -124,19 +136,14 @@ def plot(path: Path, cost: Sequence[FleetCell], scale: Sequence[FleetCell], lat:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
     axs = iter(axes[0])
-    width = 0.8 / max(1, len(systems))
     if cost:
-        ax, keys = next(axs), sorted(_by_key(cost))
-        by = _by_key(cost)
-        for i, s in enumerate(systems):
-            ys = [(by[k][s].median(lambda r: r.cpu_us_per_delivery) or 0) if s in by[k] else 0 for k in keys]
-            ax.bar([x + i * width for x in range(len(keys))], ys, width, label=NAMES.get(s, s))
-        ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(keys))])
-        ax.set_xticklabels([f"{_size(k[0])}\nx{k[1]}\n{_rate(k[2])}/s" for k in keys], fontsize=8)
-        ax.set_yscale("log")
+        ax, by = next(axs), _by_key(cost)
+        keys = sorted(by)
+        _bars(ax, systems, [f"{_size(k[0])}\nx{k[1]}\n{_rate(k[2])}/s" for k in keys],
+              [[(by[k][s].median(lambda r: r.cpu_us_per_delivery) or 0) if s in by[k] else 0 for k in keys]
+               for s in systems])
         ax.set_ylabel("server CPU µs per delivered message (log; lower is better)")
         ax.set_title("Cost")
-        ax.legend(fontsize=8)
     if scale:
         ax, by = next(axs), _by_key(scale)
         keys = sorted(by)
@@ -152,17 +159,12 @@ def plot(path: Path, cost: Sequence[FleetCell], scale: Sequence[FleetCell], lat:
     if lat:
         ax, by = next(axs), _by_key(lat)
         keys = sorted(by)
-        labels = [f"{_rate(k[0])}/s {q}" for k in keys for q in ("p50", "p99", "p99.9")]
-        for i, s in enumerate(systems):
-            ys = [(by[k][s].median(lambda r, q=q: r.latency_us.get(q)) or 0) if s in by[k] else 0
-                  for k in keys for q in ("p50", "p99", "p999")]
-            ax.bar([x + i * width for x in range(len(labels))], ys, width, label=NAMES.get(s, s))
-        ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(labels))])
-        ax.set_xticklabels(labels, fontsize=8, rotation=30)
-        ax.set_yscale("log")
+        quantiles = (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"))
+        _bars(ax, systems, [f"{_rate(k[0])}/s {label}" for k in keys for _, label in quantiles],
+              [[(by[k][s].median(lambda r, q=q: r.latency_us.get(q)) or 0) if s in by[k] else 0
+                for k in keys for q, _ in quantiles] for s in systems], rotation=30)
         ax.set_ylabel("µs (log; lower is better)")
         ax.set_title("Latency, 100 B, 1 subscriber")
-        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
