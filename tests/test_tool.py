@@ -176,6 +176,20 @@ def test_sub_stamped_strips_stamps_and_reports_each_gap(sockets: Make, start):
         "fanout sub: lost 3, restarts 1, resets 0, untracked 0"]
 
 
+def test_sub_stamped_reads_fanout_stamped_not_fanout_publish(sockets: Make, start):
+    """With --stamped and no -e, the endpoint comes from $FANOUT_STAMPED (the stamped output's own),
+    never from $FANOUT_PUBLISH."""
+    pub, ep = bound(sockets, zmq.XPUB)
+    plain, plain_ep = bound(sockets, zmq.XPUB)
+    proc = start("sub", "--count", "1", "--stamped", "orders",
+                 env={"FANOUT_STAMPED": ep, "FANOUT_PUBLISH": plain_ep})
+    await_subscription(pub, b"orders")
+    pub.send_multipart([b"orders 0", stamp(1)])
+    out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    assert (proc.returncode, out.decode()) == (0, "orders 0\n"), err
+    assert not plain.poll(0), "the plain publish endpoint got a subscription"
+
+
 def test_sub_stamped_refuses_an_unstamped_endpoint(sockets: Make, start):
     pub, ep = bound(sockets, zmq.XPUB)
     proc = start("sub", "-e", ep, "--stamped")

@@ -172,12 +172,9 @@ def _endpoints(args: argparse.Namespace) -> tuple[str, ...]:
     source = "--endpoint"
     items = args.endpoint
     if not items:
-        # `sub --stamped` reads the stamped output, which has its own endpoint
-        name, default = ("FANOUT_STAMPED", DEFAULT_STAMPED) if getattr(args, "stamped", False) else \
-            (args.env, args.default_endpoint)
-        env = os.environ.get(name, "").strip()
-        source, items = (name, [e.strip() for e in env.split(",") if e.strip()]) if env else \
-            ("default", [default])
+        env = os.environ.get(args.env, "").strip()
+        source, items = (args.env, [e.strip() for e in env.split(",") if e.strip()]) if env else \
+            ("default", [args.default_endpoint])
     try:
         return normalize_endpoints(items)
     except ValueError as exc:
@@ -257,6 +254,8 @@ def _receive(args: argparse.Namespace, recv: Callable[[float | None], bytes | No
 def _sub(args: argparse.Namespace) -> int:
     topics = [os.fsencode(t) for t in args.topics] or [b""]
     line = frames_to_line(args.sep, args.raw)
+    if args.stamped:  # the stamped output has an endpoint of its own
+        args.env, args.default_endpoint = "FANOUT_STAMPED", DEFAULT_STAMPED
     with Subscriber(_endpoints(args), topics, stamped=args.stamped, **_curve(args)) as subscriber:
         if not args.stamped:
             return _receive(args, lambda timeout: line(subscriber.recv_multipart(timeout)))
