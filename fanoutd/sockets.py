@@ -98,6 +98,16 @@ def needs_ipv6(endpoints: tuple[str, ...]) -> int:
     return 0
 
 
+def heartbeat_ttl_ms(config: Config) -> int:
+    """What each PING asks the peer to wait for our next sign of life before it drops us, in ms.
+
+    We ping every ``heartbeat_interval`` and may be silent that long, and the ping itself may sit behind
+    queued data, so the peer waits an interval plus ``heartbeat_timeout`` (the same bound by which we
+    notice a dead peer). libzmq carries it in deciseconds in 16 bits: at most 6553.5 s.
+    """
+    return min(int((config.heartbeat_interval + config.heartbeat_timeout) * 1000), 6_553_500)
+
+
 def limits_metadata(config: Config) -> bytes:
     """ZMTP metadata a producer reads from the collector's handshake: the limit it can check locally."""
     return b"X-Max-Message-Size:%d" % config.max_message_size
@@ -122,7 +132,8 @@ def describe(config: Config, secret_key: bytes | None = None,
     heartbeat: tuple[tuple[int, int | bytes], ...] = ()
     if config.heartbeat_interval > 0:
         ivl, timeout = int(config.heartbeat_interval * 1000), int(config.heartbeat_timeout * 1000)
-        heartbeat = ((zmq.HEARTBEAT_IVL, ivl), (zmq.HEARTBEAT_TIMEOUT, timeout), (zmq.HEARTBEAT_TTL, timeout))
+        heartbeat = ((zmq.HEARTBEAT_IVL, ivl), (zmq.HEARTBEAT_TIMEOUT, timeout),
+                     (zmq.HEARTBEAT_TTL, heartbeat_ttl_ms(config)))
     specs = []
     for role in ROLES:
         endpoints = getattr(config, role.name)

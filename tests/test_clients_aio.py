@@ -202,7 +202,7 @@ def test_the_same_protective_options_as_the_blocking_clients():
             producer, sub, puller = (client.socket for client in clients)
             assert isinstance(producer, zmq.asyncio.Socket) and producer.type == zmq.XPUB
             assert (producer.getsockopt(zmq.HEARTBEAT_IVL), producer.getsockopt(zmq.HEARTBEAT_TIMEOUT),
-                    producer.getsockopt(zmq.SNDHWM), producer.getsockopt(zmq.LINGER)) == (5000, 15000, 10_000, 1000)
+                    producer.getsockopt(zmq.SNDHWM), producer.getsockopt(zmq.LINGER)) == (30_000, 15_000, 10_000, 1000)
             assert (sub.getsockopt(zmq.RCVHWM), sub.getsockopt(zmq.LINGER)) == (5, 250)
             assert (puller.getsockopt(zmq.HEARTBEAT_IVL), puller.getsockopt(zmq.HEARTBEAT_TIMEOUT)) == (1000, 3000)
         finally:

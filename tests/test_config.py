@@ -63,7 +63,7 @@ def test_empty_output_disables_it_but_not_all():
     ({"log_level": "loud"}, "expected debug"),
     ({"drain_timeout": "-1"}, "between 0 and 3600"),
     ({"push_strip_topic": "maybe"}, "expected true or false"),
-    ({"heartbeat_interval": "10", "heartbeat_timeout": "5"}, "heartbeat_timeout must be"),
+    ({"heartbeat_interval": "10", "heartbeat_timeout": "0"}, "heartbeat_timeout must be more than 0"),
 ])
 def test_bad_values_are_named(flags, message):
     with pytest.raises(ConfigError, match=message):

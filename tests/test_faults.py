@@ -186,6 +186,33 @@ def test_a_frozen_subscriber_is_dropped_by_heartbeats(start_daemon, sockets, tmp
         proc.wait(timeout=10)
 
 
+def test_a_heartbeat_timeout_shorter_than_the_interval_keeps_live_peers_and_drops_frozen_ones(
+        start_daemon, sockets):
+    """The cheap shape of heartbeats (README, What the guard costs): timeout < interval.
+
+    The TTL each PING carries must cover the interval, or every live subscriber would drop the
+    broker between two pings; a frozen one must still go within interval + timeout.
+    """
+    d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "0.3")
+    script = ("import sys, time, zmq\nc = zmq.Context()\ns = c.socket(zmq.SUB)\n"
+              "s.setsockopt(zmq.SUBSCRIBE, b'')\ns.connect(sys.argv[1])\nprint('up', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, d.publish], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "up\n"
+        settle(d, "publish", 1)
+        time.sleep(3.5)  # three pings, each answered, each TTL honoured by the subscriber's libzmq
+        assert d.value("fanoutd_disconnects_total", socket="publish") == 0
+        assert d.value("fanoutd_connected_peers", socket="publish") == 1
+        proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        assert d.wait_value("fanoutd_connected_peers", 0, timeout=10, socket="publish") == 0
+        assert time.monotonic() - t0 < 1 + 0.3 + 1.5  # interval + timeout, plus the metrics' refresh
+        assert d.value("fanoutd_disconnects_total", socket="publish") == 1
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def test_junk_on_every_port_leaves_the_daemon_delivering(start_daemon, sockets):
     d = start_daemon()
     greeting = b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\0" * 16 + b"\0" + b"\0" * 31

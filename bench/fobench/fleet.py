@@ -33,7 +33,9 @@ from .procs import Child, ProcError, prometheus_counters, rss_bytes
 from .rawproto import PROTOS, subscriber_count
 
 READY_TIMEOUT = 120.0   # 10,000 handshakes through fanoutd's ZAP handler take a while
-IDLE_PROBE = 5.0        # seconds of connected-but-idle measurement: one ZMTP heartbeat period of fanoutd
+IDLE_PROBE = 31.0       # seconds of connected-but-idle measurement: one ZMTP heartbeat period of fanoutd (30 s)
+IDLE_PROBE_SMALL = 5.0  # ... below IDLE_PROBE_FROM subscribers, where a heartbeat wave costs next to nothing
+IDLE_PROBE_FROM = 1_000
 TOPIC_LEN = 2
 MAX_PER_SINK = 5_000    # connections per msink process (spread over processes, and so over cores)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fleet import IDLE_PROBE, FleetResult, FleetSpec, run
+from .fleet import IDLE_PROBE, IDLE_PROBE_FROM, IDLE_PROBE_SMALL, FleetResult, FleetSpec, run
 
 # (size, subscribers, offered msg/s): moderate rates every system sustains, where CPU per message is the
 # difference a user pays for.  16 KiB x 100 at 500/s is already 0.8 GB/s of deliveries.
@@ -105,8 +105,8 @@ def scale(bins: dict[str, Path], systems: Sequence[str], repeats: int, python: s
           subs: Sequence[int] = SCALE_SUBS, deliveries: int = SCALE_DELIVERIES) -> list[FleetCell]:
     def spec(system: str, key: tuple[int, ...]) -> FleetSpec:
         (k,) = key
-        return FleetSpec(system, SCALE_SIZE, k, count=max(200, deliveries // k), idle_probe=IDLE_PROBE,
-                         idle_ms=3000)
+        probe = IDLE_PROBE if k >= IDLE_PROBE_FROM else IDLE_PROBE_SMALL
+        return FleetSpec(system, SCALE_SIZE, k, count=max(200, deliveries // k), idle_probe=probe, idle_ms=3000)
     return _matrix(systems, [(k,) for k in subs], repeats, "scale", spec, bins, python)
 
 

@@ -10,8 +10,9 @@
 #include <string.h>
 #include <zmq.h>
 
-#define HEARTBEAT_IVL_MS 5000      /* fanoutd's own interval ... */
+#define HEARTBEAT_IVL_MS 30000    /* fanoutd's own interval ... */
 #define HEARTBEAT_TIMEOUT_MS 15000 /* ... and timeout */
+#define HEARTBEAT_TTL_MS 0         /* fanoutd times clients out itself (see clients/README.md) */
 #define LINGER_MS 2000             /* close() waits at most this long to flush */
 
 static inline void die(const char *what)
@@ -69,7 +70,7 @@ static inline void *fanout_socket(void *ctx, int type)
         die("zmq_socket");
     set_int(sock, ZMQ_HEARTBEAT_IVL, HEARTBEAT_IVL_MS, "ZMQ_HEARTBEAT_IVL");
     set_int(sock, ZMQ_HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS, "ZMQ_HEARTBEAT_TIMEOUT");
-    set_int(sock, ZMQ_HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS, "ZMQ_HEARTBEAT_TTL");
+    set_int(sock, ZMQ_HEARTBEAT_TTL, HEARTBEAT_TTL_MS, "ZMQ_HEARTBEAT_TTL");
     set_int(sock, ZMQ_LINGER, LINGER_MS, "ZMQ_LINGER");
     set_int(sock, ZMQ_IPV6, 1, "ZMQ_IPV6");  /* tcp://[::1]:5560 and names that resolve to IPv6 work too */
     if (set_key(sock, ZMQ_CURVE_SERVERKEY, "FANOUT_SERVER_KEY")) {

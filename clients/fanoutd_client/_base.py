@@ -89,7 +89,7 @@ class Client:
         context: zmq.Context[Any] | None = None,
         hwm: int = 10_000,
         linger: float | None = None,
-        heartbeat_interval: float = 5.0,
+        heartbeat_interval: float = 30.0,
         heartbeat_timeout: float = 15.0,
         heartbeat_ttl: float | None = None,
         reconnect_interval: float | None = None,

@@ -113,14 +113,20 @@ def ms(seconds: float, what: str) -> int:
 
 
 def heartbeat_options(interval: float, timeout: float, ttl: float | None) -> dict[int, int]:
-    """ZMTP heartbeats: without them a silently dead peer looks connected forever."""
+    """ZMTP heartbeats: without them a silently dead peer looks connected forever.
+
+    A dead broker is noticed within ``interval + timeout``, by our pings, or sooner by the TTL that
+    fanoutd's own pings carry.  ``ttl`` (None: 0) is what our pings ask of the broker; fanoutd already
+    drops a silent client by its own heartbeats, and a TTL would give it a second timer per
+    connection, which libzmq cancels by walking all of its timers on each of our pings.
+    """
     interval_ms = ms(interval, "heartbeat_interval")
     if interval_ms == 0:
         return {zmq.HEARTBEAT_IVL: 0}
     timeout_ms = ms(timeout, "heartbeat_timeout")
-    if timeout_ms < interval_ms:
-        raise ValueError("heartbeat_timeout must be at least heartbeat_interval")
-    ttl_ms = ms(timeout if ttl is None else ttl, "heartbeat_ttl")
+    if timeout_ms == 0:
+        raise ValueError("heartbeat_timeout must be more than 0 while heartbeats are on")
+    ttl_ms = ms(0 if ttl is None else ttl, "heartbeat_ttl")
     return {zmq.HEARTBEAT_IVL: interval_ms, zmq.HEARTBEAT_TIMEOUT: timeout_ms,
             zmq.HEARTBEAT_TTL: min(ttl_ms, 6_553_500)}  # libzmq's TTL is capped at 6553.5 s
 

@@ -3,8 +3,9 @@
 // keys from the environment).
 "use strict";
 
-const HEARTBEAT_IVL_MS = 5000; // fanoutd's own interval ...
+const HEARTBEAT_IVL_MS = 30000; // fanoutd's own interval ...
 const HEARTBEAT_TIMEOUT_MS = 15000; // ... and timeout
+const HEARTBEAT_TTL_MS = 0; // fanoutd times clients out itself (see clients/README.md)
 
 function fail(message, status = 2) {
   process.stderr.write(`${message}\n`);
@@ -27,7 +28,7 @@ function socketOptions() {
   const options = {
     heartbeatInterval: HEARTBEAT_IVL_MS,
     heartbeatTimeout: HEARTBEAT_TIMEOUT_MS,
-    heartbeatTimeToLive: HEARTBEAT_TIMEOUT_MS,
+    heartbeatTimeToLive: HEARTBEAT_TTL_MS,
     linger: 2000, // close() flushes for at most this long
     ipv6: true, // tcp://[::1]:5560 and names that resolve to IPv6 work too
   };
