@@ -101,7 +101,7 @@ class PeerTracker:
 
     def __init__(self, context: zmq.Context, roles: Iterable[str],
                  on_change: Callable[[str, int], None] | None = None) -> None:
-        self._green = green.shadow(context)
+        self._hub = green.plain(context)
         self._roles = tuple(roles)
         self.open: dict[str, dict[int, Connection]] = {role: {} for role in self._roles}
         self.closed: collections.deque[Connection] = collections.deque(maxlen=CLOSED_KEPT)
@@ -127,7 +127,7 @@ class PeerTracker:
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
         """Start reading every monitor; ``on_crash`` hears of an unexpected failure."""
         for role in self._roles:
-            sock = self._green.socket(zmq.PAIR)
+            sock = self._hub.socket(zmq.PAIR)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(monitor_address(role))
             self._sockets.append(sock)

@@ -213,6 +213,20 @@ def test_a_heartbeat_timeout_shorter_than_the_interval_keeps_live_peers_and_drop
         proc.wait(timeout=10)
 
 
+def test_a_connection_that_never_finishes_its_handshake_is_dropped_after_the_handshake_timeout(start_daemon):
+    """fanoutd.sockets.HANDSHAKE_TIMEOUT_MS (10 s, libzmq's default is 30 s) on a bound socket, via TCP."""
+    from fanoutd.sockets import HANDSHAKE_TIMEOUT_MS
+    d = start_daemon()
+    host, port = d.publish.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.settimeout(HANDSHAKE_TIMEOUT_MS / 1000 + 5)
+        t0 = time.monotonic()
+        while raw.recv(4096):  # the broker's half of the greeting, then nothing until it gives up on us
+            pass
+        waited = time.monotonic() - t0
+    assert HANDSHAKE_TIMEOUT_MS / 1000 - 1 < waited < HANDSHAKE_TIMEOUT_MS / 1000 + 3
+
+
 def test_junk_on_every_port_leaves_the_daemon_delivering(start_daemon, sockets):
     d = start_daemon()
     greeting = b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\0" * 16 + b"\0" + b"\0" * 31

@@ -36,6 +36,7 @@ READY_TIMEOUT = 120.0   # 10,000 handshakes through fanoutd's ZAP handler take a
 IDLE_PROBE = 31.0       # seconds of connected-but-idle measurement: one ZMTP heartbeat period of fanoutd (30 s)
 IDLE_PROBE_SMALL = 5.0  # ... below IDLE_PROBE_FROM subscribers, where a heartbeat wave costs next to nothing
 IDLE_PROBE_FROM = 1_000
+SINK_WAIT_MS = 90_000   # how long a sink waits for its first message: past the idle probe and the fleet's start
 TOPIC_LEN = 2
 MAX_PER_SINK = 5_000    # connections per msink process (spread over processes, and so over cores)
 
@@ -143,7 +144,7 @@ def _msinks(bins: dict[str, Path], mode: str, port: int, n: int, spec: FleetSpec
     out = []
     for k in _split(n):
         argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(spec.size),
-                "-n", str(spec.count), "-o", str(offset), "-i", str(spec.idle_ms), "-w", "60000"]
+                "-n", str(spec.count), "-o", str(offset), "-i", str(spec.idle_ms), "-w", str(SINK_WAIT_MS)]
         out.append(Child(argv + (["-l"] if spec.latency else []), f"msink-{mode}"))
     return out
 
@@ -170,7 +171,7 @@ def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
             offset = 0 if server.strip_topic else TOPIC_LEN
             puller = Child([str(bins["zsink"]), "-t", "pull", "-e", server.push, "-L",
                             str(spec.size - TOPIC_LEN + offset), "-o", str(offset), "-n", str(spec.count),
-                            "-i", str(spec.idle_ms)], "zsink-pull")
+                            "-i", str(spec.idle_ms), "-w", str(SINK_WAIT_MS)], "zsink-pull")
             readers, result.consumers = [*sinks, puller], spec.subs + 1
         else:
             sinks = _msinks(bins, server.system, server.port, spec.subs + 1, spec, 0)
