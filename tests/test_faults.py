@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import zmq
@@ -170,20 +172,27 @@ def test_sigterm_under_load_exits_zero_within_the_bound(start_daemon, sockets, s
     assert "stopped: received" in d.log()
 
 
-def test_a_frozen_subscriber_is_dropped_by_heartbeats(start_daemon, sockets, tmp_path):
-    d = start_daemon("--heartbeat-interval", "0.5", "--heartbeat-timeout", "1.5")
+@contextlib.contextmanager
+def subscriber_process(d) -> Iterator[subprocess.Popen[str]]:
+    """A plain SUB of d's publish output in a process of its own (so it can be frozen), connected; killed after."""
     script = ("import sys, time, zmq\nc = zmq.Context()\ns = c.socket(zmq.SUB)\n"
               "s.setsockopt(zmq.SUBSCRIBE, b'')\ns.connect(sys.argv[1])\nprint('up', flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script, d.publish], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "up\n"
         settle(d, "publish", 1)
-        proc.send_signal(signal.SIGSTOP)  # the peer's kernel still ACKs; the peer itself is gone
-        assert d.wait_value("fanoutd_connected_peers", 0, timeout=10, socket="publish") == 0
-        assert d.value("fanoutd_disconnects_total", socket="publish") == 1
+        yield proc
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_a_frozen_subscriber_is_dropped_by_heartbeats(start_daemon, sockets, tmp_path):
+    d = start_daemon("--heartbeat-interval", "0.5", "--heartbeat-timeout", "1.5")
+    with subscriber_process(d) as proc:
+        proc.send_signal(signal.SIGSTOP)  # the peer's kernel still ACKs; the peer itself is gone
+        assert d.wait_value("fanoutd_connected_peers", 0, timeout=10, socket="publish") == 0
+        assert d.value("fanoutd_disconnects_total", socket="publish") == 1
 
 
 def test_a_heartbeat_timeout_shorter_than_the_interval_keeps_live_peers_and_drops_frozen_ones(
@@ -194,12 +203,7 @@ def test_a_heartbeat_timeout_shorter_than_the_interval_keeps_live_peers_and_drop
     broker between two pings; a frozen one must still go within interval + timeout.
     """
     d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "0.3")
-    script = ("import sys, time, zmq\nc = zmq.Context()\ns = c.socket(zmq.SUB)\n"
-              "s.setsockopt(zmq.SUBSCRIBE, b'')\ns.connect(sys.argv[1])\nprint('up', flush=True)\ntime.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script, d.publish], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "up\n"
-        settle(d, "publish", 1)
+    with subscriber_process(d) as proc:
         time.sleep(3.5)  # three pings, each answered, each TTL honoured by the subscriber's libzmq
         assert d.value("fanoutd_disconnects_total", socket="publish") == 0
         assert d.value("fanoutd_connected_peers", socket="publish") == 1
@@ -208,9 +212,6 @@ def test_a_heartbeat_timeout_shorter_than_the_interval_keeps_live_peers_and_drop
         assert d.wait_value("fanoutd_connected_peers", 0, timeout=10, socket="publish") == 0
         assert time.monotonic() - t0 < 1 + 0.3 + 1.5  # interval + timeout, plus the metrics' refresh
         assert d.value("fanoutd_disconnects_total", socket="publish") == 1
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def test_a_connection_that_never_finishes_its_handshake_is_dropped_after_the_handshake_timeout(start_daemon):
