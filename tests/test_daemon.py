@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -294,3 +295,29 @@ def test_every_bound_socket_listens_with_a_deep_backlog(start_daemon):
         out = sp.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
         send_q = [int(line.split()[2]) for line in out.splitlines() if line.strip()]
         assert send_q == [min(4096, cap)], (endpoint, out)
+
+
+def test_the_hub_sleeps_between_connections(start_daemon, sockets):
+    """The hub reads ZAP requests and monitor events off libzmq's FDs (fanoutd/green.py): no busy-spin.
+
+    A missed or never-reset FD signal shows as a hub spinning at a whole core; an idle daemon that has
+    just admitted and lost peers uses next to nothing (a threshold far from both, for a noisy machine).
+    """
+    d = start_daemon()
+    for _ in range(3):
+        subs = [connected(sockets, zmq.SUB, d.publish) for _ in range(20)]
+        settle(d, "publish", 20)
+        for sub in subs:
+            sub.close(linger=0)
+        settle(d, "publish", 0)
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        with open(f"/proc/{d.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    before, t0 = cpu_seconds(), time.monotonic()
+    time.sleep(3)
+    share = (cpu_seconds() - before) / (time.monotonic() - t0)
+    assert share < 0.25, f"the idle daemon used {share:.0%} of a core"
