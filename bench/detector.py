@@ -6,7 +6,11 @@ Holds K subscribers in helper processes (a process can hold about 5,000
 ZeroMQ sockets under this machine's 20,000 open-files limit: two fds each),
 waits until the broker counts them all, then idles for --seconds and reports
 the broker's CPU (user + system, from /proc) and the guard's own timing of
-its scans (it logs each at debug level: "scanned N connections in X ms").
+its passes (it logs each at debug level: "guard pass: looked at N
+connections, W with data waiting, in X ms"). Idle, a pass looks only at
+connections that had data waiting; so a producer then sends one message a
+second for --busy-seconds, and the passes over every connection that this
+brings back are reported too.
 """
 
 from __future__ import annotations
@@ -50,16 +54,44 @@ def peers(http: str) -> int:
     return int(float(found.group(1))) if found else 0
 
 
+PRODUCE = r"""
+import sys, time, zmq
+ctx = zmq.Context(); pub = ctx.socket(zmq.PUB); pub.setsockopt(zmq.LINGER, 0); pub.connect(sys.argv[1])
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    pub.send(b"detector tick"); time.sleep(1.0)
+"""
+
+
+def guard_passes(lines: list[str]) -> list[tuple[int, float]]:
+    """(connections looked at, ms) of each guard pass in these log lines."""
+    found = (re.search(r"guard pass: looked at (\d+) connections, \d+ with data waiting, in ([0-9.]+) ms", line)
+             for line in lines)
+    return [(int(m.group(1)), float(m.group(2))) for m in found if m]
+
+
+def report(phase: str, passes: list[tuple[int, float]]) -> None:
+    ms = sorted(t for _, t in passes)
+    looked = sorted(n for n, _ in passes)
+    if not passes:
+        print(f"  {phase}: no guard pass logged")
+        return
+    print(f"  {phase}: {len(passes)} guard passes looked at {looked[0]} to {looked[-1]} connections (median "
+          f"{looked[len(looked) // 2]}), median {ms[len(ms) // 2]:.1f} ms, max {ms[-1]:.1f} ms")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subscribers", type=int, default=10_000)
     p.add_argument("--per-process", type=int, default=5_000)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--busy-seconds", type=float, default=10.0)
     args = p.parse_args()
     ports = [free_port() for _ in range(3)]
-    publish, http = f"tcp://127.0.0.1:{ports[1]}", f"http://127.0.0.1:{ports[2]}"
+    collector, publish, http = (f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}",
+                                f"http://127.0.0.1:{ports[2]}")
     log = tempfile.NamedTemporaryFile(prefix="fanoutd-detector-", suffix=".log", delete=False)
-    broker = subprocess.Popen([sys.executable, "-m", "fanoutd", "--collector", f"tcp://127.0.0.1:{ports[0]}",
+    broker = subprocess.Popen([sys.executable, "-m", "fanoutd", "--collector", collector,
                                "--publish", publish, "--push", "", "--stamped", "", "--metrics", f"127.0.0.1:{ports[2]}",
                                "--log-level", "debug"], stdout=log, stderr=subprocess.STDOUT)
     holders: list[subprocess.Popen[str]] = []
@@ -84,15 +116,15 @@ def main() -> int:
         c0, w0 = cpu_seconds(broker.pid), time.monotonic()
         time.sleep(args.seconds)
         cpu = (cpu_seconds(broker.pid) - c0) / (time.monotonic() - w0)
-        lines = Path(log.name).read_text().splitlines()[mark:]
-        scans = [float(m.group(2)) for line in lines if (m := re.search(r"scanned (\d+) connections in ([0-9.]+) ms",
-                                                                          line))]
-        scans.sort()
-        median = scans[len(scans) // 2] if scans else float("nan")
+        idle = guard_passes(Path(log.name).read_text().splitlines()[mark:])
+        mark = Path(log.name).read_text().count("\n")
+        with subprocess.Popen([sys.executable, "-c", PRODUCE, collector, str(args.busy_seconds)]) as producer:
+            producer.wait(timeout=args.busy_seconds + 30)
+        busy = guard_passes(Path(log.name).read_text().splitlines()[mark:])
         print(f"{args.subscribers} subscribers connected in {connect_time:.1f} s; idle for {args.seconds:.0f} s:")
         print(f"  broker CPU {cpu * 100:.1f}% of one core (everything: libzmq heartbeats, the guard, metrics)")
-        print(f"  guard scans: {len(scans)}, median {median:.1f} ms, max {max(scans) if scans else float('nan'):.1f} "
-              f"ms per scan of every connection (once a second)")
+        report("idle", idle)
+        report(f"then a message a second for {args.busy_seconds:.0f} s", busy)
         return 0
     finally:
         for holder in holders:

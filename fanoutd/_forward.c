@@ -1153,30 +1153,29 @@ static PyObject *bind_libzmq(PyObject *Py_UNUSED(module), PyObject *args)
 /* The slow-consumer guard's view of a connection, for many fds at once: a
  * Python loop of ioctl + getsockopt costs about 4 us per connection (40 ms
  * per pass at 10,000 subscribers, which would hold up the hub), this about
- * a tenth of that. Per fd: (bytes in the kernel send queue (SIOCOUTQ),
- * bytes the peer acknowledged (TCP_INFO tcpi_bytes_acked; -1 where not TCP;
- * 0, unread, when nothing is queued)), or None if the fd cannot be read. */
+ * a tenth of that. Per fd: bytes in the kernel send queue (SIOCOUTQ, -2 if
+ * the fd cannot be read), and bytes the peer acknowledged (TCP_INFO
+ * tcpi_bytes_acked; -1 where not TCP; 0, unread, when nothing is queued). */
 #define TCP_INFO_OPT 11
 #define TCP_INFO_LEN 152
 #define BYTES_ACKED_AT 120
 #define SIOCOUTQ_REQ 0x5411
-static PyObject *kernel_states(PyObject *Py_UNUSED(module), PyObject *arg)
+static long long *scan_fds(PyObject *arg, Py_ssize_t *n_out)
 {
-    PyObject *seq = PySequence_Fast(arg, "kernel_states takes a sequence of file descriptors");
+    PyObject *seq = PySequence_Fast(arg, "takes a sequence of file descriptors");
     if (!seq)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     int *fds = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *fds);
     long long *out = PyMem_Malloc((size_t)(n ? n : 1) * 2 * sizeof *out);
-    PyObject *result = NULL;
     if (!fds || !out) {
         PyErr_NoMemory();
-        goto done;
+        goto fail;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
         if (fd == -1 && PyErr_Occurred())
-            goto done;
+            goto fail;
         fds[i] = (int)fd;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -1196,7 +1195,24 @@ static PyObject *kernel_states(PyObject *Py_UNUSED(module), PyObject *arg)
         }
     }
     Py_END_ALLOW_THREADS
-    result = PyList_New(n);
+    PyMem_Free(fds);
+    Py_DECREF(seq);
+    *n_out = n;
+    return out;
+fail:
+    PyMem_Free(fds);
+    PyMem_Free(out);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+static PyObject *kernel_states(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_ssize_t n;
+    long long *out = scan_fds(arg, &n);
+    if (!out)
+        return NULL;
+    PyObject *result = PyList_New(n);
     for (Py_ssize_t i = 0; result && i < n; i++) {
         PyObject *item = out[2 * i] == -2 ? Py_NewRef(Py_None) : Py_BuildValue("(LL)", out[2 * i], out[2 * i + 1]);
         if (!item)
@@ -1204,10 +1220,28 @@ static PyObject *kernel_states(PyObject *Py_UNUSED(module), PyObject *arg)
         else
             PyList_SET_ITEM(result, i, item);
     }
-done:
-    PyMem_Free(fds);
     PyMem_Free(out);
-    Py_DECREF(seq);
+    return result;
+}
+
+/* The same scan, answering only for the connections with data waiting in the kernel: at 10,000 idle
+ * subscribers the guard's once-a-second pass then builds no Python object per connection. */
+static PyObject *kernel_waiting(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_ssize_t n;
+    long long *out = scan_fds(arg, &n);
+    if (!out)
+        return NULL;
+    PyObject *result = PyList_New(0);
+    for (Py_ssize_t i = 0; result && i < n; i++) {
+        if (out[2 * i] <= 0)
+            continue;
+        PyObject *item = Py_BuildValue("(nLL)", i, out[2 * i], out[2 * i + 1]);
+        if (!item || PyList_Append(result, item) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(item);
+    }
+    PyMem_Free(out);
     return result;
 }
 
@@ -1215,6 +1249,9 @@ static PyMethodDef module_methods[] = {
     {"kernel_states", kernel_states, METH_O,
      "kernel_states(fds) -> [(queued bytes, acknowledged bytes or -1) or None]: the kernel's view of each "
      "connection (SIOCOUTQ, TCP_INFO), read without the GIL; None where an fd cannot be read."},
+    {"kernel_waiting", kernel_waiting, METH_O,
+     "kernel_waiting(fds) -> [(index into fds, queued bytes, acknowledged bytes or -1)]: kernel_states for "
+     "only the connections with bytes in their send queue."},
     {"bind_libzmq", bind_libzmq, METH_VARARGS,
      "bind_libzmq(path): make the loop call the libzmq that the loaded object at path (pyzmq's extension) "
      "reaches. Idempotent; refuses a libzmq other than 4.x or a second, different binding."},

@@ -79,13 +79,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peers_view", "bool", True,
             "serve /peers: each connection's peer address, queued bytes and state, and why recent ones closed "
             "(reveals client addresses on the metrics port)"),
-    # libzmq cancels a heartbeat's timer by walking every timer of its I/O thread, once per PONG: with
-    # 10,000 subscribers a 5 s interval cost 48 % of a core idle, 30 s costs 6 % (bench: scale mode).
+    # A heartbeat round costs libzmq a timer walk per peer (quadratic: 10,000 subscribers at 5 s cost 48 % of
+    # a core idle), so the interval is long and bound sockets leave the timeout to the kernel (sockets.py).
     Setting("heartbeat_interval", "seconds", 30.0,
-            "ZMTP heartbeat interval on every socket (0 disables); a dead idle peer is noticed within "
+            "ZMTP heartbeat interval on every socket (0 disables); a vanished peer is noticed within "
             "heartbeat_interval + heartbeat_timeout"),
     Setting("heartbeat_timeout", "seconds", 15.0,
-            "a peer that answers nothing this long after a heartbeat is disconnected (keep it above "
+            "a peer that leaves a heartbeat (or data) unacknowledged this long is disconnected (keep it above "
             "slow_consumer_timeout, so a stalled subscriber is cut and counted by the guard first)"),
     Setting("drain_timeout", "seconds", 5.0,
             "on stop: how long to keep forwarding what the collector holds, and to flush the outputs"),

@@ -158,6 +158,11 @@ class Engine:
             return dict.fromkeys(_forward.COUNTER_NAMES, 0)
         return self._forwarder.counters()
 
+    def received(self) -> int:
+        """Messages read from every input: while it stays the same, the loop wrote nothing for a subscriber."""
+        counters = self.counters()
+        return counters["received_messages"] + counters["received_upstream_messages"]
+
     def topic_counters(self) -> dict[str, int]:
         """Received messages per counted topic, plus ``__other__``; empty when counting is off."""
         if self._forwarder is None or not self._config.metrics_topics:

@@ -108,6 +108,28 @@ def heartbeat_ttl_ms(config: Config) -> int:
     return min(int((config.heartbeat_interval + config.heartbeat_timeout) * 1000), 6_553_500)
 
 
+def heartbeat_options(config: Config, connects: bool) -> tuple[tuple[int, int], ...]:
+    """ZMTP heartbeats for one socket, with its dead-peer timeout given to the kernel where peers are many.
+
+    A socket pings each peer every ``heartbeat_interval``; a peer that answers nothing within
+    ``heartbeat_timeout`` is dropped. libzmq's own timeout costs a timer per ping, cancelled on the
+    answer by a walk over every timer of its I/O thread due earlier: the peers still to be pinged in
+    the same round. That is quadratic in the peers of a thread (10,000 subscribers: 2.5 % of a core
+    idle for the walks alone, bench/README "Idle CPU"). So bound sockets, which may hold thousands,
+    send their pings with no libzmq timeout and let the kernel drop a peer that leaves them
+    unacknowledged that long (``ZMQ_TCP_MAXRT``, Linux's ``TCP_USER_TIMEOUT``, free of timers in
+    user space): a vanished host or a severed path. What only a ZMTP answer can show, a process whose
+    kernel still acknowledges but which is frozen, is left to the slow-consumer guard once data
+    waits for it. A connecting socket (an upstream link, one per upstream) keeps libzmq's timeout
+    as well, so a hung relay shows in /readyz.
+    """
+    if config.heartbeat_interval <= 0:
+        return ()
+    timeout = int(config.heartbeat_timeout * 1000)
+    return ((zmq.HEARTBEAT_IVL, int(config.heartbeat_interval * 1000)), (zmq.HEARTBEAT_TTL, heartbeat_ttl_ms(config)),
+            (zmq.HEARTBEAT_TIMEOUT, timeout if connects else 0), (zmq.TCP_MAXRT, timeout))
+
+
 def limits_metadata(config: Config) -> bytes:
     """ZMTP metadata a producer reads from the collector's handshake: the limit it can check locally."""
     return b"X-Max-Message-Size:%d" % config.max_message_size
@@ -135,11 +157,6 @@ RELAY_HELLO = b"\x00FDT\x01\x00"
 def describe(config: Config, secret_key: bytes | None = None,
              upstream_server: bytes | None = None) -> tuple[SocketSpec, ...]:
     """One socket per role (:data:`fanoutd.roles.ROLES`) that the config gives endpoints, inputs first."""
-    heartbeat: tuple[tuple[int, int | bytes], ...] = ()
-    if config.heartbeat_interval > 0:
-        ivl, timeout = int(config.heartbeat_interval * 1000), int(config.heartbeat_timeout * 1000)
-        heartbeat = ((zmq.HEARTBEAT_IVL, ivl), (zmq.HEARTBEAT_TIMEOUT, timeout),
-                     (zmq.HEARTBEAT_TTL, heartbeat_ttl_ms(config)))
     specs = []
     for role in ROLES:
         endpoints = getattr(config, role.name)
@@ -167,9 +184,9 @@ def describe(config: Config, secret_key: bytes | None = None,
         subscribe = tuple(t.encode() for t in config.collector_topics) if role.pattern == "SUB" else ()
         if role.connects:
             options += client_security_options(secret_key, upstream_server)
-        specs.append(SocketSpec(role.name, _KIND[role.pattern], endpoints,
-                                options + heartbeat + security_options(config, role, secret_key),
-                                subscribe, connect=role.connects))
+        options += heartbeat_options(config, role.connects) + security_options(config, role, secret_key)
+        specs.append(SocketSpec(role.name, _KIND[role.pattern], endpoints, options, subscribe,
+                                connect=role.connects))
     return tuple(specs)
 
 

@@ -230,3 +230,34 @@ def test_hub_and_two_edges_deliver_everything_and_survive_a_hub_restart(lan, pro
     receivers = clients(lan, procs, n)
     produce(lan, n, "second")
     check(receivers, n, "second")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("interval,timeout", [(0.5, 1.5), (1.0, 0.3)])
+def test_a_subscriber_whose_host_vanishes_is_dropped_within_interval_plus_timeout(lan, procs, interval, timeout):
+    """Bound sockets leave the heartbeat timeout to the kernel (fanoutd.sockets.heartbeat_options).
+
+    The host's switch port goes down: no FIN, no RST, the subscriber process lives on. The next ping
+    goes unacknowledged and the hub drops the connection within interval + timeout (TCP_USER_TIMEOUT;
+    without it the kernel would retransmit for about a quarter of an hour). A timeout shorter than the
+    interval covers the other shape of the defaults.
+    """
+    daemon(lan, procs, "hub", "--heartbeat-interval", str(interval), "--heartbeat-timeout", str(timeout))
+    wait_ready(lan, "hub")
+    sub = subprocess.Popen(lan.cmd("clients-a", sys.executable, "-m", "fanoutd_client.tool", "sub", "-e",
+                                   f"tcp://{lan.host('hub')}:5561", "--timeout", "60"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs.append(sub)
+    wait_peers(lan, "hub", "publish", 1)
+    time.sleep(3 * interval)  # pings go out and are answered: a live subscriber stays
+    assert float(lan.python("hub", PEERS, "publish").stdout) == 1
+    sh("ip", "netns", "exec", f"{PREFIX}-sw", "ip", "link", "set", f"{PREFIX}s{list(HOSTS).index('clients-a')}",
+       "down")
+    t0 = time.monotonic()
+    while float(lan.python("hub", PEERS, "publish").stdout or -1) != 0:
+        assert time.monotonic() - t0 < interval + timeout + 10, "the hub still holds the vanished subscriber"
+        time.sleep(0.1)
+    waited = time.monotonic() - t0
+    assert waited < interval + timeout + 1.5, waited  # plus the sampling: a python start in the hub's namespace
+    assert sub.poll() is None, "the subscriber's process must outlive its host's link"
+    assert float(lan.python("hub", SAMPLE, 'fanoutd_disconnects_total{socket="publish"}').stdout) == 1
