@@ -195,11 +195,11 @@ class PeerTracker:
             # this disconnect, indistinguishable from the producer leaving: say both, so the message that
             # vanished has a clue in the log.
             self._producer_left.info(
-                "%s: producer %s disconnected after %.1f s: it left, stopped answering heartbeats, or sent a "
+                "%s: producer %s disconnected after %.1f s: it left, left a heartbeat unacknowledged, or sent a "
                 "frame over twice max_message_size (+64 KiB), which libzmq refuses by closing the connection "
                 "without a reason (counted in fanoutd_disconnects_total)", conn.role, conn.peer,
                 conn.closed - conn.since, held="more producer disconnects not logged")
-        conn.reason = conn.reason or "closed (peer left or heartbeat timeout)"
+        conn.reason = conn.reason or "closed (peer left or heartbeat unacknowledged)"
         self.closed.append(conn)
 
     @staticmethod
