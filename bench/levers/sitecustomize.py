@@ -9,7 +9,11 @@ the broker under test runs unchanged code with one thing varied:
 * ``affinity=CPU``: every libzmq I/O thread pinned to CPU
   (``ZMQ_THREAD_AFFINITY_CPU_ADD`` on fanoutd's context, before any socket);
 * ``buffers=BYTES``: ``SO_SNDBUF`` and ``SO_RCVBUF`` of every fanoutd socket
-  (``ZMQ_SNDBUF``/``ZMQ_RCVBUF``, set before it binds or connects).
+  (``ZMQ_SNDBUF``/``ZMQ_RCVBUF``, set before it binds or connects);
+* ``malloc=BYTES``: glibc's ``M_TOP_PAD`` (how much more each heap grows by
+  than asked: fewer ``mprotect`` calls as libzmq's I/O threads allocate a
+  crowd's connections), with ``M_MMAP_THRESHOLD`` at glibc's dynamic
+  maximum, 32 MiB (setting one turns the dynamic threshold off).
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import os
 _lever = os.environ.get("FOBENCH_LEVER", "")
 _name, _, _value = _lever.partition("=")
 
-if _name in ("affinity", "buffers"):
+if _name == "malloc":
+    import ctypes
+
+    _libc = ctypes.CDLL(None)
+    _libc.mallopt(-2, int(_value))  # M_TOP_PAD
+    _libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
+elif _name in ("affinity", "buffers"):
     import zmq
 
     if _name == "affinity":
