@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -208,3 +209,42 @@ def test_messages_libzmq_skips_for_a_full_subscriber_are_counted_until_it_is_cut
         prod.send(b"t after " + PAYLOAD)
     time.sleep(0.5)
     assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == dropped
+
+
+def test_the_guards_kernel_scan_answers_only_for_connections_with_bytes_waiting():
+    """``_forward.kernel_waiting``: (index, queued, acked) where the peer has left bytes unread, nothing else.
+
+    Idle connections, closed fds and a peer that has read everything do not appear: the guard's pass
+    builds nothing for them. A unix socket has no TCP_INFO: acked is -1 and progress shows in the queue.
+    """
+    import socket
+
+    from fanoutd import _forward
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        idle_peer = socket.create_connection(srv.getsockname(), timeout=5)
+        idle, _ = srv.accept()
+        slow_peer = socket.create_connection(srv.getsockname(), timeout=5)
+        busy, _ = srv.accept()
+        unix_peer, unix = socket.socketpair()
+        gone = socket.socket()
+        gone_fd = gone.fileno()
+        gone.close()
+        with idle_peer, idle, slow_peer, busy, unix_peer, unix:
+            for sock in (busy, unix):
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while True:  # until the kernel refuses more: the peer reads nothing
+                        sock.send(b"x" * 65536)
+            waiting = _forward.kernel_waiting([idle.fileno(), busy.fileno(), gone_fd, unix.fileno()])
+            assert [index for index, _, _ in waiting] == [1, 3]
+            (_, queued, acked), (_, unix_queued, unix_acked) = waiting
+            assert queued > 0 and acked > 0 and unix_queued > 0 and unix_acked == -1
+            slow_peer.setblocking(False)
+            deadline = time.monotonic() + 10
+            while _forward.kernel_waiting([busy.fileno()]):  # the peer reads it all: nothing waits any more
+                assert time.monotonic() < deadline
+                try:
+                    slow_peer.recv(1 << 20)
+                except BlockingIOError:
+                    time.sleep(0.01)
