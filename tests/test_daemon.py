@@ -110,6 +110,27 @@ def test_no_puller_never_blocks_publish_and_counts_drops(start_daemon, sockets):
     assert d.value("fanoutd_dropped_messages_total", output="push", reason="hwm") == 0
 
 
+def test_a_puller_that_pauses_keeps_its_queue_and_gets_everything(start_daemon, sockets):
+    """Pullers are not cut (README): a pause with its kernel window shut, under heartbeat_timeout, loses nothing.
+
+    5 MiB for a puller holding 10 messages and a 16 KiB receive buffer: most of it waits in the broker
+    (libzmq's queue and the kernel's) across three heartbeats, and arrives, in order, once it reads again.
+    """
+    d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "8")
+    pull = connected(sockets, zmq.PULL, d.push, rcvhwm=10, rcvbuf=16 * 1024)
+    prod = ready_producer(sockets, d.collector)
+    warm_up(prod, pull)
+    settle(d, "push", 1)
+    n = 5_000
+    for i in range(n):
+        prod.send(b"t %d " % i + b"x" * 1024)
+    time.sleep(3.5)  # the pause: nothing read for three heartbeats
+    got = [pull.recv().split(b" ")[0] for _ in range(n)]
+    assert got == [b"%d" % i for i in range(n)]
+    assert d.value("fanoutd_disconnects_total", socket="push") == 0
+    assert d.value("fanoutd_dropped_messages_total", output="push", reason="hwm") == 0
+
+
 def test_full_pullers_are_counted_as_hwm_not_no_puller(start_daemon, sockets):
     d = start_daemon("--push-hwm", "10")
     pull = connected(sockets, zmq.PULL, d.push, rcvhwm=10)
