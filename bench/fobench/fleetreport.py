@@ -76,7 +76,7 @@ def scale_tables(cells: Sequence[FleetCell], systems: Sequence[str]) -> list[tup
                 lambda r: r.rss_per_conn / 1024 if r.rss_per_conn else None, lambda v: f"{v:.1f}", False)),
         ("time to connect every subscriber (all handshakes done), ms",
          _table(cells, systems, ["subscribers"], subs, lambda r: r.connect_ms, lambda v: f"{v:,.0f}", False)),
-        ("server CPU while connected and idle, % of one core (fanoutd: its slow-consumer detector's scans)",
+        ("server CPU while connected and idle, % of one core (fanoutd: heartbeats, the slow-consumer guard)",
          _table(cells, systems, ["subscribers"], subs, lambda r: r.idle_cpu_pct, lambda v: f"{v:.1f}", False)),
     ]
     losses = ["| subscribers | system | lost per run (of sent x consumers) | connections closed by the server "
