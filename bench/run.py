@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=_csv(int), default=list(matrix.SIZES), help="message sizes, bytes")
     p.add_argument("--subs", type=_csv(int), default=list(matrix.SUBS), help="subscriber counts")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the messages per run")
+    p.add_argument("--clients", choices=("raw", "libzmq"), default="raw",
+                   help="throughput matrix: the same C clients for every system (raw, the default), or "
+                        "libzmq's zpub and zsink for fanoutd and the C baseline")
     p.add_argument("--idle-ms", type=int, default=1000,
                    help="a sink is done after this long without a message (default 1000)")
     p.add_argument("--latency-seconds", type=float, default=3.0, help="length of a latency run")
@@ -110,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
     if "throughput" in args.modes:
-        tput = matrix.throughput(runner, systems, args.sizes, args.subs, args.repeats, args.scale)
+        tput = matrix.throughput(runner, systems, args.sizes, args.subs, args.repeats, args.scale,
+                                 args.clients)
         title = f"Throughput: delivered msg/s per subscriber (median of {args.repeats}; ratio to the C baseline)"
+        if args.clients == "libzmq":
+            title += "; fanoutd's and the C baseline's clients: libzmq's (zpub, zsink)"
         sections.append((title, report.throughput_table(tput, systems)))
         sections.append(("Throughput: every run", report.runs_table(tput)))
         data["throughput"] = tput

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fobench.build import build_all  # noqa: E402  (the bench's own package, beside the tests)
 from fobench.procs import Child  # noqa: E402
-from fobench.rawproto import REDIS, RawPublisher, subscriber_count  # noqa: E402
+from fobench import subscriptions  # noqa: E402
 from fobench.servers import start_redis  # noqa: E402
 
 
@@ -32,56 +32,73 @@ def test_bench_quick_runs_every_system(tmp_path):
     assert all(cells[2:6]) and "n/a" not in cells[2], row
 
 
-def _msink(bins: dict[str, Path], mode: str, port: int, k: int, size: int, count: int) -> Child:
-    return Child([str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(size),
-                  "-n", str(count), "-w", "20000"], f"msink-{mode}")
+def _msink(bins: dict[str, Path], mode: str, port: int, k: int, size: int, count: int,
+           offset: int | None = None) -> Child:
+    argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(size), "-n", str(count),
+            "-w", "20000"]
+    return Child(argv + (["-o", str(offset)] if offset is not None else []), f"msink-{mode}")
+
+
+def _rawpub(bins: dict[str, Path], mode: str, port: int, size: int, count: int, rate: float = 0) -> Child:
+    argv = [str(bins["rawpub"]), "-m", mode, "-p", str(port), "-s", str(size), "-n", str(count)]
+    return Child(argv + (["-r", str(rate)] if rate else []), "rawpub", stdin=True)
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
 
 
 @pytest.mark.timeout(120)
-def test_msink_holds_a_fleet_of_zmtp_subscribers_on_fanoutd(start_daemon):
-    """50 raw-ZMTP subscribers in one msink get every one of 2000 paced messages from zpub through fanoutd."""
+@pytest.mark.parametrize("size, subs, count, rate", [(100, 50, 2000, 4000), (1024, 3, 20000, 0)],
+                         ids=["paced-short-frames", "flat-out-long-frames"])
+def test_raw_zmtp_clients_carry_every_message_through_fanoutd(start_daemon, size, subs, count, rate):
+    """rawpub (a PUB over raw ZMTP) through fanoutd to msink subscribers and an msink puller: all get all."""
     bins = build_all()
     daemon = start_daemon()
-    sink = _msink(bins, "zmtp", int(daemon.publish.rsplit(":", 1)[1]), 50, 100, 2000)
+    subscribers = _msink(bins, "zmtp", _port(daemon.publish), subs, size, count)
+    puller = _msink(bins, "zmtp-pull", _port(daemon.push), 1, size - 2, count, offset=0)  # no "t " for pullers
     producer = None
     try:
-        sink.expect("connected", 30)
-        producer = Child([str(bins["zpub"]), "-e", daemon.collector, "-s", "100", "-n", "2000", "-r", "4000"],
-                         "zpub", stdin=True)
+        subscribers.expect("connected", 30)
+        puller.expect("connected", 30)
+        producer = _rawpub(bins, "zmtp", _port(daemon.collector), size, count, rate)
         producer.expect("subscribed", 15)
-        sink.expect("ready", 30)  # every connection has had a warm-up message
+        subscribers.expect("ready", 30)  # every connection has had a warm-up message
+        puller.expect("ready", 30)
         producer.send_line("go")
-        sent = producer.result(60)
+        sent = producer.result(60)  # after the collector's PONG: it has read everything
+        outs = [subscribers.result(60), puller.result(60)]
+    finally:
+        for child in (producer, subscribers, puller):
+            if child is not None:
+                child.stop()
+    assert sent["sent"] == count and 0 < sent["t_first"] <= sent["t_last"], sent
+    for out, conns in zip(outs, (subs, 1)):
+        assert out["conns"] == out["ready_conns"] == conns, out
+        assert out["received_min"] == out["received_max"] == count and out["received"] == conns * count, out
+        assert out["bad"] == 0 and out["closed"] == 0, out
+        assert 0 < out["t_first"] <= out["t_last"] and 0 < out["connect_ms"] <= out["ready_ms"], out
+
+
+@pytest.mark.timeout(120)
+def test_msink_holds_a_fleet_of_redis_subscribers():
+    """20 RESP subscribers in one msink each get all 2000 messages rawpub sends to redis-server."""
+    bins = build_all()
+    server = start_redis()
+    sink = _msink(bins, "redis", server.port, 20, 1024, 2000)
+    producer = None
+    try:
+        sink.expect("ready", 30)
+        assert subscriptions.count("redis", server.port) == 20
+        producer = _rawpub(bins, "redis", server.port, 1024, 2000, 4000)
+        producer.expect("connected", 15)
+        producer.send_line("go")
+        assert producer.result(60)["sent"] == 2000  # after redis's PONG: it has taken everything
         out = sink.result(60)
     finally:
         for child in (producer, sink):
             if child is not None:
                 child.stop()
-    assert sent["sent"] == 2000
-    assert out["conns"] == out["ready_conns"] == 50, out
-    assert out["received_min"] == out["received_max"] == 2000 and out["received"] == 50 * 2000, out
-    assert out["bad"] == 0 and out["closed"] == 0, out
-    assert 0 < out["t_first"] <= out["t_last"] and 0 < out["connect_ms"] <= out["ready_ms"], out
-
-
-@pytest.mark.timeout(120)
-def test_msink_holds_a_fleet_of_redis_subscribers():
-    """20 RESP subscribers in one msink each get all 2000 messages a raw publisher sends to redis-server."""
-    bins = build_all()
-    server = start_redis()
-    sink = _msink(bins, "redis", server.port, 20, 1024, 2000)
-    try:
-        sink.expect("ready", 30)
-        assert subscriber_count(REDIS, server.port) == 20
-        publisher = RawPublisher(REDIS, server.port)
-        try:
-            publisher.paced(1024, 2000, 4000)
-            publisher.flush(30)
-        finally:
-            publisher.close()
-        out = sink.result(60)
-    finally:
-        sink.stop()
         server.stop()
     assert out["conns"] == out["ready_conns"] == 20, out
     assert out["received_min"] == out["received_max"] == 2000 and out["received"] == 20 * 2000, out

@@ -15,6 +15,8 @@
  *          which proves connection and subscription work end to end.
  *          Measured messages are single frames of LEN bytes; another size
  *          or a MORE flag counts as bad (framing is intact: it reads on).
+ *   zmtp-pull  the same as a PULL socket (Socket-Type PULL, no
+ *          subscription): a puller on a PUSH output.
  *   redis  "SUBSCRIBE c", "PING"; deliveries are RESP2 "message" arrays.
  *   nats   CONNECT, "SUB c 1", "PING"; deliveries are "MSG c 1 LEN"; a
  *          server PING between frames is answered with PONG.
@@ -42,7 +44,7 @@
  * buffer, and a connection keeps only its parser state, a partial frame
  * head and the 16 header bytes of the message being read, whatever LEN is.
  *
- * Usage: msink -m zmtp|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET]
+ * Usage: msink -m zmtp|zmtp-pull|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET]
  *              [-l] [-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH]
  * Prints "connected", "ready", then one JSON line: conns, ready_conns,
  * received (total), received_min, received_max (over connections), bad,
@@ -111,6 +113,7 @@ struct conn {
 
 /* Settings. */
 static enum mode mode;
+static int pull;   /* zmtp-pull: Socket-Type PULL, no subscription */
 static uint64_t len, offset, count;
 static struct sockaddr_in addr;
 static unsigned char hello[256];
@@ -233,10 +236,10 @@ static void handshake_done(struct conn *c)
 {
     c->shook = 1;
     n_shook++;
-    if (mode == M_ZMTP) {
+    if (mode == M_ZMTP && !pull) {
         static const unsigned char subscribe_all[] = { 0x00, 0x01, 0x01 };
         send_bytes(c, subscribe_all, sizeof subscribe_all);
-    } else {
+    } else if (mode != M_ZMTP) {
         make_ready(c);  /* redis and nats publishers send no warm-up */
     }
 }
@@ -561,13 +564,16 @@ static void setup_protocol(void)
         hello[9] = 0x7F;
         hello[10] = 3;
         memcpy(hello + 12, "NULL", 4);
-        /* READY command with one property, Socket-Type = SUB. */
+        /* READY command with one property, Socket-Type = SUB (or PULL). */
         size_t i = GREETING_LEN + 2;
         hello[i++] = 5;
         memcpy(hello + i, "READY", 5), i += 5;
         hello[i++] = 11;
         memcpy(hello + i, "Socket-Type", 11), i += 11;
-        memcpy(hello + i, "\0\0\0\3SUB", 7), i += 7;
+        if (pull)
+            memcpy(hello + i, "\0\0\0\4PULL", 8), i += 8;
+        else
+            memcpy(hello + i, "\0\0\0\3SUB", 7), i += 7;
         hello[GREETING_LEN] = 0x04;
         hello[GREETING_LEN + 1] = (unsigned char)(i - GREETING_LEN - 2);
         hello_len = i;
@@ -586,7 +592,7 @@ static void setup_protocol(void)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: msink -m zmtp|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET] [-l] "
+    fprintf(stderr, "usage: msink -m zmtp|zmtp-pull|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET] [-l] "
                     "[-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH]\n");
     return 2;
 }
@@ -613,6 +619,7 @@ int main(int argc, char **argv)
     }
     if (!m) return usage();
     if (strcmp(m, "zmtp") == 0) mode = M_ZMTP;
+    else if (strcmp(m, "zmtp-pull") == 0) mode = M_ZMTP, pull = 1;
     else if (strcmp(m, "redis") == 0) mode = M_REDIS;
     else if (strcmp(m, "nats") == 0) mode = M_NATS;
     else return usage();

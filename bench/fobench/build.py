@@ -15,7 +15,7 @@ C_DIR = BENCH_DIR / "c"
 BUILD_DIR = BENCH_DIR / "build"
 BIN_DIR = BUILD_DIR / "bin"
 
-PROGRAMS = ("cbase", "zpub", "zsink", "rawsink", "msink", "rawpub")
+PROGRAMS = ("cbase", "zpub", "zsink", "msink", "rawpub")
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-std=gnu11")
 LIBS = ("-lzmq", "-lpthread")
 

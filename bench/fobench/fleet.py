@@ -3,11 +3,12 @@
 ``msink`` holds K subscriber connections in one process over raw TCP (ZMTP
 for the ZeroMQ systems, RESP and the NATS protocol for the others), so the
 same program reads for every system and 10,000 subscribers fit in one
-process.  The producer is C for every system too: ``zpub`` for ZeroMQ,
-``rawpub`` for Redis and NATS, paced per message by ``clock_nanosleep``.
+process.  The producer is the same C program for every system too,
+``rawpub``, paced per message by ``clock_nanosleep`` (:mod:`.clients`).
 
 Equal work, as in the throughput matrix: fanoutd and the C baseline feed K
-subscribers and one puller (``zsink``), Redis and NATS K + 1 subscribers.
+subscribers and one puller (``msink`` as a PULL), Redis and NATS K + 1
+subscribers.
 
 A run: start the server; connect the fleet (``connect_ms``: until every
 handshake is done); measure the server's CPU and memory with everyone
@@ -28,16 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import servers
+from . import clients, servers
 from .procs import Child, ProcError, prometheus_counters, rss_bytes
-from .rawproto import PROTOS, subscriber_count
+from . import subscriptions
 
 READY_TIMEOUT = 120.0   # 10,000 handshakes through fanoutd's ZAP handler take a while
 IDLE_PROBE = 31.0       # seconds of connected-but-idle measurement: one ZMTP heartbeat period of fanoutd (30 s)
 IDLE_PROBE_SMALL = 5.0  # ... below IDLE_PROBE_FROM subscribers, where a heartbeat wave costs next to nothing
 IDLE_PROBE_FROM = 1_000
 SINK_WAIT_MS = 90_000   # how long a sink waits for its first message: past the idle probe and the fleet's start
-TOPIC_LEN = 2
 MAX_PER_SINK = 5_000    # connections per msink process (spread over processes, and so over cores)
 
 
@@ -141,16 +141,8 @@ def _split(n: int) -> list[int]:
 
 
 def _msinks(bins: dict[str, Path], mode: str, port: int, n: int, spec: FleetSpec, offset: int) -> list[Child]:
-    out = []
-    for k in _split(n):
-        argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(spec.size),
-                "-n", str(spec.count), "-o", str(offset), "-i", str(spec.idle_ms), "-w", str(SINK_WAIT_MS)]
-        out.append(Child(argv + (["-l"] if spec.latency else []), f"msink-{mode}"))
-    return out
-
-
-def _port(endpoint: str) -> int:
-    return int(endpoint.rsplit(":", 1)[1])
+    return [clients.msink(bins, mode, port, k, spec.size, spec.count, offset, spec.idle_ms, SINK_WAIT_MS,
+                          spec.latency) for k in _split(n)]
 
 
 def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
@@ -167,11 +159,8 @@ def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
     try:
         rss0 = rss_bytes(server.pid)
         if server.is_zmq:
-            sinks = _msinks(bins, "zmtp", _port(server.publish), spec.subs, spec, TOPIC_LEN)
-            offset = 0 if server.strip_topic else TOPIC_LEN
-            puller = Child([str(bins["zsink"]), "-t", "pull", "-e", server.push, "-L",
-                            str(spec.size - TOPIC_LEN + offset), "-o", str(offset), "-n", str(spec.count),
-                            "-i", str(spec.idle_ms), "-w", str(SINK_WAIT_MS)], "zsink-pull")
+            sinks = _msinks(bins, "zmtp", clients.port_of(server.publish), spec.subs, spec, clients.TOPIC_LEN)
+            puller = clients.puller(bins, server, spec.size, spec.count, spec.idle_ms, SINK_WAIT_MS)
             readers, result.consumers = [*sinks, puller], spec.subs + 1
         else:
             sinks = _msinks(bins, server.system, server.port, spec.subs + 1, spec, 0)
@@ -187,21 +176,13 @@ def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
             time.sleep(spec.idle_probe)
             result.idle_cpu_pct = (cpu_ns(server.pid) - c0) * 100 / (time.monotonic_ns() - w0)
         result.rss_per_conn = (rss_bytes(server.pid) - rss0) / spec.subs
-        if server.is_zmq:
-            argv = [str(bins["zpub"]), "-e", server.collector, "-s", str(spec.size), "-n", str(spec.count)]
-            producer = Child(argv + (["-r", str(spec.rate)] if spec.rate else []), "zpub", stdin=True)
-            children.append(producer)
-            producer.expect("subscribed", READY_TIMEOUT)
-        else:
-            argv = [str(bins["rawpub"]), "-m", server.system, "-p", str(server.port), "-s", str(spec.size),
-                    "-n", str(spec.count)]
-            producer = Child(argv + (["-r", str(spec.rate)] if spec.rate else []), "rawpub", stdin=True)
-            children.append(producer)
-            producer.expect("connected", READY_TIMEOUT)
+        producer, ready = clients.producer(bins, server, spec.size, spec.count, spec.rate)
+        children.append(producer)
+        producer.expect(ready, READY_TIMEOUT)
         for reader in readers:
             reader.expect("ready", READY_TIMEOUT)
         if not server.is_zmq:
-            seen = subscriber_count(PROTOS[server.system], server.port, server.monitor_port)
+            seen = subscriptions.count(server.system, server.port, server.monitor_port)
             if seen != result.consumers:
                 raise ProcError(f"{server.system}: {seen} subscriptions, expected {result.consumers}")
         trace = _CpuTrace(server.pid)

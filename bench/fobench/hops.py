@@ -59,7 +59,7 @@ def run(bins: dict[str, Path], repeats: int, seconds: float, python: str | None 
                                extras={"metrics": metrics})
                 spec = trial.TrialSpec("fanoutd", SIZE, 1, count=int(RATE * seconds), rate=RATE, latency=True)
                 result = trial.TrialResult(spec)
-                trial._run_zmq(chain, spec, bins, result)
+                trial.run_on(chain, spec, bins, result)
                 sub = next(s for s in result.sinks if s.output == "sub")
                 pull = next(s for s in result.sinks if s.output == "pull")
                 samples.append((sub.p50_us or 0, sub.p99_us or 0, pull.p50_us or 0, pull.p99_us or 0))

@@ -105,14 +105,14 @@ class Runner:
 
 
 def throughput(runner: Runner, systems: Sequence[str], sizes: Sequence[int], subs: Sequence[int],
-               repeats: int, scale: float = 1.0) -> list[Cell]:
-    """Flat-out delivery rate for every system x size x subscriber count."""
+               repeats: int, scale: float = 1.0, clients: str = "raw") -> list[Cell]:
+    """Flat-out delivery rate for every system x size x subscriber count (``clients``: see TrialSpec)."""
     cells = {(sy, si, su): Cell(sy, si, su) for si in sizes for su in subs for sy in systems}
     for rep in range(repeats):
         for size in sizes:
             for n in subs:
                 label = f"[throughput {rep + 1}/{repeats}] {size:>5} B x{n}"
                 for system in _rotated(systems, rep):
-                    spec = TrialSpec(system, size, n, count=count_for(size, n, scale))
+                    spec = TrialSpec(system, size, n, count=count_for(size, n, scale), clients=clients)
                     cells[(system, size, n)].trials.append(runner.run(spec, label))
     return list(cells.values())

@@ -5,6 +5,11 @@ ZeroMQ systems, one puller on the PUSH output), proves each of them is
 subscribed end to end before the measured load starts, sends a fixed number
 of messages (flat out, or paced for latency), and stops everything.
 
+The clients are the same C programs for every system (``rawpub``, and one
+``msink`` per consumer; :mod:`.clients`).  ``clients="libzmq"`` gives the
+ZeroMQ systems libzmq's own instead (``zpub``, ``zsink``), as a user's
+program would have; runs with a stalled subscriber or a duration need them.
+
 Rate of a sink = messages it received / (its last receive - first send).
 A trial's rate is its slowest sink's: lost messages count against it.
 """
@@ -16,12 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import servers
+from . import clients, servers
+from .clients import TOPIC_LEN
 from .procs import Child, ProcError, prometheus_counters, rss_bytes
-from .rawproto import PROTOS, RawPublisher, sink_argv, subscriber_count
+from . import subscriptions
 
 READY_TIMEOUT = 15.0
-TOPIC_LEN = 2  # the "t " the ZeroMQ producer puts in front of each payload
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,11 @@ class TrialSpec:
     # Equal work: Redis and NATS have no PUSH output, so they get one more subscriber standing in for
     # fanoutd's puller (same number of consumers, same bytes out), and their slowest consumer is measured.
     equal_work: bool = True
+    clients: str = "raw"     # "raw": rawpub + msink for every system; "libzmq": zpub + zsink for ZeroMQ
+
+    @property
+    def libzmq_clients(self) -> bool:
+        return self.clients == "libzmq" or bool(self.stall or self.duration)
 
 
 @dataclass
@@ -126,7 +136,7 @@ def _sample_rss(pid: int, every: float, out: list[tuple[float, int]], stop: thre
         stop.wait(every)
 
 
-def _run_zmq(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], result: TrialResult) -> None:
+def _run_libzmq(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], result: TrialResult) -> None:
     count = spec.count or 10**12
     offset = 0 if server.strip_topic else TOPIC_LEN
     sinks: list[tuple[str, Child]] = [
@@ -172,33 +182,45 @@ def _run_zmq(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], res
 
 
 def _run_raw(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], result: TrialResult) -> None:
-    proto = PROTOS[server.system]
-    consumers = spec.subs + (1 if spec.equal_work else 0)
-    sinks = [Child(sink_argv(proto, bins["rawsink"], server.port, spec.size, spec.count,
-                             spec.latency, spec.idle_ms), f"rawsink-{proto.name}")
-             for _ in range(consumers)]
+    """Any system, with rawpub and one msink per consumer."""
+    sinks: list[tuple[str, Child]] = []
+    if server.is_zmq:
+        sinks += [("sub", clients.msink(bins, "zmtp", clients.port_of(server.publish), 1, spec.size, spec.count,
+                                        TOPIC_LEN, spec.idle_ms, latency=spec.latency))
+                  for _ in range(spec.subs)]
+        sinks.append(("pull", clients.puller(bins, server, spec.size, spec.count, spec.idle_ms,
+                                             latency=spec.latency)))
+    else:
+        consumers = spec.subs + (1 if spec.equal_work else 0)
+        sinks += [("sub", clients.msink(bins, server.system, server.port, 1, spec.size, spec.count, 0,
+                                        spec.idle_ms, latency=spec.latency))
+                  for _ in range(consumers)]
+    producer, ready = clients.producer(bins, server, spec.size, spec.count, spec.rate)
+    children = [producer] + [c for _, c in sinks]
     try:
-        for sink in sinks:
+        producer.expect(ready, READY_TIMEOUT)
+        for _, sink in sinks:
             sink.expect("ready", READY_TIMEOUT)
-        seen = subscriber_count(proto, server.port, server.monitor_port)
-        if seen != consumers:
-            raise ProcError(f"{proto.name}: {seen} subscriptions, expected {consumers}")
-        publisher = RawPublisher(proto, server.port)
-        try:
-            if spec.rate:
-                t_first, _ = publisher.paced(spec.size, spec.count, spec.rate)
-            else:
-                t_first, _ = publisher.flat_out(spec.size, spec.count)
-            result.sent = spec.count
-            budget = 60.0 + (spec.count / spec.rate if spec.rate else 0)
-            publisher.flush(budget)
-            for sink in sinks:
-                result.sinks.append(_sink_result("sub", sink.result(budget), t_first))
-        finally:
-            publisher.close()
+        if not server.is_zmq:
+            seen = subscriptions.count(server.system, server.port, server.monitor_port)
+            if seen != len(sinks):
+                raise ProcError(f"{server.system}: {seen} subscriptions, expected {len(sinks)}")
+        producer.send_line("go")
+        budget = 60.0 + (spec.count / spec.rate if spec.rate else 0)
+        pub = producer.result(budget)
+        result.sent = int(pub["sent"])
+        for output, sink in sinks:
+            result.sinks.append(_sink_result(output, sink.result(budget), int(pub["t_first"])))
+        if "metrics" in server.extras:
+            result.counters = prometheus_counters(f"http://{server.extras['metrics']}/metrics", "fanoutd_")
     finally:
-        for sink in sinks:
-            sink.stop()
+        for child in children:
+            child.stop()
+
+
+def run_on(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], result: TrialResult) -> None:
+    """Run ``spec`` against a server that is already up (a chain of nodes, say), with the right clients."""
+    (_run_libzmq if server.is_zmq and spec.libzmq_clients else _run_raw)(server, spec, bins, result)
 
 
 def run_trial(spec: TrialSpec, bins: dict[str, Path], python: str | None = None) -> TrialResult:
@@ -210,7 +232,7 @@ def run_trial(spec: TrialSpec, bins: dict[str, Path], python: str | None = None)
         result.error = f"start: {err}"
         return result
     try:
-        (_run_zmq if server.is_zmq else _run_raw)(server, spec, bins, result)
+        run_on(server, spec, bins, result)
         bad = sum(s.bad for s in result.sinks)
         if bad:
             result.error = f"{bad} malformed messages"
