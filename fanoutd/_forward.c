@@ -49,7 +49,8 @@ enum {
     C_RECEIVED_UPSTREAM, C_RELAYED, C_REJECT_LOOP, C_REJECT_ROUTE,
     C_RELAY_DROPPED, C_PUBLISH_STALLS, C_RELAY_STALLS,
     C_STAMPED, C_STAMPED_DROPPED, C_STAMPED_STALLS, C_STREAM_EVICTIONS,
-    C_UPSTREAM_GAPS, C_UPSTREAM_UNTRACKED, C_UPSTREAM_HELLOS, C_REJECT_NOT_RELAY, C_COUNT
+    C_UPSTREAM_GAPS, C_UPSTREAM_UNTRACKED, C_UPSTREAM_HELLOS, C_REJECT_NOT_RELAY,
+    C_PUBLISH_HELD_NS, C_RELAY_HELD_NS, C_STAMPED_HELD_NS, C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
@@ -59,6 +60,7 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "relay_dropped", "publish_stalls", "relay_stalls",
     "stamped_messages", "stamped_dropped", "stamped_stalls", "stream_evictions",
     "upstream_gaps", "upstream_untracked", "upstream_hellos", "rejected_not_relay",
+    "publish_held_ns", "relay_held_ns", "stamped_held_ns",
 };
 
 enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
@@ -104,16 +106,28 @@ typedef struct { int flags; stamp_t stamp; const unsigned char *ids; int hops; }
 /* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP): libzmq refuses
  * a message there, instead of silently dropping it for one subscriber, when a
  * matching subscriber's queue is at its high-water mark. The loop then holds
- * all output for at most stall_ns, signalling stall_fd so the slow-consumer
- * guard (Python, on the hub) can cut the subscriber off; if the bound passes,
- * it sends lossy (NODROP off for that one message) and counts the message.
- * From then libzmq leaves the full subscriber out of its distribution until it
- * drains, without refusing anything: the loop keeps a *window* open on that
- * output and counts every message it sends there as missed by that subscriber,
- * until the guard has cut it off and closes the window (close_window). */
+ * all output, signalling stall_fd so the slow-consumer guard (Python, on the
+ * hub) looks at the kernel state of the output's connections and answers
+ * (answer_stall): it has cut the subscriber that stopped reading, or found
+ * none that is behind in the kernel, which means libzmq's own I/O thread is
+ * (the broker is over its capacity, and no subscriber is to blame). Either
+ * way it asks the loop to hold on, for stall_ns more each answer, and back-
+ * pressure reaches the producers: nothing is dropped. The loop waits for the
+ * answer (the hub runs the guard; a hub that never answers is a broker whose
+ * control plane is gone, and shutdown's abort ends the wait). Only if the
+ * guard answers "no" (a full subscriber it could not cut), or stall_ns is 0,
+ * does the loop send lossy (NODROP off for that one message) and count it. From then libzmq leaves the full
+ * subscriber out of its distribution until it drains, without refusing
+ * anything: the loop keeps a *window* open on that output and counts every
+ * message it sends there as missed by that subscriber, until the guard has cut
+ * it off and closes the window (close_window). A window whose subscriber the
+ * guard cannot name could not be closed exactly; holding while it looks is
+ * what keeps windows to the subscribers it can name. */
 enum { OUT_PUBLISH = 0, OUT_RELAY = 1, OUT_STAMPED = 2, OUTS = 3 };
 static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED, C_STAMPED_DROPPED};
 static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS, C_STAMPED_STALLS};
+static const int HELD_NS[OUTS] = {C_PUBLISH_HELD_NS, C_RELAY_HELD_NS, C_STAMPED_HELD_NS};
+#define HOLD_ASK_MAX_NS 1000000000LL  /* a long hold asks the guard again at least once a second */
 
 typedef struct {
     PyObject_HEAD
@@ -126,8 +140,11 @@ typedef struct {
     char reconnect_to[512];
     int reconnect_pending;
     uint64_t lossy_sends;   /* numbers lossy sends, so the guard closes only the window it handled */
+    uint64_t stall[OUTS];   /* shared: the number of the hold the output is in; 0 none */
+    uint64_t answer[OUTS];  /* shared: the guard's answer to a hold, number << 1 | (1: hold on) */
+    uint64_t holds;         /* numbers holds, so an answer is to the hold it was given for */
     int stall_fd;       /* eventfd the loop writes when it starts holding output; -1: none */
-    int64_t stall_ns;   /* how long one episode may hold output; 0: lossy at once */
+    int64_t stall_ns;   /* how long a hold lasts before the loop asks the guard again; 0: lossy at once */
     /* What the loop reads: the collector, then the PULL ingress, then the
      * upstream link (whose messages carry a route frame). */
     struct { void *socket; int from_upstream; } inputs[3];
@@ -296,6 +313,43 @@ static void wake_guard(Forwarder *f)
         (void)!write(f->stall_fd, &one, sizeof one);  /* a full eventfd already says it */
 }
 
+/* Hold all output while the guard looks and answers "hold on" (see OUTS):
+ * retry the message every 0.2 ms, and ask again after stall_ns, then after
+ * twice as long each time up to HOLD_ASK_MAX_NS (a long hold is the broker
+ * catching up, and each look scans every connection). 1 sent, 0 the guard
+ * answered "no" (the caller sends lossy), -1 error; an abort ends it too. */
+static int hold(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+{
+    struct timespec pause = {0, 200000};  /* 0.2 ms: the guard's cut takes libzmq an I/O round */
+    uint64_t number = ++f->holds;
+    STORE(f->stall[out], number);
+    int64_t start = now_ns(), period = f->stall_ns, deadline = start + period;
+    int rc = 0;
+    while (LOAD(f->mode) != MODE_ABORT) {
+        int64_t now = now_ns();
+        if (now >= deadline) {
+            uint64_t answer = LOAD(f->answer[out]);
+            if (answer == (number << 1 | 1)) {
+                number = ++f->holds;  /* "hold on": a fresh look later */
+                STORE(f->stall[out], number);
+                wake_guard(f);
+                period = period * 2 < HOLD_ASK_MAX_NS ? period * 2 : HOLD_ASK_MAX_NS;
+                deadline = now + period;
+            } else if (answer == number << 1) {
+                break;  /* "no": a full subscriber the guard could not cut; the lossy send names it */
+            } else {
+                deadline = now + 1000000;  /* still looking: wait for the answer */
+            }
+        }
+        nanosleep(&pause, NULL);
+        if ((rc = offer(f->outs[out], frames, n, tail, consume)) != 0)
+            break;
+    }
+    STORE(f->stall[out], 0);
+    f->local[HELD_NS[out]] += (uint64_t)(now_ns() - start);
+    return rc;
+}
+
 /* Deliver to a fanning-out output, stalling within the bound for the guard to
  * cut a slow consumer; a message sent lossy, or while a window is open, is
  * counted. 0 done, -1 error. */
@@ -314,13 +368,9 @@ static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, i
         if (f->stall_ns > 0) {
             f->local[STALLS[out]]++;
             publish_counters(f);
-            int64_t deadline = now_ns() + f->stall_ns;
-            struct timespec pause = {0, 200000};  /* 0.2 ms: the guard's cut takes libzmq an I/O round */
-            while (now_ns() < deadline && LOAD(f->mode) != MODE_ABORT) {
-                nanosleep(&pause, NULL);
-                if ((rc = offer(sock, frames, n, tail, consume)) != 0)
-                    return rc < 0 ? -1 : 0;
-            }
+            rc = hold(f, out, frames, n, tail, consume);
+            if (rc != 0)
+                return rc < 0 ? -1 : 0;
         }
     }
     /* Each lossy send takes one more subscriber out of the distribution: (re)open the window with its number. */
@@ -831,6 +881,31 @@ static PyObject *Forwarder_windows(Forwarder *f, PyObject *Py_UNUSED(ignored))
                          (unsigned long long)LOAD(f->window[OUT_STAMPED]));
 }
 
+static PyObject *Forwarder_stalls(Forwarder *f, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(KKK)", (unsigned long long)LOAD(f->stall[OUT_PUBLISH]),
+                         (unsigned long long)LOAD(f->stall[OUT_RELAY]),
+                         (unsigned long long)LOAD(f->stall[OUT_STAMPED]));
+}
+
+static PyObject *Forwarder_answer_stall(Forwarder *f, PyObject *args)
+{
+    int out, hold_on;
+    unsigned long long number;
+    if (!PyArg_ParseTuple(args, "iKp", &out, &number, &hold_on))
+        return NULL;
+    if (out < 0 || out >= OUTS) {
+        PyErr_Format(PyExc_ValueError, "output must be between 0 and %d", OUTS - 1);
+        return NULL;
+    }
+    if (!number || number >> 63) {
+        PyErr_SetString(PyExc_ValueError, "number must be a hold's number (from stalls())");
+        return NULL;
+    }
+    STORE(f->answer[out], (uint64_t)number << 1 | (uint64_t)(hold_on != 0));
+    Py_RETURN_NONE;
+}
+
 static PyObject *Forwarder_close_window(Forwarder *f, PyObject *args)
 {
     int out;
@@ -1004,6 +1079,12 @@ static PyMethodDef Forwarder_methods[] = {
      "tick); False if the previous request is still pending. Thread-safe."},
     {"windows", (PyCFunction)Forwarder_windows, METH_NOARGS,
      "Per output (OUTPUTS order): the number of the lossy send whose window is open, or 0. Thread-safe."},
+    {"stalls", (PyCFunction)Forwarder_stalls, METH_NOARGS,
+     "Per output (OUTPUTS order): the number of the hold it is in (a full subscriber queue), or 0. "
+     "Thread-safe."},
+    {"answer_stall", (PyCFunction)Forwarder_answer_stall, METH_VARARGS,
+     "answer_stall(output, number, hold_on): the guard has looked at hold number; hold_on asks the loop "
+     "to hold output stall_ns longer (and ask again), False lets it send lossy. Thread-safe."},
     {"close_window", (PyCFunction)Forwarder_close_window, METH_VARARGS,
      "close_window(output, number): close that output's window if no later lossy send reopened it "
      "(the guard has cut the full subscriber); True if closed. Thread-safe."},

@@ -71,8 +71,10 @@ SETTINGS: tuple[Setting, ...] = (
             "never as a gap (about 300 bytes each, used only as topics appear)"),
     Setting("slow_consumer_stall", "seconds", 0.02,
             "when a subscriber's queue (publish or relay) reaches its high-water mark, the loop holds all output "
-            "for at most this long while that subscriber is disconnected, so nothing is lost for it unseen; past "
-            "it the message is sent without it and counted (0: at once)"),
+            "while the slow-consumer guard disconnects that subscriber, or finds none behind (then the broker "
+            "itself is, and producers are held back); it asks the guard again after this long (then twice as "
+            "long each time, up to 1 s), and sends the message without the subscriber, counted, only if the "
+            "guard finds one it cannot cut (0: send at once, never hold)"),
     Setting("slow_consumer_timeout", "seconds", 10.0,
             "a subscriber that has not read for this long while data waits for it is disconnected even before "
             "its queue is full (0: only at the high-water mark)"),

@@ -170,6 +170,17 @@ class Engine:
         values = self._forwarder.topic_counters()
         return dict(zip((*self._config.metrics_topics, OTHER_TOPIC), values))
 
+    def stalls(self) -> dict[str, int]:
+        """Fanning-out outputs the loop is holding (a full subscriber queue) -> the number of that hold."""
+        if self._forwarder is None:
+            return {}
+        return {role: n for role, n in zip(_forward.OUTPUTS, self._forwarder.stalls()) if n}
+
+    def answer_stall(self, role: str, number: int, hold_on: bool) -> None:
+        """The guard has looked at hold ``number``: hold on for another stall period, or send lossy."""
+        if self._forwarder is not None:
+            self._forwarder.answer_stall(_forward.OUTPUTS.index(role), number, hold_on)
+
     def windows(self) -> dict[str, int]:
         """Fanning-out outputs with an open lossy window -> the number of the lossy send that opened it."""
         if self._forwarder is None:

@@ -94,10 +94,16 @@ class BrokerCollector:
                       src.slow_consumers())
         stalls = CounterMetricFamily("fanoutd_output_stalls", "Times the loop held all output because a "
                                      "subscriber's queue was full, per socket.", labels=["socket"])
+        held = CounterMetricFamily("fanoutd_output_held_seconds", "Time the loop held all output for a full "
+                                   "subscriber queue, per socket: the slow-consumer guard cutting a subscriber, "
+                                   "or finding none behind (the broker over its capacity, producers held back).",
+                                   labels=["socket"])
         for role in ROLES:
             if role.fans_out and getattr(src.config(), role.name):
                 stalls.add_metric([role.name], c[f"{role.name}_stalls"])
+                held.add_metric([role.name], c[f"{role.name}_held_ns"] / 1e9)
         yield stalls
+        yield held
         if src.config().upstream:
             yield _counter("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
                            "that never arrived over the link (sequence gaps).", c["upstream_gaps"])

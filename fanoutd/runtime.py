@@ -49,8 +49,7 @@ class Runtime:
         self.zap = auth.ZapHandler(self.context, auth.build_policies(config, keys))
         self.engine = Engine(config, self.context, keys.secret, node_id=node_id, upstream_server=keys.upstream_server)
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
-        self.guard = Guard(config, self.peers, self.engine.stall_fd, self.engine.windows, self.engine.close_window,
-                           self.engine.received)
+        self.guard = Guard(config, self.peers, self.engine)
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         self.upstreams.heal_with(self.engine.reconnect, zmq.curve_public(keys.secret) if keys.secret else None)
         self.peers.on_refused, self.peers.on_linked = self.upstreams.refused, self.upstreams.linked

@@ -1,18 +1,22 @@
 """The slow-consumer guard: finds subscribers that stopped keeping up, cuts them off, counts and names them.
 
 Two triggers. (1) The forwarding loop met a full subscriber queue (its XPUB
-refused a message under ZMQ_XPUB_NODROP) and holds all output for at most
-``slow_consumer_stall``, writing the stall eventfd: the guard looks at the
-kernel state of every publish and relay connection and cuts off those whose
-send queue is full, so the loop's retry goes through and nothing is lost for
-anyone unseen. (2) Once a second it samples the same connections (while the
-loop reads nothing, only those that had data waiting): one that has had data
-waiting with no byte acknowledged for ``slow_consumer_timeout`` is cut off
-before its queue ever fills.  (3) If the stall bound passed
-first, the loop sent lossy and keeps a *window* open on that output, counting
-every message as missed by the full subscriber (libzmq now skips it without
-a word); the guard cuts the fullest connection there if nobody else was,
-waits until libzmq has closed it, and closes the window.  Cutting is ``shutdown()`` on
+refused a message under ZMQ_XPUB_NODROP) and holds all output, writing the
+stall eventfd: the guard looks at the kernel state of every publish and
+relay connection and cuts off those whose send queue is full, so the loop's
+retry goes through and nothing is lost for anyone unseen; then it answers
+the hold. If no connection's kernel queue is full, no subscriber is behind:
+libzmq's own I/O thread is (the broker is over its capacity), and the guard
+asks the loop to hold on, so back-pressure reaches the producers instead of
+a drop that nobody could be named for. (2) Once a second it samples the same
+connections (while the loop reads nothing, only those that had data
+waiting): one that has had data waiting with no byte acknowledged for
+``slow_consumer_timeout`` is cut off before its queue ever fills.  (3) If
+the guard did not answer within ``slow_consumer_stall``, the loop sent
+lossy and keeps a *window* open on that output, counting every message as
+missed by the full subscriber (libzmq now skips it without a word); the
+guard cuts the fullest connection there if nobody else was, waits until
+libzmq has closed it, and closes the window.  Cutting is ``shutdown()`` on
 libzmq's own fd (never ``close()``, which would abort libzmq), after
 re-checking by inode that the fd still is that connection; libzmq then tears
 down just that connection, and the subscriber's socket reconnects.
@@ -26,6 +30,7 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator
+from typing import Protocol
 
 import gevent
 import gevent.socket
@@ -64,19 +69,25 @@ def full(fd: int, queued: int) -> bool:
         return False
 
 
+class Loop(Protocol):
+    """What the guard reads from and tells the forwarding loop (the Engine)."""
+
+    stall_fd: int  # written by the loop when it starts holding output
+
+    def received(self) -> int: ...  # messages read: while unchanged, nothing was written for a subscriber
+    def stalls(self) -> dict[str, int]: ...  # output -> the number of the hold it is in
+    def answer_stall(self, role: str, number: int, hold_on: bool) -> None: ...
+    def windows(self) -> dict[str, int]: ...  # output -> the number of the lossy send that opened its window
+    def close_window(self, role: str, number: int) -> bool: ...
+
+
 class Guard:
     """Watches the fanning-out sockets' connections; ``cut[role]`` counts the consumers it disconnected."""
 
-    def __init__(self, config: Config, peers: PeerTracker, stall_fd: int,
-                 windows: Callable[[], dict[str, int]] = dict,
-                 close_window: Callable[[str, int], bool] = lambda role, number: True,
-                 received: Callable[[], int] | None = None) -> None:
+    def __init__(self, config: Config, peers: PeerTracker, loop: Loop) -> None:
         self._config = config
-        self._received = received  # messages the loop has read: unchanged, it wrote nothing for a subscriber
-        self._windows = windows
-        self._close_window = close_window
+        self._loop = loop
         self._peers = peers
-        self._stall_fd = stall_fd
         self._roles = tuple(role for role in peers.open if BY_NAME[role].fans_out)
         self.cut: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
         self._progress: dict[tuple[int, int], tuple[float, int, int]] = {}  # (fd, inode) -> (since, queued, acked)
@@ -105,9 +116,10 @@ class Guard:
         acknowledges bytes; one that stopped reading acknowledges nothing.
         """
         while True:
-            gevent.socket.wait_read(self._stall_fd)
-            os.read(self._stall_fd, 8)
-            windows = self._windows()  # before looking: a window opened later wakes us again
+            gevent.socket.wait_read(self._loop.stall_fd)
+            os.read(self._loop.stall_fd, 8)
+            stalls = self._loop.stalls()    # before looking: a hold begun later wakes us again,
+            windows = self._loop.windows()  # and so does a window opened later
             first, _ = self._readings()
             gevent.sleep(STALL_LOOK)
             now, cut = time.monotonic(), []
@@ -126,6 +138,12 @@ class Guard:
                 if full(conn.fd, queued) and self._cut(conn, "it fell furthest behind when its queue reached the "
                                                        "high-water mark", queued, self._stalled(conn, now)):
                     cut.append(conn)
+            for role, number in stalls.items():
+                # Hold on, unless a subscriber there is behind in the kernel and was not cut: then it is the
+                # one libzmq would skip, and a lossy send opens a window that names it (_end_window).
+                behind = [conn for conn, (queued, _) in readings.items()
+                          if conn.role == role and not conn.reason and full(conn.fd, queued)]
+                self._loop.answer_stall(role, number, not behind)
             for role, number in windows.items():
                 self._end_window(role, number, [c for c in cut if c.role == role], readings, now)
 
@@ -150,7 +168,7 @@ class Guard:
                             "counted as missed by it", role, WINDOW_WAIT)
                 return
             gevent.sleep(0.001)
-        self._close_window(role, number)
+        self._loop.close_window(role, number)
 
     def _stalled(self, conn: Connection, now: float) -> float:
         """Seconds since the sampler last saw this connection make progress (0 if never sampled)."""
@@ -184,7 +202,7 @@ class Guard:
             # reached the kernel long before the last pass. So only those with data waiting last pass need
             # a look, and 10,000 idle subscribers cost no system call each a second (a heartbeat left
             # unacknowledged is the kernel's to act on: sockets.heartbeat_options).
-            received.append(self._received() if self._received else now)
+            received.append(self._loop.received())
             quiet = len(received) == 3 and received[0] == received[2]
             readings, looked = self._readings(self._progress if quiet else None)
             log.debug("guard pass: looked at %d connections, %d with data waiting, in %.1f ms", looked,
