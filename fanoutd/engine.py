@@ -203,6 +203,11 @@ class Engine:
         if self._forwarder is not None:
             self._forwarder.set_push_peers(count)
 
+    def set_stamped_peers(self, count: int) -> None:
+        """With no connection on the stamped output, the loop spares itself that output's sends."""
+        if self._forwarder is not None:
+            self._forwarder.set_stamped_peers(count)
+
     def apply_limits(self, config: Config) -> None:
         """Apply the settings a reload can change without touching sockets."""
         self._config = config

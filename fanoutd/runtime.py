@@ -130,3 +130,5 @@ class Runtime:
     def _on_peers(self, role: str, count: int) -> None:
         if role == "push":
             self.engine.set_push_peers(count)
+        elif role == "stamped":
+            self.engine.set_stamped_peers(count)
