@@ -12,11 +12,12 @@ a drop that nobody could be named for. (2) Once a second it samples the same
 connections (while the loop reads nothing, only those that had data
 waiting): one that has had data waiting with no byte acknowledged for
 ``slow_consumer_timeout`` is cut off before its queue ever fills.  (3) If
-the guard did not answer within ``slow_consumer_stall``, the loop sent
-lossy and keeps a *window* open on that output, counting every message as
-missed by the full subscriber (libzmq now skips it without a word); the
-guard cuts the fullest connection there if nobody else was, waits until
-libzmq has closed it, and closes the window.  Cutting is ``shutdown()`` on
+the guard answers "no" (a full subscriber it could not cut), or
+``slow_consumer_stall`` is 0, the loop sends lossy and keeps a *window*
+open on that output, counting every message as missed by the full
+subscriber (libzmq now skips it without a word); the guard cuts the fullest
+connection there if nobody else was, waits until libzmq has closed it, and
+closes the window.  Cutting is ``shutdown()`` on
 libzmq's own fd (never ``close()``, which would abort libzmq), after
 re-checking by inode that the fd still is that connection; libzmq then tears
 down just that connection, and the subscriber's socket reconnects.
@@ -139,11 +140,13 @@ class Guard:
                                                        "high-water mark", queued, self._stalled(conn, now)):
                     cut.append(conn)
             for role, number in stalls.items():
-                # Hold on, unless a subscriber there is behind in the kernel and was not cut: then it is the
-                # one libzmq would skip, and a lossy send opens a window that names it (_end_window).
-                behind = [conn for conn, (queued, _) in readings.items()
-                          if conn.role == role and not conn.reason and full(conn.fd, queued)]
-                self._loop.answer_stall(role, number, not behind)
+                # Hold on while nobody there is behind in the kernel (the broker is), or while a cut is under
+                # way (the next look finds the next one, if any). Only a full subscriber that could not be cut
+                # means "no": libzmq then skips that one, and the lossy send's window names it (_end_window).
+                behind = any(conn.role == role and not conn.reason and full(conn.fd, queued)
+                             for conn, (queued, _) in readings.items())
+                cutting = any(conn.role == role and conn.reason for conn in self._connections())
+                self._loop.answer_stall(role, number, not behind or cutting)
             for role, number in windows.items():
                 self._end_window(role, number, [c for c in cut if c.role == role], readings, now)
 

@@ -93,6 +93,25 @@ def test_a_stalled_subscriber_is_cut_off_counted_and_named_while_a_fast_one_gets
     assert d.get("/readyz")[0] == 200
 
 
+def test_two_stalled_subscribers_are_both_cut_while_output_holds_and_nothing_goes_lossy(start_daemon, sockets):
+    """Two subscribers stop reading a moment apart: the guard cuts one, and output holds while that cut is
+    under way and the next look finds the other, so no message is sent without either of them."""
+    d = start_daemon("--publish-hwm", "1000", "--push", "")
+    fast = connected(sockets, zmq.SUB, d.publish)
+    slow = [connected(sockets, zmq.SUB, d.publish, rcvhwm=1000, rcvbuf=64 * 1024) for _ in range(2)]
+    prod = ready_producer(sockets, d.collector)
+    probes = warm_up(prod, fast, *slow)
+    n = 60_000
+    got_fast, *_ = run_paced(prod, n, 20_000, [(fast, None), (slow[0], (0.2, 4.0)), (slow[1], (0.4, 4.0))],
+                             wait=20)
+    assert got_fast == n
+    assert d.wait_value("fanoutd_published_messages_total", probes + n) == probes + n
+    cut = d.value("fanoutd_slow_consumers_total", socket="publish")
+    lossy = d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm")
+    # Each is cut at least once (a SUB reconnects by itself and, still paused, may fill and be cut again).
+    assert cut >= 2 and lossy == 0, (cut, lossy, [line for line in d.log().splitlines() if "WARNING" in line])
+
+
 def test_with_no_stall_allowed_a_full_subscriber_is_counted_and_still_cut(start_daemon, sockets):
     """slow_consumer_stall = 0: the message that met the full queue goes out at once without that subscriber,
     counted, and the subscriber is disconnected (left connected, libzmq would skip it silently)."""
