@@ -133,12 +133,16 @@ class Guard:
                     if self._cut(conn, "its queue reached the high-water mark", queued, self._stalled(conn, now)):
                         cut.append(conn)
             if not cut and readings and not self._closing():
-                # Nobody stopped outright: the one furthest behind has the full queue (libzmq queues for a
-                # peer only once its kernel buffer is full). Left connected, libzmq would skip it silently.
-                conn, (queued, _) = max(readings.items(), key=lambda item: item[1][0])
-                if full(conn.fd, queued) and self._cut(conn, "it fell furthest behind when its queue reached the "
-                                                       "high-water mark", queued, self._stalled(conn, now)):
-                    cut.append(conn)
+                # Nobody stopped outright: the one furthest behind among those whose kernel buffer is full has
+                # the full queue (libzmq queues for a peer only once its kernel buffer is full; buffers autotune
+                # per connection, so the most bytes queued need not be a full one). Left connected, libzmq would
+                # skip it silently.
+                behind = [(queued, conn) for conn, (queued, _) in readings.items() if full(conn.fd, queued)]
+                if behind:
+                    queued, conn = max(behind, key=lambda item: item[0])
+                    if self._cut(conn, "it fell furthest behind when its queue reached the high-water mark", queued,
+                                 self._stalled(conn, now)):
+                        cut.append(conn)
             for role, number in stalls.items():
                 # Hold on while nobody there is behind in the kernel (the broker is), or while a cut is under
                 # way (the next look finds the next one, if any). Only a full subscriber that could not be cut
@@ -158,8 +162,9 @@ class Guard:
             # None with data waiting: the full one has drained since, and if it fills again the loop's
             # send is refused again (the window closes back to XPUB_NODROP), so no skip goes unseen.
             candidates = [(queued, conn) for conn, (queued, _) in readings.items() if conn.role == role]
-            if candidates:
-                queued, conn = max(candidates, key=lambda item: item[0])
+            fullest = [(queued, conn) for queued, conn in candidates if full(conn.fd, queued)] or candidates
+            if fullest:
+                queued, conn = max(fullest, key=lambda item: item[0])
                 if self._cut(conn, "its queue was full when a message had to be sent without it", queued,
                              self._stalled(conn, now)):
                     cut.append(conn)
