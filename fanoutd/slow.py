@@ -125,44 +125,44 @@ class Guard:
             gevent.sleep(STALL_LOOK)
             now, cut = time.monotonic(), []
             readings, _ = self._readings()
-            for conn, (queued, acked) in readings.items():
-                before = first.get(conn)
-                if before is None or not full(conn.fd, queued):
-                    continue
-                if (acked == before[1] if acked >= 0 else queued >= before[0]):
+            # Only a connection whose kernel buffer is full can be the one with the full queue (libzmq queues
+            # for a peer only once its kernel buffer is full; buffers autotune per connection, so the most
+            # bytes queued need not be a full one).
+            behind = {conn: queued for conn, (queued, _) in readings.items() if full(conn.fd, queued)}
+            for conn, queued in behind.items():
+                before, acked = first.get(conn), readings[conn][1]
+                if before is not None and (acked == before[1] if acked >= 0 else queued >= before[0]):
                     if self._cut(conn, "its queue reached the high-water mark", queued, self._stalled(conn, now)):
                         cut.append(conn)
-            if not cut and readings and not self._closing():
-                # Nobody stopped outright: the one furthest behind among those whose kernel buffer is full has
-                # the full queue (libzmq queues for a peer only once its kernel buffer is full; buffers autotune
-                # per connection, so the most bytes queued need not be a full one). Left connected, libzmq would
-                # skip it silently.
-                behind = [(queued, conn) for conn, (queued, _) in readings.items() if full(conn.fd, queued)]
-                if behind:
-                    queued, conn = max(behind, key=lambda item: item[0])
-                    if self._cut(conn, "it fell furthest behind when its queue reached the high-water mark", queued,
-                                 self._stalled(conn, now)):
-                        cut.append(conn)
+            if not cut and behind and not self._closing():
+                # Nobody stopped outright: the one furthest behind has the full queue. Left connected, libzmq
+                # would skip it silently.
+                conn = max(behind, key=behind.__getitem__)
+                if self._cut(conn, "it fell furthest behind when its queue reached the high-water mark",
+                             behind[conn], self._stalled(conn, now)):
+                    cut.append(conn)
             for role, number in stalls.items():
                 # Hold on while nobody there is behind in the kernel (the broker is), or while a cut is under
                 # way (the next look finds the next one, if any). Only a full subscriber that could not be cut
                 # means "no": libzmq then skips that one, and the lossy send's window names it (_end_window).
-                behind = any(conn.role == role and not conn.reason and full(conn.fd, queued)
-                             for conn, (queued, _) in readings.items())
+                left = any(conn.role == role and not conn.reason for conn in behind)
                 cutting = any(conn.role == role and conn.reason for conn in self._connections())
-                self._loop.answer_stall(role, number, not behind or cutting)
+                self._loop.answer_stall(role, number, not left or cutting)
             for role, number in windows.items():
-                self._end_window(role, number, [c for c in cut if c.role == role], readings, now)
+                self._end_window(role, number, [c for c in cut if c.role == role], readings, behind, now)
 
     def _end_window(self, role: str, number: int, cut: list[Connection],
-                    readings: Readings, now: float) -> None:
-        """Make sure the subscriber libzmq skips on ``role`` is cut, wait until it is gone, close the window."""
+                    readings: Readings, behind: dict[Connection, int], now: float) -> None:
+        """Make sure the subscriber libzmq skips on ``role`` is cut, wait until it is gone, close the window.
+
+        ``behind``: the connections whose kernel buffer is full, and their bytes queued."""
         if not cut:
-            # The lossy send took the fullest subscriber of this output out of the distribution: cut that one.
-            # None with data waiting: the full one has drained since, and if it fills again the loop's
-            # send is refused again (the window closes back to XPUB_NODROP), so no skip goes unseen.
-            candidates = [(queued, conn) for conn, (queued, _) in readings.items() if conn.role == role]
-            fullest = [(queued, conn) for queued, conn in candidates if full(conn.fd, queued)] or candidates
+            # The lossy send took the fullest subscriber of this output out of the distribution: cut that one
+            # (among the full ones if there are any). None with data waiting: the full one has drained since,
+            # and if it fills again the loop's send is refused again (the window closes back to
+            # XPUB_NODROP), so no skip goes unseen.
+            fullest = ([(queued, conn) for conn, queued in behind.items() if conn.role == role]
+                       or [(queued, conn) for conn, (queued, _) in readings.items() if conn.role == role])
             if fullest:
                 queued, conn = max(fullest, key=lambda item: item[0])
                 if self._cut(conn, "its queue was full when a message had to be sent without it", queued,
