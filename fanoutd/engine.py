@@ -174,7 +174,7 @@ class Engine:
         """Fanning-out outputs the loop is holding (a full subscriber queue) -> the number of that hold."""
         if self._forwarder is None:
             return {}
-        return {role: n for role, n in zip(_forward.OUTPUTS, self._forwarder.stalls()) if n}
+        return _by_output(self._forwarder.stalls())
 
     def answer_stall(self, role: str, number: int, hold_on: bool) -> None:
         """The guard has looked at hold ``number``: hold on for another stall period, or send lossy."""
@@ -185,7 +185,7 @@ class Engine:
         """Fanning-out outputs with an open lossy window -> the number of the lossy send that opened it."""
         if self._forwarder is None:
             return {}
-        return {role: n for role, n in zip(_forward.OUTPUTS, self._forwarder.windows()) if n}
+        return _by_output(self._forwarder.windows())
 
     def close_window(self, role: str, number: int) -> bool:
         """Close ``role``'s window once its full subscriber is gone, unless a later lossy send reopened it."""
@@ -226,3 +226,8 @@ class Engine:
             return False
         os.close(self.stall_fd)  # only once the loop, its only writer, is gone
         return True
+
+
+def _by_output(numbers: tuple[int, ...]) -> dict[str, int]:
+    """The loop's per-output numbers (in OUTPUTS order) of the outputs where they are set."""
+    return {role: n for role, n in zip(_forward.OUTPUTS, numbers) if n}
