@@ -33,13 +33,16 @@ def loop(ctx: zmq.Context) -> Iterator[tuple[zmq.Socket, zmq.Socket, _forward.Fo
     collector.bind("inproc://collector")
     publish.bind("inproc://publish")
     stamped.bind("inproc://stamped")
-    producer, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    producer, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
     producer.connect("inproc://collector")
     forwarder = _forward.Forwarder(collector.underlying, publish.underlying, 0, stamped=stamped.underlying,
                                    epoch=7)
     thread = threading.Thread(target=forwarder.run)
     thread.start()
     try:
+        # A PUB drops what no subscription covers yet: wait until the collector's has arrived (the loop's
+        # calls on the collector are what attach it).
+        assert producer.poll(5000) and producer.recv() == b"\x01", "no subscription from the collector"
         yield producer, sub, forwarder
     finally:
         forwarder.stop(True)
@@ -50,7 +53,7 @@ def loop(ctx: zmq.Context) -> Iterator[tuple[zmq.Socket, zmq.Socket, _forward.Fo
 
 
 def _ready(producer: zmq.Socket, sub: zmq.Socket) -> None:
-    """Subscribe to "orders" and wait for the loop's READY answer (the producer's pipe comes up meanwhile)."""
+    """Subscribe to "orders" and wait for the loop's READY answer."""
     sub.setsockopt(zmq.SUBSCRIBE, b"orders")
     sub.connect("inproc://stamped")
     deadline = time.monotonic() + 10
