@@ -116,13 +116,14 @@ typedef struct { int flags; stamp_t stamp; const unsigned char *ids; int hops; }
  * answer (the hub runs the guard; a hub that never answers is a broker whose
  * control plane is gone, and shutdown's abort ends the wait). Only if the
  * guard answers "no" (a full subscriber it could not cut), or stall_ns is 0,
- * does the loop send lossy (NODROP off for that one message) and count it. From then libzmq leaves the full
- * subscriber out of its distribution until it drains, without refusing
- * anything: the loop keeps a *window* open on that output and counts every
- * message it sends there as missed by that subscriber, until the guard has cut
- * it off and closes the window (close_window). A window whose subscriber the
- * guard cannot name could not be closed exactly; holding while it looks is
- * what keeps windows to the subscribers it can name. */
+ * does the loop send lossy (NODROP off for that one message) and count it.
+ * From then libzmq leaves the full subscriber out of its distribution until
+ * it drains, without refusing anything: the loop keeps a *window* open on
+ * that output and counts every message it sends there as missed by that
+ * subscriber, until the guard has cut it off and closes the window
+ * (close_window). A window whose subscriber the guard cannot name could not
+ * be closed exactly; holding while it looks is what keeps windows to the
+ * subscribers it can name. */
 enum { OUT_PUBLISH = 0, OUT_RELAY = 1, OUT_STAMPED = 2, OUTS = 3 };
 static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED, C_STAMPED_DROPPED};
 static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS, C_STAMPED_STALLS};
@@ -869,22 +870,24 @@ static PyObject *Forwarder_set_limits(Forwarder *f, PyObject *args, PyObject *kw
     Py_RETURN_NONE;
 }
 
-static PyObject *Forwarder_set_push_peers(Forwarder *f, PyObject *arg)
+/* Store a connection count the hub keeps for the loop (negative as 0). */
+static PyObject *set_peers(int *peers, PyObject *arg)
 {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    STORE(f->push_peers, (int)(n < 0 ? 0 : n));
+    STORE(*peers, (int)(n < 0 ? 0 : n));
     Py_RETURN_NONE;
+}
+
+static PyObject *Forwarder_set_push_peers(Forwarder *f, PyObject *arg)
+{
+    return set_peers(&f->push_peers, arg);
 }
 
 static PyObject *Forwarder_set_stamped_peers(Forwarder *f, PyObject *arg)
 {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    STORE(f->stamped_peers, (int)(n < 0 ? 0 : n));
-    Py_RETURN_NONE;
+    return set_peers(&f->stamped_peers, arg);
 }
 
 static PyObject *Forwarder_reconnect(Forwarder *f, PyObject *arg)
@@ -909,30 +912,39 @@ static PyObject *Forwarder_reconnect(Forwarder *f, PyObject *arg)
     Py_RETURN_TRUE;
 }
 
+/* A per-output value shared with the loop, as a tuple in OUTPUTS order. */
+static PyObject *per_output(uint64_t values[OUTS])
+{
+    return Py_BuildValue("(KKK)", (unsigned long long)LOAD(values[OUT_PUBLISH]),
+                         (unsigned long long)LOAD(values[OUT_RELAY]),
+                         (unsigned long long)LOAD(values[OUT_STAMPED]));
+}
+
+/* An output index given from Python, or -1 with ValueError set if it is out of range. */
+static int output_index(int out)
+{
+    if (out >= 0 && out < OUTS)
+        return out;
+    PyErr_Format(PyExc_ValueError, "output must be between 0 and %d", OUTS - 1);
+    return -1;
+}
+
 static PyObject *Forwarder_windows(Forwarder *f, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("(KKK)", (unsigned long long)LOAD(f->window[OUT_PUBLISH]),
-                         (unsigned long long)LOAD(f->window[OUT_RELAY]),
-                         (unsigned long long)LOAD(f->window[OUT_STAMPED]));
+    return per_output(f->window);
 }
 
 static PyObject *Forwarder_stalls(Forwarder *f, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("(KKK)", (unsigned long long)LOAD(f->stall[OUT_PUBLISH]),
-                         (unsigned long long)LOAD(f->stall[OUT_RELAY]),
-                         (unsigned long long)LOAD(f->stall[OUT_STAMPED]));
+    return per_output(f->stall);
 }
 
 static PyObject *Forwarder_answer_stall(Forwarder *f, PyObject *args)
 {
     int out, hold_on;
     unsigned long long number;
-    if (!PyArg_ParseTuple(args, "iKp", &out, &number, &hold_on))
+    if (!PyArg_ParseTuple(args, "iKp", &out, &number, &hold_on) || output_index(out) < 0)
         return NULL;
-    if (out < 0 || out >= OUTS) {
-        PyErr_Format(PyExc_ValueError, "output must be between 0 and %d", OUTS - 1);
-        return NULL;
-    }
     if (!number || number >> 63) {
         PyErr_SetString(PyExc_ValueError, "number must be a hold's number (from stalls())");
         return NULL;
@@ -945,12 +957,8 @@ static PyObject *Forwarder_close_window(Forwarder *f, PyObject *args)
 {
     int out;
     unsigned long long seen;
-    if (!PyArg_ParseTuple(args, "iK", &out, &seen))
+    if (!PyArg_ParseTuple(args, "iK", &out, &seen) || output_index(out) < 0)
         return NULL;
-    if (out < 0 || out >= OUTS) {
-        PyErr_Format(PyExc_ValueError, "output must be between 0 and %d", OUTS - 1);
-        return NULL;
-    }
     uint64_t expected = seen;
     int closed = __atomic_compare_exchange_n(&f->window[out], &expected, 0, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
     return PyBool_FromLong(closed);
