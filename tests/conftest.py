@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,23 +30,31 @@ ROOT = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT_MS = 5000
 
 
+_HANDED_OUT: deque[int] = deque(maxlen=1024)  # recent answers: a port is free only until someone binds it
+
+
 def free_port() -> int:
-    """A free loopback TCP port below the ephemeral range.
+    """A free loopback TCP port below the ephemeral range, not one handed out lately.
 
     Ports the kernel hands out for bind(0) are ephemeral ones, which outgoing
     connections also use as source ports: a client reconnecting to a killed
     daemon could then hold the very port the restarted daemon needs, or even
-    connect to itself. Random ports under 32768 avoid both.
+    connect to itself. Random ports under 32768 avoid both. A port stays free
+    until the daemon binds it, so the five a daemon gets could otherwise
+    repeat one (CI once got its collector's port again for publish).
     """
     low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     for _ in range(200):
         port = random.randrange(20000, min(low, 32768))
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.append(port)
+        return port
     raise RuntimeError("no free port found")
 
 

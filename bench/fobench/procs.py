@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,21 +31,29 @@ class ProcError(RuntimeError):
     """A child did not say what it should have in time, or died."""
 
 
+_HANDED_OUT: deque[int] = deque(maxlen=1024)  # recent answers of free_port()
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago, below the ephemeral range.
 
     bind(0) hands out ephemeral ports, which outgoing connections (a sink or a
     federation link reconnecting) also take as source ports: a server started
     next could then find its port taken. Random ports under 32768 avoid that.
+    Nor is a port handed out lately given again: it stays free until its
+    server binds it, so one server's five ports could otherwise repeat one.
     """
     for _ in range(200):
         port = random.randrange(20000, 32768)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((LOOPBACK, port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.append(port)
+        return port
     raise ProcError("no free port below the ephemeral range")
 
 
