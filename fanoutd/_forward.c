@@ -227,6 +227,27 @@ static int copy_part(zmsg_t *out, zmsg_t *src)
     return 0;
 }
 
+/* zmq_msg_send, and once more if it was refused while the socket had room.
+ * libzmq reads a socket's commands at most once a millisecond while sending
+ * (a throttle of its own), and among them is each reader's "read up to
+ * here", which is what frees room under the high-water mark: a burst can
+ * find a pipe full that its reader emptied long ago. Asking for ZMQ_EVENTS
+ * reads them at once. Only a refused send pays for it. */
+static int send_now(zmsg_t *msg, void *sock, int flags)
+{
+    int rc = Z.msg_send(msg, sock, flags);
+    if (rc >= 0 || Z.errno_() != EAGAIN)
+        return rc;
+    int events = 0;
+    size_t len = sizeof events;
+    if (Z.getsockopt(sock, Z_EVENTS, &events, &len) < 0)
+        return -1;
+    if (events & Z_POLLOUT)
+        return Z.msg_send(msg, sock, flags);
+    errno = EAGAIN;
+    return -1;
+}
+
 /* Hand the payload to one puller without blocking; count a drop otherwise. */
 static int push_out(Forwarder *f, int n)
 {
@@ -244,7 +265,7 @@ static int push_out(Forwarder *f, int n)
         } else if (copy_part(&out, &f->parts[0]) < 0) {
             return -1;
         }
-        rc = Z.msg_send(&out, f->push, Z_DONTWAIT);
+        rc = send_now(&out, f->push, Z_DONTWAIT);
         if (rc < 0)
             Z.msg_close(&out);
     } else {
@@ -254,7 +275,7 @@ static int push_out(Forwarder *f, int n)
             if (copy_part(&out, &f->parts[i]) < 0)
                 return -1;
             flags = Z_DONTWAIT | (i < n - 1 ? Z_SNDMORE : 0);
-            rc = Z.msg_send(&out, f->push, flags);
+            rc = send_now(&out, f->push, flags);
             if (rc < 0) {
                 Z.msg_close(&out);
                 break;
@@ -294,7 +315,7 @@ static int offer(void *sock, zmsg_t *frames, int n, zmsg_t *tail, int consume)
                 return -1;
             m = &copy;
         }
-        if (Z.msg_send(m, sock, Z_DONTWAIT | (i < last ? Z_SNDMORE : 0)) < 0) {
+        if (send_now(m, sock, Z_DONTWAIT | (i < last ? Z_SNDMORE : 0)) < 0) {
             int err = Z.errno_();
             if (m == &copy)
                 Z.msg_close(&copy);

@@ -22,6 +22,8 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
 #define Z_DONTWAIT 1
 #define Z_SNDMORE 2
 #define Z_POLLIN 1
+#define Z_POLLOUT 2
+#define Z_EVENTS 15
 #define Z_ETERM (156384712 + 53)
 #define Z_XPUB_NODROP 69
 #define Z_SUBSCRIBE 6
@@ -46,6 +48,7 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
     X(int, poll, zmq_poll, (POLLITEM *, int, long))        \
     X(int, errno_, zmq_errno, (void))                      \
     X(int, setsockopt, zmq_setsockopt, (void *, int, const void *, size_t)) \
+    X(int, getsockopt, zmq_getsockopt, (void *, int, void *, size_t *)) \
     X(int, connect, zmq_connect, (void *, const char *))   \
     X(int, disconnect, zmq_disconnect, (void *, const char *)) \
     X(void, version, zmq_version, (int *, int *, int *))
