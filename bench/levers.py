@@ -29,7 +29,7 @@ from fobench.trial import TrialSpec
 
 # forward_spin (a bounded spin of the loop before it sleeps) was measured on a build that had it (commit
 # da1817e) and reverted: bench/README.md, Levers.
-LEVERS = ("io_threads=1", "io_threads=3", "affinity=0", "buffers=4194304")
+LEVERS = ("io_threads=1", "io_threads=3", "affinity=0", "buffers=4194304", "sockaffinity=1:2")
 
 
 def _measures(bins: dict[str, Path], python: str, seconds: float) -> list[tuple[str, bool, Callable[[], float | None]]]:

@@ -10,11 +10,19 @@
  * (unbounded) so nothing is dropped.  Unlike fanoutd the PUSH output carries
  * whole messages (a plain proxy cannot strip the topic).
  * Usage: cbase COLLECTOR PUBLISH PUSH   (prints "ready" once bound)
+ *
+ * CBASE_OUT_BATCH=BYTES sets ZMQ_OUT_BATCH_SIZE (how much libzmq writes to a
+ * connection per call, 8192 by default) on the two outputs.  It is a draft
+ * option: only a libzmq built with draft APIs takes it (bench/README.md,
+ * "The 8 KiB write": run against one with LD_LIBRARY_PATH); any other exits
+ * with an error rather than measure the default under another name.
  */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <zmq.h>
+
+#define OUT_BATCH_SIZE 102 /* ZMQ_OUT_BATCH_SIZE, declared by zmq.h only for draft builds */
 
 static void *must_socket(void *ctx, int type, const char *ep, int bind)
 {
@@ -22,6 +30,15 @@ static void *must_socket(void *ctx, int type, const char *ep, int bind)
     int zero = 0;
     zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero);
     zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
+    const char *batch = getenv("CBASE_OUT_BATCH");
+    if (batch && bind && (type == ZMQ_PUB || type == ZMQ_PUSH)) {
+        int bytes = atoi(batch);
+        if (zmq_setsockopt(s, OUT_BATCH_SIZE, &bytes, sizeof bytes) != 0) {
+            fprintf(stderr, "cbase: CBASE_OUT_BATCH=%s: %s (this libzmq has no draft API)\n", batch,
+                    zmq_strerror(zmq_errno()));
+            exit(1);
+        }
+    }
     if (type == ZMQ_SUB)
         zmq_setsockopt(s, ZMQ_SUBSCRIBE, "", 0);
     if ((bind ? zmq_bind(s, ep) : zmq_connect(s, ep)) != 0) {
