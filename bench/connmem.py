@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Memory per connected subscriber of a bare libzmq XPUB, per socket option: ``python bench/connmem.py``.
+"""Memory and connect time per subscriber of a bare libzmq XPUB, per socket option: ``python bench/connmem.py``.
 
 The scale mode shows fanoutd holding about 11 KiB more per subscriber than
 the C baseline.  This program takes fanoutd out of the picture: one XPUB
 socket of pyzmq's own libzmq (the one fanoutd uses), nothing else, bound on
 loopback, with ``--subscribers`` raw ZMTP subscribers from ``msink``
-connected; it reports the process's RSS growth per connection for each
-variant, adding one of fanoutd's socket options at a time:
+connected; it reports the process's RSS growth per connection, and the
+time from the subscribers' start to every handshake done (as the scale
+mode times it), for each variant, adding one of fanoutd's socket options
+at a time (every variant listens with fanoutd's backlog of 4096):
 
 * ``bare``: no option;
 * ``heartbeat``: ZMTP heartbeats (5 s, timeout 15 s), as fanoutd sets;
@@ -36,8 +38,8 @@ from fobench.procs import Child, free_port, rss_bytes
 VARIANTS = ("bare", "heartbeat", "nodrop", "zap", "fanoutd")
 
 
-def measure(variant: str, subscribers: int) -> float:
-    """RSS growth per connection, in KiB, of this process holding one XPUB with ``subscribers`` connected."""
+def measure(variant: str, subscribers: int) -> tuple[float, float]:
+    """RSS growth per connection (KiB) of this process holding one XPUB with ``subscribers``, and ms to connect."""
     bins = build_all()
     ctx = zmq.Context(io_threads=2)
     sock = ctx.socket(zmq.XPUB)
@@ -58,17 +60,19 @@ def measure(variant: str, subscribers: int) -> float:
     sock.bind(f"tcp://127.0.0.1:{port}")
     time.sleep(0.3)
     before = rss_bytes(os.getpid())
+    start = time.monotonic()
     sink = Child([str(bins["msink"]), "-m", "zmtp", "-p", str(port), "-k", str(subscribers), "-L", "100",
                   "-n", "1", "-w", "5000"], "msink")
     try:
         sink.expect("connected", 120)
+        connect_ms = (time.monotonic() - start) * 1e3
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:  # the socket attaches each new pipe when it is used
             try:
                 sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 time.sleep(0.01)
-        return (rss_bytes(os.getpid()) - before) / subscribers / 1024
+        return (rss_bytes(os.getpid()) - before) / subscribers / 1024, connect_ms
     finally:
         sink.stop()
         sock.close(linger=0)
@@ -83,14 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", choices=VARIANTS, help="measure one variant in this process")
     args = p.parse_args(argv)
     if args.variant:
-        print(f"{measure(args.variant, args.subscribers):.1f}")
+        kib, ms = measure(args.variant, args.subscribers)
+        print(f"{kib:.1f} | {ms:,.0f}")
         return 0
-    print(f"| variant (one XPUB, pyzmq's libzmq {zmq.zmq_version()}) | KiB per connected subscriber |")
-    print("|---|---|")
+    print(f"| variant (one XPUB, pyzmq's libzmq {zmq.zmq_version()}) | KiB per connected subscriber "
+          f"| ms to connect {args.subscribers:,} |")
+    print("|---|---|---|")
     for variant in VARIANTS:
         done = subprocess.run([sys.executable, __file__, "--variant", variant, "--subscribers",
                                str(args.subscribers)], capture_output=True, text=True, timeout=300)
-        value = done.stdout.strip() if done.returncode == 0 else f"error: {done.stderr.strip()[-200:]}"
+        value = done.stdout.strip() if done.returncode == 0 else f"error: {done.stderr.strip()[-200:]} | "
         print(f"| {variant} | {value} |", flush=True)
     return 0
 
