@@ -9,8 +9,9 @@ and prints it.  With ``--syscalls`` it counts the broker's system calls
 instead (``perf stat`` on the syscall tracepoints, little overhead) and
 reports them per delivered message: how many writes, reads and waits each
 delivery costs, and how many payload bytes each write call carried.  RATE 0
-is flat out (the throughput mode's load) for ``--count`` messages.  This is the evidence bench/README.md cites for where each
-broker's time goes; run it on a quiet machine (needs Debian's linux-perf).
+is flat out (the throughput mode's load) for ``--count`` messages.  This is
+the evidence bench/README.md cites for where each broker's time goes; run
+it on a quiet machine (needs Debian's linux-perf).
 """
 
 from __future__ import annotations
