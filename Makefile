@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install system-deps bench soak clean install-service uninstall-service
 
-$(STAMP): pyproject.toml setup.py fanoutd/_forward.c fanoutd/zmq_abi.h fanoutd/_streams.h
+$(STAMP): pyproject.toml setup.py $(wildcard fanoutd/dataplane/*.c fanoutd/dataplane/*.h) fanoutd/dataplane/limits.py
 	sh .ci/system-deps build
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -51,4 +51,4 @@ uninstall-service:
 	sh systemd/install.sh --uninstall
 
 clean:
-	rm -rf $(VENV) build *.egg-info fanoutd/*.so
+	rm -rf $(VENV) build *.egg-info fanoutd/*.so fanoutd/dataplane/*.so

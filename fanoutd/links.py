@@ -25,10 +25,11 @@ from collections.abc import Callable
 import gevent
 import gevent.socket
 import zmq
+from fanoutd_client import wire
 
 from . import green, logs
 from .config import Config
-from .sockets import RELAY_HELLO, SocketSpec
+from .sockets import SocketSpec
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class UpstreamWatch:
             for option, value in self._spec.options:
                 sock.setsockopt(option, value)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SUBSCRIBE, RELAY_HELLO[:4])
+            sock.setsockopt(zmq.SUBSCRIBE, wire.RELAY_HELLO[:4])
             monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             try:
                 sock.connect(endpoint)
@@ -174,7 +175,7 @@ class UpstreamWatch:
                 relay = frames[0].get("X-Fanoutd-Relay") == "1"
             except zmq.ZMQError:
                 relay = False
-            return relay and len(frames) == 1 and frames[0].bytes == RELAY_HELLO
+            return relay and len(frames) == 1 and frames[0].bytes == wire.RELAY_HELLO
         finally:
             if monitor is not None:
                 sock.disable_monitor()

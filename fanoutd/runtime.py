@@ -20,13 +20,13 @@ import zmq
 
 from . import auth, logs, metrics, status, view
 from .config import Config, log_level
-from .engine import BindError, Engine
+from .dataplane.engine import BindError, Engine
 from .files import Keys
 from .peers import PeerTracker
 from .reload import Plan
 from .links import UpstreamWatch
 from .slow import Guard
-from .zmqlib import LibzmqError
+from .dataplane.zmqlib import LibzmqError
 
 log = logging.getLogger(__name__)
 

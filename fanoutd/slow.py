@@ -36,8 +36,9 @@ from typing import Protocol
 import gevent
 import gevent.socket
 
-from . import _forward, logs
+from . import logs
 from .config import Config
+from .dataplane import kernel
 from .peers import Connection, PeerTracker
 from .roles import BY_NAME
 
@@ -195,7 +196,7 @@ class Guard:
         """
         conns = [conn for conn in self._connections()
                  if not conn.reason and (among is None or (conn.fd, conn.inode) in among)]
-        waiting = _forward.kernel_waiting([c.fd for c in conns])
+        waiting = kernel.waiting([c.fd for c in conns])
         return {conns[i]: (queued, acked) for i, queued, acked in waiting}, len(conns)
 
     def _sample(self) -> None:

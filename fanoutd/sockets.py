@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 import zmq
+from fanoutd_client import wire
 
 from .config import Config
 from .roles import ROLES, Role
@@ -148,10 +149,7 @@ LISTEN_BACKLOG = 4096
 HANDSHAKE_TIMEOUT_MS = 10_000
 #: A relay's ZMTP metadata: every message an edge reads from it carries this property, so the
 #: edge can refuse what comes from anything else (a publish endpoint given as upstream by mistake).
-RELAY_METADATA = b"X-Fanoutd-Relay:1"
-#: A relay's welcome message to each new link: a trailer with neither stamp nor route (README "Trailing
-#: frame"). An edge's link check waits for it to tell a relay from another endpoint.
-RELAY_HELLO = b"\x00FDT\x01\x00"
+RELAY_METADATA = f"{wire.RELAY_PROPERTY}:{wire.RELAY_PROPERTY_VALUE}".encode()
 
 
 def describe(config: Config, secret_key: bytes | None = None,
@@ -171,12 +169,12 @@ def describe(config: Config, secret_key: bytes | None = None,
                 options += ((zmq.METADATA, limits_metadata(config)),)
         else:
             options += ((zmq.SNDHWM, hwm),)
-        if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (_forward.c)
+        if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (dataplane/_forward.c)
             options += ((zmq.XPUB_NODROP, 1),)
         if role.name == "stamped":  # every subscription reaches the loop, which answers each (READY)
             options += ((zmq.XPUB_VERBOSE, 1),)
         if role.name == "relay":
-            options += ((zmq.METADATA, RELAY_METADATA), (zmq.XPUB_WELCOME_MSG, RELAY_HELLO))
+            options += ((zmq.METADATA, RELAY_METADATA), (zmq.XPUB_WELCOME_MSG, wire.RELAY_HELLO))
         if role.connects:
             options += ((zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000))
         else:

@@ -10,8 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# The caps are the C loop's array sizes, defined there once.
-from ._forward import FRAMES_CAP, TOPICS_CAP
+from .dataplane.limits import FRAMES_CAP, TOPICS_CAP
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import _forward
+from .dataplane import kernel
 from .peers import Connection, PeerTracker
 
 
@@ -28,7 +28,7 @@ def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = 
 def peers(tracker: PeerTracker) -> bytes:
     """The JSON body: open connections (largest kernel queue first) and the last closed ones (newest first)."""
     live = [c for conns in tracker.open.values() for c in list(conns.values())]
-    states = _forward.kernel_states([c.fd for c in live])  # one call for all, as the guard reads them
+    states = kernel.states([c.fd for c in live])  # one call for all, as the guard reads them
     connected = [_entry(c, state, live=True) for c, state in zip(live, states)]
     connected.sort(key=lambda e: -e.get("queued_bytes", 0))
     closed = [_entry(c) for c in reversed(tracker.closed)]

@@ -136,12 +136,12 @@ def test_shipped_example_config_is_valid():
 
 def test_config_caps_are_the_native_loops():
     """max_frames and metrics_topics are bounded by what the C loop has room for, defined there once."""
-    from fanoutd import _forward
-    assert load({"max_frames": str(_forward.FRAMES_CAP)}, NO_ENV).max_frames == _forward.FRAMES_CAP
+    from fanoutd.dataplane import limits
+    assert load({"max_frames": str(limits.FRAMES_CAP)}, NO_ENV).max_frames == limits.FRAMES_CAP
     with pytest.raises(ConfigError, match="max_frames"):
-        load({"max_frames": str(_forward.FRAMES_CAP + 1)}, NO_ENV)
-    topics = [f"t{i}" for i in range(_forward.TOPICS_CAP + 1)]
-    assert len(load({"metrics_topics": topics[:-1]}, NO_ENV).metrics_topics) == _forward.TOPICS_CAP
+        load({"max_frames": str(limits.FRAMES_CAP + 1)}, NO_ENV)
+    topics = [f"t{i}" for i in range(limits.TOPICS_CAP + 1)]
+    assert len(load({"metrics_topics": topics[:-1]}, NO_ENV).metrics_topics) == limits.TOPICS_CAP
     with pytest.raises(ConfigError, match="at most"):
         load({"metrics_topics": topics}, NO_ENV)
 

@@ -29,7 +29,7 @@ FORWARD_CHILD = r"""
 import ctypes, json, os, sys, threading, time
 ctypes.CDLL(sys.argv[1], mode=os.RTLD_LOCAL)
 import zmq
-from fanoutd import _forward, zmqlib
+from fanoutd.dataplane import _forward, zmqlib
 
 described = zmqlib.bind()
 assert zmqlib.bind() is described, "a second bind() must be the cached answer"
@@ -66,7 +66,7 @@ import ctypes, json, os, sys
 if sys.argv[1]:
     ctypes.CDLL(sys.argv[1], mode=os.RTLD_GLOBAL)
 import zmq
-from fanoutd import zmqlib
+from fanoutd.dataplane import zmqlib
 try:
     outcome = {"described": zmqlib.bind()}
 except zmqlib.LibzmqError as exc:
@@ -86,7 +86,7 @@ def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
 @pytest.fixture(scope="module")
 def bundled() -> tuple[str, str]:
     """(version, file) of the libzmq pyzmq ships and uses, bound in this process (it is idempotent)."""
-    from fanoutd import zmqlib
+    from fanoutd.dataplane import zmqlib
 
     described = zmqlib.bind()
     version, file = described.removeprefix("libzmq ").split(" from ", 1)
@@ -112,11 +112,11 @@ def test_abi_header_matches_zmq_h(tmp_path: Path) -> None:
         pytest.skip("no C compiler")
     exe = tmp_path / "probe"
     build = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Wstrict-prototypes", "-Werror",
-                            "-Werror=incompatible-pointer-types", f"-I{ROOT / 'fanoutd'}", str(PROBE),
+                            "-Werror=incompatible-pointer-types", f"-I{ROOT / 'fanoutd' / 'dataplane'}", str(PROBE),
                             "-o", str(exe), "-lzmq"], capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     if "zmq.h: No such file" in build.stderr:
         pytest.skip("no zmq.h (Debian: libzmq3-dev)")
-    assert build.returncode == 0, f"fanoutd/zmq_abi.h disagrees with zmq.h:\n{build.stderr}"
+    assert build.returncode == 0, f"fanoutd/dataplane/zmq_abi.h disagrees with zmq.h:\n{build.stderr}"
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=10)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("zmq_abi.h matches zmq.h 4.")

@@ -238,7 +238,7 @@ def test_the_guards_kernel_scan_answers_only_for_connections_with_bytes_waiting(
     """
     import socket
 
-    from fanoutd import _forward
+    from fanoutd.dataplane import _forward
 
     with socket.create_server(("127.0.0.1", 0)) as srv:
         idle_peer = socket.create_connection(srv.getsockname(), timeout=5)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from fanoutd import _forward, zmqlib
+from fanoutd.dataplane import _forward, zmqlib
 from fanoutd_client._stamps import GapTracker, is_ready, parse_trailer
 
 

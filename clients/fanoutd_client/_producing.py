@@ -18,6 +18,7 @@ import zmq
 
 from ._base import Client, ClientOptions, Data, Endpoints, Waits, log, ms, to_bytes
 from ._protocol import single_frame_topic
+from .wire import DRAIN_TOPIC  # a stopping collector subscribes to it: hold messages until one subscribes anew
 
 #: The ZMTP metadata property in which fanoutd's collector announces its
 #: ``max_message_size`` (decimal bytes): a producer's XPUB reads it from the
@@ -25,10 +26,6 @@ from ._protocol import single_frame_topic
 MAX_MESSAGE_SIZE_PROPERTY = "X-Max-Message-Size"
 #: fanoutd's default ``max_message_size``, assumed when the collector does not announce one.
 DEFAULT_MAX_MESSAGE_SIZE = 1_048_576
-#: The topic a stopping fanoutd's collector subscribes to: "hold your messages, I am closing". A producer
-#: holds them (up to its high-water mark) until a collector subscribes anew, so nothing it sends is in
-#: flight to a collector that closes (fanoutd/_forward.c, DRAIN_TOPIC).
-DRAIN_TOPIC = b"\x00FDT-draining"
 #: How often (in sends) a producer looks for subscription news without being asked.
 CHECK_EVERY = 16
 

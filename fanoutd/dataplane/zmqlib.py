@@ -1,6 +1,6 @@
 """Bind fanoutd's native loop to the very libzmq pyzmq uses, or refuse to start with one line saying why.
 
-The loop (:mod:`fanoutd._forward`) drives sockets pyzmq created, so both must
+The loop (:mod:`fanoutd.dataplane._forward`) drives sockets pyzmq created, so both must
 call the same libzmq. The loop never looks for libzmq by file name: it
 resolves each function through pyzmq's own compiled extension
 (``dlopen(extension, RTLD_NOLOAD)``, then ``dlsym`` on that handle, which

@@ -2,7 +2,7 @@
 
 Sockets are described and created by :mod:`fanoutd.sockets`, in the one OS
 thread that uses them: the engine's worker thread.  That thread runs the
-native loop in :mod:`fanoutd._forward` with the GIL released, so the gevent
+native loop in :mod:`fanoutd.dataplane._forward` with the GIL released, so the gevent
 hub in the main thread stays free for HTTP, signals and monitors.
 """
 
@@ -19,9 +19,9 @@ from gevent import Timeout
 from gevent.threadpool import ThreadPool
 
 from . import _forward, zmqlib
-from .config import Config
-from .roles import INPUTS, ROLES
-from .sockets import BindError, SocketSpec, describe, monitor_address, open_socket
+from ..config import Config
+from ..roles import INPUTS, ROLES
+from ..sockets import BindError, SocketSpec, describe, monitor_address, open_socket
 
 __all__ = ["BindError", "Engine", "OTHER_TOPIC"]
 

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STREAM_KEY_CAP 255  /* longer keys are cut here (the stamp says where) */
+#include "wire.h"
 
 typedef struct {
     uint64_t hash;
@@ -31,7 +31,7 @@ typedef struct {
     int32_t chain;       /* next entry in the bucket, -1 ends */
     int32_t newer, older;
     uint16_t len;
-    unsigned char key[STREAM_KEY_CAP];
+    unsigned char key[WIRE_STREAM_KEY_CAP];
 } stream_entry;
 
 typedef struct {
@@ -119,8 +119,8 @@ static void streams_unchain(stream_table *t, int32_t i)
  * new (its stream and seq then zero; the oldest entry was evicted if full). */
 static stream_entry *streams_get(stream_table *t, const void *key, size_t len, int *created)
 {
-    if (len > STREAM_KEY_CAP)
-        len = STREAM_KEY_CAP;
+    if (len > WIRE_STREAM_KEY_CAP)
+        len = WIRE_STREAM_KEY_CAP;
     uint64_t h = stream_hash(key, len);
     int32_t *bucket = &t->buckets[h & t->mask];
     for (int32_t i = *bucket; i >= 0; i = t->pool[i].chain) {

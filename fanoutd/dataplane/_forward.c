@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "zmq_abi.h"
+#include "wire.h"
 #include "_streams.h"
 
 /* The libzmq functions, set once by bind_libzmq. */
@@ -64,42 +65,22 @@ static const char *COUNTER_NAMES[C_COUNT] = {
 };
 
 enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
-/* Draining: the collector subscribes to DRAIN_TOPIC, which tells fanoutd's
+/* Draining: the collector subscribes to WIRE_DRAIN_TOPIC, which tells fanoutd's
  * producers (they see subscriptions) to hold their messages until this node
  * is gone and another has subscribed; the loop reads until its inputs have
  * been quiet for DRAIN_QUIET_NS (what producers sent before they paused) or
  * DRAIN_GRACE_NS passed (producers that cannot pause, raw PUBs, never go
  * quiet), so nothing is in flight to a closing collector from those that can. */
-#define DRAIN_TOPIC "\0FDT-draining"
 #define DRAIN_QUIET_NS 50000000LL
 #define DRAIN_GRACE_NS 1000000000LL
 #define BATCH 512
 #define TICK_MS 100
-#define FRAMES_CAP 256
-#define TOPICS_CAP 64
-/* Federation: relayed messages carry a trailer whose route lists the 8-byte
- * ids of the nodes they passed; a node drops one that already names it, so a
+/* FRAMES_CAP and TOPICS_CAP come from fanoutd/dataplane/limits.py (setup.py passes them). */
+/* Federation: relayed messages carry a trailer whose route lists the ids of
+ * the nodes they passed; a node drops one that already names it, so a
  * message can never circulate, whatever the topology. */
-#define NODE_ID_LEN 8
-#define MAX_HOPS 32
 
-/* The trailer: fanoutd's one trailing-frame format (README "Trailing frame").
- *   magic "\0FDT" | version 1 | flags | [stamp] | [route]
- *   stamp (flag 1): epoch u64 | stream u64 | seq u64 | key length u16
- *   route (flag 2): hops u8 | hops x node id (8 bytes)
- * Integers big-endian.  Flags 0 is a relay's hello (its welcome message);
- * flags 4 (READY) answers a subscription on the stamped output.
- * The stamped output adds a stamp; the relay output a stamp and a route. */
-#define TRAILER_MAGIC "\0FDT"
-#define TRAILER_VERSION 1
-#define TRAILER_HEAD 6
-#define T_STAMP 1
-#define T_ROUTE 2
-#define T_READY 4  /* control, on the stamped output: "your subscription to this prefix is live" */
-#define STAMP_LEN 26
-#define RELAY_PROPERTY "X-Fanoutd-Relay"
-#define RELAY_PROPERTY_VALUE "1"
-
+/* The trailer's layout and the names shared with clients are in wire.h. */
 typedef struct { uint64_t epoch, stream, seq; uint16_t keylen; } stamp_t;
 typedef struct { int flags; stamp_t stamp; const unsigned char *ids; int hops; } trailer_t;
 
@@ -150,7 +131,7 @@ typedef struct {
      * upstream link (whose messages carry a route frame). */
     struct { void *socket; int from_upstream; } inputs[3];
     int ninputs;
-    char node_id[NODE_ID_LEN];
+    char node_id[WIRE_NODE_ID_LEN];
     int running;
     /* shared with other threads: atomics only */
     uint64_t shared[C_COUNT];
@@ -194,11 +175,8 @@ static void count_topic(Forwarder *f, int n)
 {
     const char *data = Z.msg_data(&f->parts[0]);
     size_t len = Z.msg_size(&f->parts[0]);
-    if (n == 1) {
-        const char *space = memchr(data, ' ', len);
-        if (space)
-            len = (size_t)(space - data);
-    }
+    if (n == 1)
+        len = wire_topic_len(data, len);
     int i = 0;
     while (i < f->ntopics && !(f->topic_len[i] == len && memcmp(f->topic_data[i], data, len) == 0))
         i++;
@@ -256,9 +234,9 @@ static int push_out(Forwarder *f, int n)
     if (n == 1) {
         const char *data = Z.msg_data(&f->parts[0]);
         size_t len = Z.msg_size(&f->parts[0]);
-        const char *space = strip ? memchr(data, ' ', len) : NULL;
-        if (space) {
-            size_t off = (size_t)(space - data) + 1;
+        size_t topic = strip ? wire_topic_len(data, len) : len;
+        if (topic < len) {
+            size_t off = topic + 1;
             if (Z.msg_init_size(&out, len - off) < 0)
                 return -1;
             memcpy(Z.msg_data(&out), data + off, len - off);
@@ -432,21 +410,10 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
-/* How much of the first frame names the message's stream: a multipart
- * message's whole first frame; a single frame's topic with the space that
- * ends it (the whole frame if it has none).  Every message of a stream
- * starts with its key, so a subscription that is a prefix of the key
- * receives all of the stream or none of it: its gaps are exact. */
+/* The stream key of the message in parts (the rule is wire.h's). */
 static size_t stamp_key_len(Forwarder *f, int n)
 {
-    const char *data = Z.msg_data(&f->parts[0]);
-    size_t len = Z.msg_size(&f->parts[0]);
-    if (n == 1) {
-        const char *space = memchr(data, ' ', len);
-        if (space)
-            len = (size_t)(space - data) + 1;
-    }
-    return len > STREAM_KEY_CAP ? STREAM_KEY_CAP : len;
+    return wire_stream_key_len(Z.msg_data(&f->parts[0]), Z.msg_size(&f->parts[0]), n);
 }
 
 /* The next stamp of this message's stream (a new stream id for a key the
@@ -472,18 +439,18 @@ static unsigned char *trailer_head(zmsg_t *out, size_t len, int flags)
     if (Z.msg_init_size(out, len) < 0)
         return NULL;
     unsigned char *p = Z.msg_data(out);
-    memcpy(p, TRAILER_MAGIC, 4);
-    p[4] = TRAILER_VERSION;
+    memcpy(p, WIRE_MAGIC, 4);
+    p[4] = WIRE_VERSION;
     p[5] = (unsigned char)flags;
-    return p + TRAILER_HEAD;
+    return p + WIRE_HEAD_LEN;
 }
 
 /* A trailer frame in out: the stamp, and a route of ids[0..hops) then this
  * node when route is set.  -1 on failure (out left closed). */
 static int make_trailer(Forwarder *f, zmsg_t *out, const stamp_t *s, int route, const unsigned char *ids, int hops)
 {
-    size_t len = TRAILER_HEAD + STAMP_LEN + (route ? 1 + (size_t)(hops + 1) * NODE_ID_LEN : 0);
-    unsigned char *p = trailer_head(out, len, T_STAMP | (route ? T_ROUTE : 0));
+    size_t len = WIRE_HEAD_LEN + WIRE_STAMP_LEN + (route ? 1 + (size_t)(hops + 1) * WIRE_NODE_ID_LEN : 0);
+    unsigned char *p = trailer_head(out, len, WIRE_STAMP | (route ? WIRE_ROUTE : 0));
     if (!p)
         return -1;
     put_u64(p, s->epoch);
@@ -491,12 +458,12 @@ static int make_trailer(Forwarder *f, zmsg_t *out, const stamp_t *s, int route, 
     put_u64(p + 16, s->seq);
     p[24] = (unsigned char)(s->keylen >> 8);
     p[25] = (unsigned char)s->keylen;
-    p += STAMP_LEN;
+    p += WIRE_STAMP_LEN;
     if (route) {
         *p++ = (unsigned char)(hops + 1);
         if (hops)
-            memcpy(p, ids, (size_t)hops * NODE_ID_LEN);
-        memcpy(p + (size_t)hops * NODE_ID_LEN, f->node_id, NODE_ID_LEN);
+            memcpy(p, ids, (size_t)hops * WIRE_NODE_ID_LEN);
+        memcpy(p + (size_t)hops * WIRE_NODE_ID_LEN, f->node_id, WIRE_NODE_ID_LEN);
     }
     return 0;
 }
@@ -505,31 +472,31 @@ static int make_trailer(Forwarder *f, zmsg_t *out, const stamp_t *s, int route, 
 static int parse_trailer(zmsg_t *m, trailer_t *t)
 {
     const unsigned char *d = Z.msg_data(m);
-    size_t len = Z.msg_size(m), off = TRAILER_HEAD;
-    if (len < TRAILER_HEAD || memcmp(d, TRAILER_MAGIC, 4) != 0 || d[4] != TRAILER_VERSION)
+    size_t len = Z.msg_size(m), off = WIRE_HEAD_LEN;
+    if (len < WIRE_HEAD_LEN || memcmp(d, WIRE_MAGIC, 4) != 0 || d[4] != WIRE_VERSION)
         return -1;
     t->flags = d[5];
-    if (t->flags & ~(T_STAMP | T_ROUTE))
+    if (t->flags & ~(WIRE_STAMP | WIRE_ROUTE))
         return -1;
-    if (t->flags & T_STAMP) {
-        if (len < off + STAMP_LEN)
+    if (t->flags & WIRE_STAMP) {
+        if (len < off + WIRE_STAMP_LEN)
             return -1;
         t->stamp.epoch = get_u64(d + off);
         t->stamp.stream = get_u64(d + off + 8);
         t->stamp.seq = get_u64(d + off + 16);
         t->stamp.keylen = (uint16_t)(d[off + 24] << 8 | d[off + 25]);
-        off += STAMP_LEN;
+        off += WIRE_STAMP_LEN;
     }
     t->ids = NULL;
     t->hops = 0;
-    if (t->flags & T_ROUTE) {
+    if (t->flags & WIRE_ROUTE) {
         if (len < off + 1)
             return -1;
         t->hops = d[off++];
-        if (t->hops < 1 || t->hops > MAX_HOPS || len - off < (size_t)t->hops * NODE_ID_LEN)
+        if (t->hops < 1 || t->hops > WIRE_MAX_HOPS || len - off < (size_t)t->hops * WIRE_NODE_ID_LEN)
             return -1;
         t->ids = d + off;
-        off += (size_t)t->hops * NODE_ID_LEN;
+        off += (size_t)t->hops * WIRE_NODE_ID_LEN;
     }
     return off == len ? 0 : -1;
 }
@@ -567,7 +534,7 @@ static int answer_subscription(void *sock, zmsg_t *sub)
     if (Z.msg_init_size(&parts[0], len - 1) < 0)
         return -1;
     memcpy(Z.msg_data(&parts[0]), d + 1, len - 1);
-    if (!trailer_head(&trailer, TRAILER_HEAD, T_READY)) {
+    if (!trailer_head(&trailer, WIRE_HEAD_LEN, WIRE_READY)) {
         Z.msg_close(&parts[0]);
         return -1;
     }
@@ -657,15 +624,15 @@ static void track_upstream(Forwarder *f, zmsg_t *first, const stamp_t *s)
  * route that does not already name this node. */
 static int check_upstream(Forwarder *f, int n, trailer_t *t)
 {
-    const char *relay = Z.msg_gets(&f->parts[0], RELAY_PROPERTY);
-    if (!relay || strcmp(relay, RELAY_PROPERTY_VALUE) != 0)
+    const char *relay = Z.msg_gets(&f->parts[0], WIRE_RELAY_PROPERTY);
+    if (!relay || strcmp(relay, WIRE_RELAY_PROPERTY_VALUE) != 0)
         return C_REJECT_NOT_RELAY;
-    if (n < 2 || parse_trailer(&f->parts[n - 1], t) < 0 || !(t->flags & T_ROUTE))
+    if (n < 2 || parse_trailer(&f->parts[n - 1], t) < 0 || !(t->flags & WIRE_ROUTE))
         return C_REJECT_ROUTE;
-    if (t->flags & T_STAMP)
+    if (t->flags & WIRE_STAMP)
         track_upstream(f, &f->parts[0], &t->stamp);
     for (int i = 0; i < t->hops; i++)
-        if (memcmp(t->ids + (size_t)i * NODE_ID_LEN, f->node_id, NODE_ID_LEN) == 0)
+        if (memcmp(t->ids + (size_t)i * WIRE_NODE_ID_LEN, f->node_id, WIRE_NODE_ID_LEN) == 0)
             return C_REJECT_LOOP;
     return -1;
 }
@@ -808,7 +775,7 @@ static PyObject *Forwarder_run(Forwarder *f, PyObject *Py_UNUSED(ignored))
         }
         if (mode == MODE_DRAIN && !announced) {
             announced = 1;
-            can_wait = Z.setsockopt(f->inputs[0].socket, Z_SUBSCRIBE, DRAIN_TOPIC, sizeof DRAIN_TOPIC - 1) == 0;
+            can_wait = Z.setsockopt(f->inputs[0].socket, Z_SUBSCRIBE, WIRE_DRAIN_TOPIC, sizeof WIRE_DRAIN_TOPIC - 1) == 0;
             drain_start = last_input = now_ns();
         }
         for (int i = 0; i < f->ninputs && !failed; i++) {
@@ -1086,12 +1053,12 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "a collector socket is required");
         return -1;
     }
-    if ((upstream || relay) && node_id_len != NODE_ID_LEN) {
-        PyErr_Format(PyExc_ValueError, "federation needs a node_id of %d bytes", NODE_ID_LEN);
+    if ((upstream || relay) && node_id_len != WIRE_NODE_ID_LEN) {
+        PyErr_Format(PyExc_ValueError, "federation needs a node_id of %d bytes", WIRE_NODE_ID_LEN);
         return -1;
     }
-    if (node_id && node_id_len == NODE_ID_LEN)
-        memcpy(f->node_id, node_id, NODE_ID_LEN);
+    if (node_id && node_id_len == WIRE_NODE_ID_LEN)
+        memcpy(f->node_id, node_id, WIRE_NODE_ID_LEN);
     f->relay = (void *)(uintptr_t)relay;
     f->inputs[f->ninputs].socket = (void *)(uintptr_t)collector;
     f->inputs[f->ninputs++].from_upstream = 0;
@@ -1445,23 +1412,10 @@ PyMODINIT_FUNC PyInit__forward(void)
     PyObject *outputs = rc < 0 ? NULL : Py_BuildValue("(sss)", "publish", "relay", "stamped");
     rc = outputs ? PyModule_AddObjectRef(m, "OUTPUTS", outputs) : -1;
     Py_XDECREF(outputs);
-    PyObject *drain_topic = PyBytes_FromStringAndSize(DRAIN_TOPIC, sizeof DRAIN_TOPIC - 1);
-    if (!drain_topic)
-        rc = -1;
     if (rc < 0 || PyModule_AddObjectRef(m, "Forwarder", (PyObject *)&ForwarderType) < 0 ||
-        PyModule_AddIntConstant(m, "FRAMES_CAP", FRAMES_CAP) < 0 ||
-        PyModule_AddIntConstant(m, "TOPICS_CAP", TOPICS_CAP) < 0 ||
-        PyModule_AddIntConstant(m, "NODE_ID_LEN", NODE_ID_LEN) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_HOPS", MAX_HOPS) < 0 ||
-        PyModule_AddIntConstant(m, "TRAILER_VERSION", TRAILER_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "STREAM_KEY_CAP", STREAM_KEY_CAP) < 0 ||
-        PyModule_AddStringConstant(m, "RELAY_PROPERTY", RELAY_PROPERTY) < 0 ||
-        PyModule_AddObjectRef(m, "DRAIN_TOPIC", drain_topic) < 0 ||
         PyModule_AddIntConstant(m, "ZMQ_ABI_MAJOR", ZABI_MAJOR) < 0) {
-        Py_XDECREF(drain_topic);
         Py_DECREF(m);
         return NULL;
     }
-    Py_DECREF(drain_topic);
     return m;
 }

@@ -1,0 +1,68 @@
+"""fanoutd's wire format, the Python half: the trailer, its flags, and the names the broker and clients share.
+
+The one other definition is ``fanoutd/dataplane/wire.h`` (the forwarding
+loop's); ``tests/test_wire.py`` asserts the two agree. The format is
+described in clients/README.md ("Trailing frame")::
+
+    trailer: MAGIC | VERSION | flags | [stamp] | [route]
+    stamp (STAMP): epoch u64 | stream u64 | seq u64 | key length u16   (big-endian)
+    route (ROUTE): hops u8 | hops x node id (NODE_ID_LEN bytes)
+
+Flags 0 alone is a relay's hello; READY alone is the stamped output's answer
+to a subscription, sent as ``[prefix, trailer]``. Flag bits 8..128 are free:
+a reader refuses a trailer with a bit it does not know.
+"""
+
+from __future__ import annotations
+
+import struct
+
+MAGIC = b"\x00FDT"
+VERSION = 1
+HEAD = struct.Struct(">4sBB")          #: magic, version, flags
+STAMP_BODY = struct.Struct(">QQQH")    #: epoch, stream, seq, key length
+STAMP = 1   #: the trailer carries a stamp
+ROUTE = 2   #: the trailer carries a route (relay output)
+READY = 4   #: control, on the stamped output: "your subscription to this prefix is live"
+KNOWN_FLAGS = STAMP | ROUTE | READY
+NODE_ID_LEN = 8
+MAX_HOPS = 32            #: a route names at most this many nodes
+STREAM_KEY_CAP = 255     #: a stream key is cut here (the stamp says where)
+#: The collector subscribes to this topic while the broker drains: fanoutd's producers hold their messages.
+DRAIN_TOPIC = b"\x00FDT-draining"
+#: A relay's ZMTP metadata property and its value: an edge accepts messages only from a relay.
+RELAY_PROPERTY = "X-Fanoutd-Relay"
+RELAY_PROPERTY_VALUE = "1"
+#: A relay's welcome message to each new link: a trailer with neither stamp nor route.
+RELAY_HELLO = HEAD.pack(MAGIC, VERSION, 0)
+#: The stamped output's answer to a subscription (the last frame after the prefix).
+READY_TRAILER = HEAD.pack(MAGIC, VERSION, READY)
+
+
+def topic(frame: bytes) -> bytes:
+    """The topic of a single-frame message: the bytes before its first space (all of it without one)."""
+    space = frame.find(b" ")
+    return frame if space < 0 else frame[:space]
+
+
+def stream_key_length(first: bytes, frames: int) -> int:
+    """How much of the first frame names the message's stream (the broker's rule, wire.h ``wire_stream_key_len``).
+
+    A multipart message's whole first frame; a single frame's topic with the
+    space that ends it (the whole frame if it has none); cut at STREAM_KEY_CAP.
+    """
+    length = len(first)
+    if frames == 1:
+        space = first.find(b" ")
+        if space >= 0:
+            length = space + 1
+    return min(length, STREAM_KEY_CAP)
+
+
+def stamp_trailer(epoch: int, stream: int, seq: int, key_length: int, route: tuple[bytes, ...] = ()) -> bytes:
+    """A trailer frame with a stamp (and a route of node ids, as the relay output sends it)."""
+    flags = STAMP | (ROUTE if route else 0)
+    body = HEAD.pack(MAGIC, VERSION, flags) + STAMP_BODY.pack(epoch, stream, seq, key_length)
+    if route:
+        body += bytes((len(route),)) + b"".join(route)
+    return body

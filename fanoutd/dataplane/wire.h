@@ -1,0 +1,61 @@
+/*
+ * fanoutd/dataplane/wire.h: fanoutd's wire format, the C half.
+ *
+ * The one other definition is clients/fanoutd_client/wire.py (clients and
+ * the daemon's Python both read it); tests/test_wire.py compiles this header
+ * on its own and asserts the two agree. The format itself is described in
+ * clients/README.md ("Trailing frame").
+ *
+ *   trailer: magic "\0FDT" | version | flags | [stamp] | [route]
+ *   stamp (WIRE_STAMP):  epoch u64 | stream u64 | seq u64 | key length u16
+ *   route (WIRE_ROUTE):  hops u8 | hops x node id (WIRE_NODE_ID_LEN bytes)
+ *   flags 0 alone: a relay's hello; WIRE_READY alone: the stamped output's
+ *   answer to a subscription, sent as [prefix, trailer].
+ * Integers are big-endian. Flag bits 8..128 are free (a repair protocol will
+ * take some); a reader refuses a trailer with a bit it does not know.
+ */
+#ifndef FANOUTD_WIRE_H
+#define FANOUTD_WIRE_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define WIRE_MAGIC "\0FDT"
+#define WIRE_MAGIC_LEN 4
+#define WIRE_VERSION 1
+#define WIRE_HEAD_LEN 6           /* magic, version, flags */
+#define WIRE_STAMP 1
+#define WIRE_ROUTE 2
+#define WIRE_READY 4              /* control, on the stamped output: "your subscription to this prefix is live" */
+#define WIRE_STAMP_LEN 26         /* epoch, stream, seq (u64 each), key length (u16) */
+#define WIRE_NODE_ID_LEN 8
+#define WIRE_MAX_HOPS 32          /* a route names at most this many nodes */
+#define WIRE_STREAM_KEY_CAP 255   /* a stream key is cut here (the stamp says where) */
+/* Draining: the collector subscribes to this topic to tell fanoutd's producers to hold their messages. */
+#define WIRE_DRAIN_TOPIC "\0FDT-draining"
+/* A relay's ZMTP metadata property (and its value): an edge accepts messages only from a relay. */
+#define WIRE_RELAY_PROPERTY "X-Fanoutd-Relay"
+#define WIRE_RELAY_PROPERTY_VALUE "1"
+
+/* The topic of a single-frame message: the bytes before its first space (all of it without one). */
+static inline size_t wire_topic_len(const char *data, size_t len)
+{
+    const char *space = memchr(data, ' ', len);
+    return space ? (size_t)(space - data) : len;
+}
+
+/* How much of the first frame names the message's stream: a multipart message's whole first frame; a
+ * single frame's topic with the space that ends it (the whole frame if it has none); cut at
+ * WIRE_STREAM_KEY_CAP. Every message of a stream starts with its key, so a subscription that is a prefix of
+ * the key receives all of the stream or none of it: its gaps are exact. */
+static inline size_t wire_stream_key_len(const char *data, size_t len, int frames)
+{
+    if (frames == 1) {
+        size_t topic = wire_topic_len(data, len);
+        if (topic < len)
+            len = topic + 1;
+    }
+    return len > WIRE_STREAM_KEY_CAP ? WIRE_STREAM_KEY_CAP : len;
+}
+
+#endif
