@@ -32,6 +32,20 @@ def test_bench_quick_runs_every_system(tmp_path):
     assert all(cells[2:6]) and "n/a" not in cells[2], row
 
 
+@pytest.mark.timeout(120)
+def test_ab_compares_two_builds_side_by_side(tmp_path):
+    """bench/ab.py runs both builds on a cell and reports B's ratio to A (the same build here: near 1)."""
+    out = tmp_path / "ab.md"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "ab.py"), "--b", sys.executable, "--repeats", "1",
+                        "--sizes", "100", "--subs", "1", "--scale", "0.02", "--out", str(out)],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| 100 B x1 |"))
+    a, b, ratio = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert a.endswith("k") and b.endswith("k"), row
+    assert 0.2 < float(ratio) < 5, row
+
+
 def _msink(bins: dict[str, Path], mode: str, port: int, k: int, size: int, count: int,
            offset: int | None = None) -> Child:
     argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(size), "-n", str(count),

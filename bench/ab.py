@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Compare two builds of fanoutd on the throughput matrix, side by side: ``python bench/ab.py --b PYTHON``.
+
+A change to the data path must keep every throughput cell within a few
+per cent of the code before it. This runs each cell with build A (by
+default the interpreter running this script, so the working tree) and
+build B (another checkout's venv interpreter, e.g. a worktree of the
+commit before the change), in alternating order on every repeat, with the
+same C clients for both, and prints each side's median and B's ratio to A.
+Only ratios from one run mean anything on a shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from fobench import matrix
+from fobench.build import BUILD_DIR, build_all
+from fobench.trial import TrialSpec
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", default=sys.executable, help="interpreter whose `python -m fanoutd` is build A")
+    p.add_argument("--b", required=True, help="interpreter whose `python -m fanoutd` is build B")
+    p.add_argument("--repeats", type=int, default=3, help="runs per cell and build (default 3)")
+    p.add_argument("--sizes", default=",".join(map(str, matrix.SIZES)), help="message sizes, bytes")
+    p.add_argument("--subs", default=",".join(map(str, matrix.SUBS)), help="subscriber counts")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the messages per run")
+    p.add_argument("--out", type=Path, default=BUILD_DIR / "ab.md")
+    args = p.parse_args(argv)
+    bins = build_all()
+    runners = {"A": matrix.Runner(bins, args.a), "B": matrix.Runner(bins, args.b)}
+    cells = [(size, subs) for size in map(int, args.sizes.split(",")) for subs in map(int, args.subs.split(","))]
+    rates: dict[tuple[int, int, str], list[float]] = {}
+    for rep in range(args.repeats):
+        for size, subs in cells:
+            for side in ("A", "B") if rep % 2 == 0 else ("B", "A"):
+                spec = TrialSpec("fanoutd", size, subs, count=matrix.count_for(size, subs, args.scale))
+                result = runners[side].run(spec, f"[{rep + 1}/{args.repeats}] {size:>5} B x{subs} {side}")
+                if result.ok:
+                    rates.setdefault((size, subs, side), []).append(result.rate)
+    lines = [f"A: `{args.a}`, B: `{args.b}`, {args.repeats} alternating repeats, medians", "",
+             "| cell | A msg/s | B msg/s | B / A |", "|---|---|---|---|"]
+    for size, subs in cells:
+        a, b = _median(rates.get((size, subs, "A"), [])), _median(rates.get((size, subs, "B"), []))
+        ratio = f"{b / a:.3f}" if a and b else "n/a"
+        fmt = lambda v: "n/a" if v is None else f"{v / 1e3:,.0f}k"  # noqa: E731
+        lines.append(f"| {size} B x{subs} | {fmt(a)} | {fmt(b)} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
