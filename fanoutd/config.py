@@ -47,7 +47,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     *(Setting(role.name, "endpoints", role.default, role.help) for role in ROLES),
     Setting("metrics", "hostport", "127.0.0.1:9560",
-            "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz"),
+            "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz (it asks for no credentials: keep "
+            "it on loopback or a management network)"),
     Setting("collector_topics", "topics", ("",),
             "topic prefixes the collector subscribes to (default: every topic)"),
     Setting("metrics_topics", "counted_topics", (),

@@ -54,8 +54,9 @@ def config_stub() -> str:
 
 def toml() -> str:
     """systemd/fanoutd.toml: every setting, commented out at its default, with its help."""
-    out = [f"# {GENERATED.format(source='fanoutd/config.py')}",
-           "# /etc/fanoutd/fanoutd.toml: fanoutd's configuration file.",
+    out = ["# /etc/fanoutd/fanoutd.toml: fanoutd's configuration file.",
+           "# Generated from the settings table (fanoutd/config.py) by `make reference`:",
+           "# in the source tree, change the table, not this file.",
            "# Every key is optional; each line below is commented out at its default:",
            "# remove the # and change the value to set one. The same settings exist as",
            "# FANOUTD_<NAME> environment variables and --flags; precedence: defaults <",
