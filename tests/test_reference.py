@@ -78,7 +78,8 @@ def _documented_metrics() -> dict[str, set[str]]:
     text = (ROOT / "docs" / "metrics.md").read_text()
     out: dict[str, set[str]] = {}
     for name, labels in re.findall(r"^\| `(fanoutd_[a-z_]+)` \| \w+ \| ([^|]*) \|", text, re.MULTILINE):
-        out[name] = {re.match(r"`([a-z_]+)`", part.strip()).group(1) for part in labels.split(";") if part.strip() != "-"}
+        # "`output`: `push`, `publish`; `reason`: `hwm`" -> {"output", "reason"}; "-" -> no labels
+        out[name] = set(re.findall(r"(?:^|;\s*)`([a-z_]+)`", labels.strip()))
     return out
 
 
