@@ -190,7 +190,8 @@ def drifted(root: Path = ROOT) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fanoutd.reference", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fanoutd.reference",
+                                     description="Write the reference files generated from the code.")
     parser.add_argument("--check", action="store_true", help="list the files that drifted, change nothing")
     args = parser.parse_args(argv)
     if args.check:
