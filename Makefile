@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system-deps bench soak clean install-service uninstall-service
+.PHONY: run test install system-deps bench soak clean install-service uninstall-service reference
 
 $(STAMP): pyproject.toml setup.py $(wildcard fanoutd/dataplane/*.c fanoutd/dataplane/*.h) fanoutd/dataplane/limits.py
 	sh .ci/system-deps build
@@ -27,6 +27,12 @@ system-deps:
 
 test: system-deps install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The files generated from the code (systemd/fanoutd.toml, docs/configuration.md,
+# docs/metrics.md, fanoutd/_config_type.pyi); tests/test_reference.py fails when
+# a checked-in one differs from what the code generates.
+reference: install
+	$(BIN)/python -m fanoutd.reference
 
 # Side-by-side benchmarks, every mode (writes bench/results.md, results.json,
 # results.png and fleet.png; about 40 minutes); needs the system packages of

@@ -20,8 +20,9 @@ import gevent
 import zmq
 from zmq.utils import z85
 
-from . import files, green, logs
+from . import green, logs
 from .config import Config
+from .keys import Keys
 from .peers import plain_ip
 from .roles import BY_NAME, POLICY_OWNERS, ROLES
 
@@ -65,7 +66,7 @@ class Policy:
         return None
 
 
-def build_policies(config: Config, keys: files.Keys) -> dict[str, Policy]:
+def build_policies(config: Config, keys: Keys) -> dict[str, Policy]:
     """The policy of every configured socket that takes connections (an open one where nothing is configured)."""
     own = {}
     for role in POLICY_OWNERS:

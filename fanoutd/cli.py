@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .config import SETTINGS, ConfigError, as_dict, load
-from .files import load_keys
+from .keys import load_keys
 
 EXIT_CONFIG = 2
 

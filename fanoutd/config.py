@@ -16,11 +16,11 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import files
 from .roles import POLICY_OWNERS, ROLES
-from .values import KIB, MIB, PARSERS, ConfigError
+from .values import KIB, MIB, PARSERS, TYPES, ConfigError
 
 __all__ = ["KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "load", "log_level"]
 
@@ -47,7 +47,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     *(Setting(role.name, "endpoints", role.default, role.help) for role in ROLES),
     Setting("metrics", "hostport", "127.0.0.1:9560",
-            "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz"),
+            "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz (it asks for no credentials: keep "
+            "it on loopback or a management network)"),
     Setting("collector_topics", "topics", ("",),
             "topic prefixes the collector subscribes to (default: every topic)"),
     Setting("metrics_topics", "counted_topics", (),
@@ -70,11 +71,9 @@ SETTINGS: tuple[Setting, ...] = (
             "recently used is forgotten and its topic starts a new stream, which subscribers see as a reset, "
             "never as a gap (about 300 bytes each, used only as topics appear)"),
     Setting("slow_consumer_stall", "seconds", 0.02,
-            "when a subscriber's queue (publish or relay) reaches its high-water mark, the loop holds all output "
-            "while the slow-consumer guard disconnects that subscriber, or finds none behind (then the broker "
-            "itself is, and producers are held back); it asks the guard again after this long (then twice as "
-            "long each time, up to 1 s), and sends the message without the subscriber, counted, only if the "
-            "guard finds one it cannot cut (0: send at once, never hold)"),
+            "when a subscriber's queue is full, how long the loop holds all output for the slow-consumer guard "
+            "before it asks again (doubling, up to 1 s); 0: never hold, send on without the full subscriber "
+            "and count it"),
     Setting("slow_consumer_timeout", "seconds", 10.0,
             "a subscriber that has not read for this long while data waits for it is disconnected even before "
             "its queue is full (0: only at the high-water mark)"),
@@ -110,61 +109,29 @@ SETTINGS: tuple[Setting, ...] = (
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 LIVE: frozenset[str] = frozenset(s.name for s in SETTINGS if s.live)
+# The relay had the publish socket's access control before it had its own: where none of its own is
+# given, it keeps publish's, so an upgrade never opens a relay that publish_curve used to protect.
+INHERITED: Mapping[str, str] = {f"relay_{suffix}": f"publish_{suffix}"
+                                for suffix in ("curve", "clients", "allow", "deny")}
 
 
-@dataclass(frozen=True)
-class Config:
-    """The validated settings the daemon runs with."""
-
-    collector: tuple[str, ...]
-    publish: tuple[str, ...]
-    push: tuple[str, ...]
-    ingress: tuple[str, ...]
-    upstream: tuple[str, ...]
-    relay: tuple[str, ...]
-    stamped: tuple[str, ...]
-    metrics: tuple[str, int]
-    collector_topics: tuple[str, ...]
-    metrics_topics: tuple[str, ...]
-    push_strip_topic: bool
-    max_message_size: int
-    max_frames: int
-    collector_hwm: int
-    publish_hwm: int
-    push_hwm: int
-    stamp_streams: int
-    slow_consumer_stall: float
-    slow_consumer_timeout: float
-    peers_view: bool
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    drain_timeout: float
-    io_threads: int
-    log_level: str
-    curve_secret_key: str = ""
-    collector_curve: bool = False
-    collector_clients: str = ""
-    collector_allow: tuple[str, ...] = ()
-    collector_deny: tuple[str, ...] = ()
-    publish_curve: bool = False
-    publish_clients: str = ""
-    publish_allow: tuple[str, ...] = ()
-    publish_deny: tuple[str, ...] = ()
-    push_curve: bool = False
-    push_clients: str = ""
-    push_allow: tuple[str, ...] = ()
-    push_deny: tuple[str, ...] = ()
-    relay_curve: bool = False
-    relay_clients: str = ""
-    relay_allow: tuple[str, ...] = ()
-    relay_deny: tuple[str, ...] = ()
-    upstream_server_key: str = ""
-    config_file: str | None = None
+def _changed(self: Config, other: Config) -> list[str]:
+    """Names of the settings whose values differ between self and other."""
+    return [s.name for s in SETTINGS if getattr(self, s.name) != getattr(other, s.name)]
 
 
-    def changed(self, other: Config) -> list[str]:
-        """Names of the settings whose values differ between self and other."""
-        return [s.name for s in SETTINGS if getattr(self, s.name) != getattr(other, s.name)]
+if TYPE_CHECKING:
+    # Type checkers read the generated stub (`python -m fanoutd.reference` writes it, a test checks it).
+    from ._config_type import Config
+else:
+    # One field per setting, typed by its kind, plus the file it was read from: adding a setting is one line.
+    Config = dataclasses.make_dataclass(
+        "Config",
+        [(s.name, TYPES[s.kind]) for s in SETTINGS]
+        + [("config_file", str | None, dataclasses.field(default=None))],
+        frozen=True,
+        namespace={"__doc__": "The validated settings the daemon runs with.", "__module__": __name__,
+                   "changed": _changed})
 
 
 def _parse(setting: Setting, raw: Any, source: str) -> Any:
@@ -218,11 +185,9 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
             values[name] = _parse(BY_NAME[name], raw, source)
             if source != "defaults":
                 given.add(name)
-    # The relay had the publish socket's access control before it had its own: where none of its own is
-    # given, it keeps publish's, so an upgrade never opens a relay that publish_curve used to protect.
-    for suffix in ("curve", "clients", "allow", "deny"):
-        if f"relay_{suffix}" not in given:
-            values[f"relay_{suffix}"] = values[f"publish_{suffix}"]
+    for name, source in INHERITED.items():
+        if name not in given:
+            values[name] = values[source]
     config = Config(**values, config_file=path)
     _check_whole(config)
     return config

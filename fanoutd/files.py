@@ -12,17 +12,10 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from zmq.utils import z85
 
-from .roles import POLICY_OWNERS
 from .values import ConfigError
-
-if TYPE_CHECKING:
-    from .config import Config
 
 # $CREDENTIALS_DIRECTORY is where systemd's LoadCredential= puts files; relative key paths are read from there.
 CREDENTIALS = "CREDENTIALS_DIRECTORY"
@@ -110,26 +103,3 @@ def load_public_keys(directory: str, what: str) -> dict[str, bytes]:
         public, _ = parse_certificate(read_bytes(path, what), path, what)
         out[os.path.basename(path)] = public
     return out
-
-
-@dataclass(frozen=True)
-class Keys:
-    """What the key files held when they were read: the inputs of access control, compared at reload."""
-
-    secret: bytes | None  # the daemon's Z85 CURVE secret key, if curve_secret_key is set
-    clients: Mapping[str, Mapping[str, bytes] | None]  # role -> {file name: Z85 public key}; None: any key
-    upstream_server: bytes | None = None  # the upstream relays' Z85 public key (upstream_server_key)
-
-
-def load_keys(config: Config) -> Keys:
-    """Read every key file the config names; any failure is one ConfigError line."""
-    secret = load_secret_key(config.curve_secret_key) if config.curve_secret_key else None
-    clients = {}
-    for role in POLICY_OWNERS:
-        directory = getattr(config, f"{role}_clients")
-        clients[role] = load_public_keys(directory, f"{role}_clients") if directory else None
-    server = None
-    if config.upstream_server_key:
-        path = resolve(config.upstream_server_key)
-        server, _ = parse_certificate(read_bytes(path, "upstream_server_key"), path, "upstream_server_key")
-    return Keys(secret, clients, server)

@@ -26,9 +26,9 @@ from .roles import ROLES
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sources:
-    """Where each number comes from; each callable returns a fresh snapshot."""
+    """Where each number comes from, given by name; each callable returns a fresh snapshot."""
 
     counters: Callable[[], Mapping[str, int]]
     topics: Callable[[], Mapping[str, int]]
@@ -51,8 +51,10 @@ class BrokerCollector:
     def collect(self) -> Iterator[Metric]:
         src = self._sources
         c = src.counters()
-        yield _counter("fanoutd_received_messages", "Messages read from the collector.", c["received_messages"])
-        yield _counter("fanoutd_received_bytes", "Bytes read from the collector, over all frames.",
+        yield _counter("fanoutd_received_messages", "Messages read from the collector, the ingress and "
+                       "upstream links.", c["received_messages"])
+        yield _counter("fanoutd_received_bytes", "Bytes read from the collector, the ingress and upstream "
+                       "links, over all frames.",
                        c["received_bytes"])
         yield _counter("fanoutd_received_upstream_messages", "Of the received messages, those that came from "
                        "an upstream fanoutd (federation).", c["received_upstream_messages"])
@@ -82,7 +84,8 @@ class BrokerCollector:
         topics = src.topics()
         if topics:
             family = CounterMetricFamily("fanoutd_topic_received_messages",
-                                         "Messages read from the collector per counted topic (metrics_topics); "
+                                         "Messages received (collector, ingress, upstream) per "
+                                         "counted topic (metrics_topics); "
                                          "every other topic under __other__.", labels=["topic"])
             for topic, count in topics.items():
                 family.add_metric([topic], count)
@@ -90,7 +93,7 @@ class BrokerCollector:
         yield _filled(GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, "
                                         "per socket.", labels=["socket"]), src.peers())
         yield _filled(CounterMetricFamily("fanoutd_slow_consumers", "Subscribers disconnected for not keeping "
-                                          "up, per socket (slow_consumer_policy = disconnect).", labels=["socket"]),
+                                          "up, per socket, by the slow-consumer guard.", labels=["socket"]),
                       src.slow_consumers())
         stalls = CounterMetricFamily("fanoutd_output_stalls", "Times the loop held all output because a "
                                      "subscriber's queue was full, per socket.", labels=["socket"])
@@ -107,6 +110,8 @@ class BrokerCollector:
         if src.config().upstream:
             yield _counter("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
                            "that never arrived over the link (sequence gaps).", c["upstream_gaps"])
+            yield _counter("fanoutd_upstream_hellos", "Relay hellos read on the upstream links: greetings, "
+                           "not messages (none of them is counted as received).", c["upstream_hellos"])
             yield _counter("fanoutd_upstream_untracked_messages", "Messages from upstream whose stream this node's "
                            "subscriptions only partly cover (a collector_topics prefix longer than the topic), so "
                            "their gaps cannot be counted.", c["upstream_untracked"])

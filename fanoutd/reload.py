@@ -1,7 +1,7 @@
 """Reload planning: from the running and the newly read configuration and keys, what applies live and what waits.
 
 A pure function of its inputs (no files, no sockets): the caller reads the
-new configuration and key files first, through :mod:`fanoutd.files`, and a
+new configuration and key files first, through :mod:`fanoutd.keys`, and a
 failure there keeps the running configuration untouched.  The plan says
 exactly what changed, so the log line after a reload is never a guess.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .auth import Policy, build_policies
-from .files import Keys
+from .keys import Keys
 from .config import LIVE, Config
 
 
@@ -42,7 +42,8 @@ def plan(current: Config, current_keys: Keys, new: Config, new_keys: Keys) -> Pl
     if new.curve_secret_key == current.curve_secret_key and new_keys.secret != current_keys.secret:
         restart.append("curve_secret_key (the file's key)")
     config = dataclasses.replace(current, **{name: getattr(new, name) for name in live})
-    keys = Keys(current_keys.secret, new_keys.clients)  # the secret key is bound into the sockets at start
+    # The secret and upstream server keys are bound into the sockets at start; client key sets apply live.
+    keys = Keys(current_keys.secret, new_keys.clients, current_keys.upstream_server)
     changes = tuple(line for role in sorted(set(current_keys.clients) | set(new_keys.clients))
                     if (line := _key_change(f"{role}_clients", current_keys.clients.get(role),
                                             new_keys.clients.get(role))))

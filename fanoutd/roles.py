@@ -63,8 +63,3 @@ ROLES: tuple[Role, ...] = (
 BY_NAME: dict[str, Role] = {role.name: role for role in ROLES}
 INPUTS: tuple[str, ...] = tuple(role.name for role in ROLES if role.is_input)
 POLICY_OWNERS: tuple[str, ...] = tuple(role.name for role in ROLES if role.owns_policy)
-HWM_SETTINGS: tuple[str, ...] = tuple(dict.fromkeys(role.hwm for role in ROLES))
-
-
-def role(name: str) -> Role:
-    return BY_NAME[name]

@@ -21,7 +21,7 @@ import zmq
 from . import auth, logs, metrics, status, view
 from .config import Config, log_level
 from .dataplane.engine import BindError, Engine
-from .files import Keys
+from .keys import Keys
 from .peers import PeerTracker
 from .reload import Plan
 from .links import UpstreamWatch
@@ -53,10 +53,11 @@ class Runtime:
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         self.upstreams.heal_with(self.engine.reconnect, zmq.curve_public(keys.secret) if keys.secret else None)
         self.peers.on_refused, self.peers.on_linked = self.upstreams.refused, self.upstreams.linked
-        sources = metrics.Sources(self.engine.counters, self.engine.topic_counters, self.peers.counts,
-                                  lambda: self.peers.handshake_failures, lambda: self.peers.disconnects,
-                                  lambda: self.zap.denied, lambda: self.config, node_id.hex(),
-                                  lambda: self.guard.cut, lambda: self.upstreams.errors)
+        sources = metrics.Sources(
+            counters=self.engine.counters, topics=self.engine.topic_counters, peers=self.peers.counts,
+            handshake_failures=lambda: self.peers.handshake_failures, disconnects=lambda: self.peers.disconnects,
+            auth_denied=lambda: self.zap.denied, config=lambda: self.config, node_id=node_id.hex(),
+            slow_consumers=lambda: self.guard.cut, upstream_errors=lambda: self.upstreams.errors)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         peers_view = (lambda: view.peers(self.peers)) if config.peers_view else None
         self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view))

@@ -21,7 +21,7 @@ import gevent.event
 
 from . import reload, status, systemd
 from .config import Config, ConfigError
-from .files import Keys, load_keys
+from .keys import Keys, load_keys
 from .runtime import Runtime, StartupError
 
 __all__ = ["Broker", "StartupError"]

@@ -169,4 +169,20 @@ PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "level": _level,
 }
 
-
+# kind -> the type its parser returns: the field types of fanoutd.config.Config.
+TYPES: Mapping[str, Any] = {
+    "endpoints": tuple[str, ...],
+    "hostport": tuple[str, int],
+    "topics": tuple[str, ...],
+    "counted_topics": tuple[str, ...],
+    "path": str,
+    "networks": tuple[str, ...],
+    "bool": bool,
+    "size": int,
+    "frames": int,
+    "count": int,
+    "threads": int,
+    "streams": int,
+    "seconds": float,
+    "level": str,
+}

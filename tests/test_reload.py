@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fanoutd.config import load
-from fanoutd.files import Keys
+from fanoutd.keys import Keys
 from fanoutd.reload import plan
 
 NO_ENV: dict[str, str] = {}
