@@ -170,8 +170,8 @@ def check_dashboard_queries(prometheus_port: int, d) -> None:
 
 
 def readme_metrics_table() -> dict[str, set[str]]:
-    """Metric name -> label names, from the rows of README.md's metrics table."""
-    readme = (ROOT / "README.md").read_text()
+    """Metric name -> label names, from the rows of the metrics table in docs/concepts.md."""
+    readme = (ROOT / "docs" / "concepts.md").read_text()
     table = readme.split("| metric | meaning |", 1)[1].split("\n\n", 1)[0]
     out: dict[str, set[str]] = {}
     for row in table.splitlines()[2:]:
@@ -181,7 +181,7 @@ def readme_metrics_table() -> dict[str, set[str]]:
 
 
 def test_readme_metrics_table_matches_the_live_endpoint(start_daemon):
-    """Every fanoutd_ sample a daemon with every socket exposes is in the README's table, labels included,
+    """Every fanoutd_ sample a daemon with every socket exposes is in the docs' table, labels included,
     and the table names nothing the daemon does not expose."""
     relay_port, ingress_port = free_port(), free_port()
     # Its upstream is its own relay (named differently, as two endpoints may not be equal): the link comes up,
