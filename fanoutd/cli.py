@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`fanoutd top` shows a running daemon's live rates.",
         epilog="Every setting can also come from the TOML file or a FANOUTD_<NAME> environment variable; "
                "precedence: defaults < file < environment < flags. Exit status: 0 stopped cleanly, 1 failed or "
-               "aborted while running, 2 bad configuration. Docs: README.md, sections 'Configuration', "
-               "'Metrics', 'Security', 'Reliability' and 'Running as a systemd service'.",
+               "aborted while running, 2 bad configuration. Docs: docs/configuration.md (every setting), "
+               "docs/operations.md, docs/concepts.md and docs/security.md.",
     )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (also $FANOUTD_CONFIG)")
     parser.add_argument("--check-config", action="store_true",

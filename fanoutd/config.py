@@ -63,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
             "most frames a message may have; more are rejected and counted", live=True),
     Setting("collector_hwm", "count", 100_000, "high-water mark of the collector, in messages"),
     # Output HWMs are sized so a burst of several hundred thousand messages flat out is absorbed
-    # while consumers catch up (bench: burst mode); the memory this implies is in the README.
+    # while consumers catch up (bench: burst mode); the memory this implies: docs/operations.md, "Memory".
     Setting("publish_hwm", "count", 250_000, "high-water mark per subscriber on the PUB output, in messages"),
     Setting("push_hwm", "count", 250_000, "high-water mark per puller on the PUSH output, in messages"),
     Setting("stamp_streams", "streams", 65_536,

@@ -53,8 +53,8 @@ ROLES: tuple[Role, ...] = (
     Role("publish", "XPUB", "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)",
          "publish_hwm", "publish", ("tcp://127.0.0.1:5561",)),
     Role("stamped", "XPUB", "endpoint(s) of a second PUB output whose messages end in a sequence stamp, so "
-         "subscribers can prove they missed nothing and know when their subscription is live (README \"Sequence "
-         "stamps\"; empty: none)", "publish_hwm", "publish", ("tcp://127.0.0.1:5565",)),
+         "subscribers can prove they missed nothing and know when their subscription is live (docs/concepts.md, "
+         "\"Sequence stamps\"; empty: none)", "publish_hwm", "publish", ("tcp://127.0.0.1:5565",)),
     Role("push", "PUSH", "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH "
          "output)", "push_hwm", "push", ("tcp://127.0.0.1:5562",)),
     Role("relay", "XPUB", "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: "

@@ -1,7 +1,7 @@
 """/peers: who is connected to each socket now, with what waiting for them, and why recent connections closed.
 
 It shows client addresses on the metrics port, so ``peers_view = false``
-turns it off (the README's threat model says so).
+turns it off (docs/security.md, the threat model, says so).
 """
 
 from __future__ import annotations

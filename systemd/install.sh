@@ -1,8 +1,8 @@
 #!/bin/sh
 # Install fanoutd as a systemd service, in a virtualenv of its own; the
 # system Python is used only to create that virtualenv, nothing is installed
-# into it.  `make install-service` runs this; see README.md, "Running as a
-# systemd service".
+# into it.  `make install-service` runs this; see docs/operations.md, "Running as
+# a systemd service".
 #
 #   systemd/install.sh [--wheels DIR] [--curve] [--root DIR]
 #   systemd/install.sh --uninstall [--root DIR]
@@ -16,7 +16,7 @@
 #      fetches the dependencies and the build tools from the package index),
 #      or with --wheels DIR offline from a directory of wheels
 #      (`pip install --no-index --find-links DIR fanoutd`: DIR must hold
-#      fanoutd's wheel and its dependencies', see README.md).
+#      fanoutd's wheel and its dependencies', see docs/operations.md).
 #   3. /etc/systemd/system/fanoutd.service: systemd/fanoutd.service with
 #      ExecStart pointing at $PREFIX/bin/fanoutd, nothing else changed.
 #   4. /etc/fanoutd/fanoutd.toml from systemd/fanoutd.toml, only if there is

@@ -113,7 +113,7 @@ def test_no_puller_never_blocks_publish_and_counts_drops(start_daemon, sockets):
 
 
 def test_a_puller_that_pauses_keeps_its_queue_and_gets_everything(start_daemon, sockets):
-    """Pullers are not cut (README): a pause with its kernel window shut, under heartbeat_timeout, loses nothing.
+    """Pullers are not cut (docs/concepts.md): a pause with its kernel window shut, under heartbeat_timeout, loses nothing.
 
     5 MiB for a puller holding 10 messages and a 16 KiB receive buffer: most of it waits in the broker
     (libzmq's queue and the kernel's) across three heartbeats, and arrives, in order, once it reads again.

@@ -1,4 +1,5 @@
-"""Every code block in README.md and clients/README.md is either run here, as written, or says why not.
+"""Every code block in README.md, clients/README.md and docs/ is either run here, as written, or says why not;
+every relative link between the docs resolves; the README stays a front page.
 
 A block is *run* when this file has a runner for it (keyed by its first
 line): shell lines are typed into bash one second apart, as a person would,
@@ -8,6 +9,9 @@ killed at the end. Any other block must be introduced by a visible line
 ``*Not run by the tests: REASON.*`` or ``*Run by CI ...*``. A new block with
 neither fails this test, so the docs cannot quietly rot. The Python blocks
 of "Using it" are run by ``tests/test_clients_readme.py``.
+
+docs/configuration.md and docs/metrics.md are generated from the code
+(``fanoutd/reference.py``), which has drift tests of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from conftest import ROOT, Daemon
 
 pytestmark = pytest.mark.timeout(120)
 
-DOCS = ("README.md", "clients/README.md")
+GENERATED = frozenset({"docs/configuration.md", "docs/metrics.md"})
+DOCS = ("README.md", "clients/README.md",
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")
+                if str(p.relative_to(ROOT)) not in GENERATED))
+LINKED = (*DOCS, *sorted(GENERATED), "bench/README.md", "CHANGELOG.md")
+README_MAX_BYTES = 12 * 1024  # a front page: what it is, the two commands, a first example, where to read on
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 MARKER = re.compile(r"^\s*\*(Not run by the tests: .+|Run by CI\b.+)\*\s*$")
 BIN = Path(sys.executable).parent
 
@@ -153,3 +163,47 @@ def test_every_block_is_run_or_says_why_not():
 def test_a_block_runs_as_written(first, start_daemon, tmp_path):
     doc, _, _, text = next(item for item in all_blocks() if item[2] == first)
     RUNNERS[first](text, start_daemon, tmp_path)
+
+
+def test_the_readme_is_a_front_page():
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes: move detail into docs/ (limit {README_MAX_BYTES})"
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (outside code blocks)."""
+    out: set[str] = set()
+    fenced = False
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        match = re.match(r"#{1,6} (.+)", line)
+        if match and not fenced:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+            n, candidate = 0, slug
+            while candidate in out:
+                n += 1
+                candidate = f"{slug}-{n}"
+            out.add(candidate)
+    return out
+
+
+def links(doc: str) -> list[str]:
+    """The relative link targets of a Markdown file, outside code blocks and inline code."""
+    text = re.sub(r"```.*?```", "", (ROOT / doc).read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [target for target in LINK.findall(text) if not re.match(r"[a-z]+:", target)]
+
+
+def test_every_relative_link_between_the_docs_resolves():
+    broken = []
+    for doc in LINKED:
+        for target in links(doc):
+            path, _, anchor = target.partition("#")
+            file = (ROOT / doc).parent / path if path else ROOT / doc
+            if not file.exists():
+                broken.append(f"{doc}: {target} (no such file)")
+            elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+                broken.append(f"{doc}: {target} (no such heading)")
+    assert not broken, "broken links:\n" + "\n".join(broken)

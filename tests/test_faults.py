@@ -211,7 +211,7 @@ def test_a_frozen_subscriber_costs_nothing_until_data_waits_for_it_then_is_cut_a
 
 def test_a_heartbeat_timeout_shorter_than_the_interval_keeps_live_peers(start_daemon, sockets):
     """The TTL each PING carries must cover the interval, or every live subscriber would drop the broker
-    between two pings (README, What the guard costs). Dropping a vanished one: tests/test_multihost.py."""
+    between two pings (docs/concepts.md, What the guard costs). Dropping a vanished one: tests/test_multihost.py."""
     d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "0.3")
     with subscriber_process(d):
         time.sleep(3.5)  # three pings, each answered, each TTL honoured by the subscriber's libzmq

@@ -359,7 +359,7 @@ def test_help_lists_the_exit_statuses_and_ends_with_where_the_docs_are():
     for status, says in [(0, "did its job"), (1, "collector never"), (1, "refused locally"), (2, "bad arguments")]:
         assert f"\n  {status} " in epilog and says in epilog.replace("\n      ", " ").replace("  ", " ")
     assert text.rstrip().splitlines()[-1] == (
-        "Docs: README.md, sections 'Using it' and 'Messages'; wire format: clients/README.md")
+        "Docs: README.md ('Using it') and docs/clients.md; wire format: clients/README.md")
 
 
 def test_version_prints_the_installed_version():

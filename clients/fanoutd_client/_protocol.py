@@ -220,7 +220,7 @@ class PullerProtocol(ReceiverProtocol):
     connecting, reports the completed ZMTP handshake on each endpoint.  The
     broker attaches the connection to its PUSH before it sends its half of
     the handshake whenever it has already read ours, which its access check
-    (ZAP, on every fanoutd socket) all but ensures; see the README.
+    (ZAP, on every fanoutd socket) all but ensures; see docs/concepts.md.
     """
 
     _kind = zmq.PULL

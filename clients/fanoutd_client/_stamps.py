@@ -1,7 +1,7 @@
 """fanoutd's trailing frame as a subscriber reads it: parse the sequence stamp, count gaps per stream exactly.
 
-The wire format is fanoutd's one trailing-frame format (README "Trailing
-frame")::
+The wire format is fanoutd's one trailing-frame format (clients/README.md,
+"Sequence stamps")::
 
     magic b"\\x00FDT" | version 1 | flags | [stamp] | [route]
     stamp (flag 1): epoch u64 | stream u64 | seq u64 | key length u16   (big-endian)

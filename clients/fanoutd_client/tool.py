@@ -5,8 +5,8 @@
     fanout pull [-e EP]... [--count N] [--timeout S] [--sep SEP] [--json | --raw]
     fanout --version
 
-Exit statuses are listed in :data:`EPILOG` (``fanout --help``) and the
-README.  Every error is one line on stderr, never a traceback: this is a
+Exit statuses are listed in :data:`EPILOG` (``fanout --help``) and
+docs/clients.md.  Every error is one line on stderr, never a traceback: this is a
 tool for shell scripts, whose authors need the status and a reason, not
 our stack.
 
@@ -57,7 +57,7 @@ exit status:
   130  interrupted (Ctrl-C)
   141  stdout was closed (e.g. `fanout sub | head -1`)
 
-Docs: README.md, sections 'Using it' and 'Messages'; wire format: clients/README.md
+Docs: README.md ('Using it') and docs/clients.md; wire format: clients/README.md
 """
 
 

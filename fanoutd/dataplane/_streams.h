@@ -4,7 +4,7 @@
  *
  * Why a table of its own: the sequence stamp must stay contiguous for a
  * subscriber that filters by topic prefix, so the broker keeps one counter
- * per topic key (see README "Sequence stamps"), and an edge keeps one
+ * per topic key (see docs/concepts.md, "Sequence stamps"), and an edge keeps one
  * last-seen sequence per upstream stream to count gaps.  Both are bounded:
  * when the table is full the least recently used entry is evicted, and a
  * key that comes back gets a new stream id, which is how an eviction is told
