@@ -348,6 +348,30 @@ def test_a_stall_wakes_the_guard_which_cuts_the_stopped_reader_and_holds_on_whil
     assert not crashed
 
 
+def test_with_no_kernel_buffer_full_the_guard_cuts_nobody_and_the_stalled_output_holds_on(rig, subscribers):
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    behind = [subscribers(peers), subscribers(peers)]
+    view.looks = [{sub.conn.fd: (BEHIND, 10) for sub in behind}]  # nobody acknowledges, but nobody is full
+    outputs.open_stalls = {"publish": 4}
+    guard.look()
+    assert outputs.answers == [("publish", 4, True)]
+    assert not any(sub.was_cut() for sub in behind) and guard.cut["publish"] == 0
+
+
+def test_a_full_subscriber_that_cannot_be_cut_makes_its_output_send_lossy(rig, subscribers):
+    """Its fd now names another socket (libzmq closed it and reused the number): the inode check spares that one."""
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    reused = subscribers(peers)
+    reused.conn.inode += 1
+    view.looks = [{reused.conn.fd: (FULL, 10)}]
+    outputs.open_stalls = {"publish": 5, "relay": 2}
+    guard.look()
+    assert sorted(outputs.answers) == [("publish", 5, False), ("relay", 2, True)]
+    assert not reused.was_cut() and guard.cut["publish"] == 0 and not reused.conn.reason
+
+
 def test_after_a_lossy_send_the_fullest_is_cut_and_the_window_closes_once_it_is_gone_and_not_before(rig, subscribers):
     view = MadeUpKernel({})
     guard, peers, outputs = rig(view)
