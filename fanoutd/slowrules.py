@@ -14,7 +14,7 @@ from typing import NamedTuple
 from .peers import Connection
 
 FULL_BYTES = 16 * 1024  # a send queue at least this full when output stalls is a full one (tcp_wmem's default)
-QUIET_PASSES = 3  # the loop read nothing across this many sampler passes: only connections with data waiting
+QUIET_PASSES = 3  # the loop read nothing between the first and the last of this many passes: it is quiet
 
 # Why a connection is cut: logged, and shown in /peers and `fanoutd top` (tests and operators match them).
 STOPPED = "its queue reached the high-water mark"
