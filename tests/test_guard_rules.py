@@ -372,6 +372,20 @@ def test_a_full_subscriber_that_cannot_be_cut_makes_its_output_send_lossy(rig, s
     assert not reused.was_cut() and guard.cut["publish"] == 0 and not reused.conn.reason
 
 
+def test_while_a_cut_connection_is_torn_down_the_guard_cuts_nobody_else_and_holds_on(rig, subscribers):
+    """libzmq freeing the cut one's queue lets the stalled send through; the next look finds the next, if any."""
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    leaving, behind = subscribers(peers), subscribers(peers)
+    leaving.conn.reason = "slow consumer: its queue reached the high-water mark"
+    view.looks = [{leaving.conn.fd: (FULL, 10), behind.conn.fd: (FULL, 10)},
+                  {leaving.conn.fd: (FULL, 10), behind.conn.fd: (FULL, 11)}]
+    outputs.open_stalls = {"publish": 6}
+    guard.look()
+    assert outputs.answers == [("publish", 6, True)]
+    assert not leaving.was_cut() and not behind.was_cut() and guard.cut["publish"] == 0
+
+
 def test_after_a_lossy_send_the_fullest_is_cut_and_the_window_closes_once_it_is_gone_and_not_before(rig, subscribers):
     view = MadeUpKernel({})
     guard, peers, outputs = rig(view)
