@@ -1,0 +1,192 @@
+"""The slow-consumer guard's rules: from kernel readings of each connection, whom to cut and how to answer a stall.
+
+Nothing here reads the kernel, sleeps or cuts: fanoutd.slow takes the
+readings, hands them to these rules and carries out what they decide, so
+each rule can be checked with made-up readings (tests/test_guard_rules.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping
+from typing import NamedTuple
+
+from .peers import Connection
+
+FULL_BYTES = 16 * 1024  # a send queue at least this full when output stalls is a full one (tcp_wmem's default)
+QUIET_PASSES = 3  # the loop read nothing between the first and the last of this many passes: it is quiet
+
+# Why a connection is cut: logged, and shown in /peers and `fanoutd top` (tests and operators match them).
+STOPPED = "its queue reached the high-water mark"
+FURTHEST_BEHIND = "it fell furthest behind when its queue reached the high-water mark"
+SKIPPED = "its queue was full when a message had to be sent without it"
+
+
+def read_nothing(seconds: float) -> str:
+    """Why the sampler cuts a connection that had data waiting and made no progress for ``seconds``."""
+    return f"it read nothing for {seconds:.1f}s"
+
+
+class Reading(NamedTuple):
+    """One connection's kernel state at one look."""
+
+    queued: int  # bytes in its kernel send queue
+    acked: int  # bytes its peer acknowledged, -1 where the connection is not TCP
+    sndbuf: int = 0  # its send-buffer size (SO_SNDBUF); 0 where not read (too little queued to be full)
+
+
+Readings = dict[Connection, Reading]
+
+
+class Cut(NamedTuple):
+    """A decision to disconnect one connection, and why."""
+
+    conn: Connection
+    why: str
+    queued: int  # bytes queued in the kernel when decided, for the log
+
+
+def could_be_full(queued: int) -> bool:
+    """Whether a queue this long could be a full one: only then is its send-buffer size worth a system call."""
+    return queued >= FULL_BYTES
+
+
+def full(reading: Reading) -> bool:
+    """Whether a connection's kernel send buffer is (about) full, as it must be before libzmq queues for it.
+
+    libzmq writes to a peer's socket until the kernel refuses more, and only
+    then does its own queue toward the high-water mark grow; so only a
+    connection whose send buffer is full can be the one that filled up. A
+    reader that is merely a few milliseconds behind (a busy thread) has a
+    little queued and, for a moment, may acknowledge nothing: its buffer is
+    far from full. A quarter of SO_SNDBUF leaves room for the kernel's
+    per-packet overhead (measured here: 4.1 MB queued in a 4 MiB buffer).
+    """
+    return could_be_full(reading.queued) and 0 < reading.sndbuf <= reading.queued * 4
+
+
+def progressed(before: Reading, after: Reading) -> bool:
+    """Whether the peer read anything between two readings: bytes acknowledged (TCP), or else a shorter queue."""
+    return after.acked != before.acked if after.acked >= 0 else after.queued < before.queued
+
+
+def being_cut(role: str, conns: Iterable[Connection]) -> bool:
+    """Whether a connection of ``role`` is already cut and still being torn down by libzmq (its reason is set)."""
+    return any(conn.role == role and conn.reason for conn in conns)
+
+
+class StallLook:
+    """Two readings of the connections a few milliseconds apart while output is stalled, and what they decide.
+
+    While output is stalled, a reader that is merely behind drains its queue
+    and acknowledges bytes; one that stopped reading acknowledges nothing.
+    Only a connection whose kernel buffer is full can be the one with the
+    full queue (libzmq queues for a peer only once its kernel buffer is full;
+    buffers autotune per connection, so the most bytes queued need not be a
+    full one): those are ``behind``.
+    """
+
+    def __init__(self, first: Readings, second: Readings) -> None:
+        self.first = first
+        self.second = second
+        self.behind = {conn: reading.queued for conn, reading in second.items() if full(reading)}
+
+    def stopped(self) -> list[Cut]:
+        """Full connections that read nothing between the two readings: cut at once."""
+        return [Cut(conn, STOPPED, queued) for conn, queued in self.behind.items()
+                if conn in self.first and not progressed(self.first[conn], self.second[conn])]
+
+    def furthest_behind(self, conns: Iterable[Connection]) -> Cut | None:
+        """When none stopped outright, the full connection with the most queued: it has the full queue.
+
+        Left connected, libzmq would skip it silently. None while any of
+        ``conns`` (the open connections) is being cut: its teardown frees
+        the full queue, and a cut made at this look counts as one.
+        """
+        if not self.behind or any(conn.reason for conn in conns):
+            return None
+        conn = max(self.behind, key=self.behind.__getitem__)
+        return Cut(conn, FURTHEST_BEHIND, self.behind[conn])
+
+    def hold_on(self, role: str, conns: Iterable[Connection]) -> bool:
+        """The answer to ``role``'s stall, once this look's cuts are made: True to hold on, False to send lossy.
+
+        Hold on while no connection there is full in the kernel (no
+        subscriber is behind: the broker is, and back-pressure should reach
+        the producers), or while a cut there is under way (the next look
+        finds the next one, if any). Only a full subscriber that could not
+        be cut means "no": libzmq then skips that one, and the lossy send's
+        window names it.
+        """
+        left = any(conn.role == role and not conn.reason for conn in self.behind)
+        return not left or being_cut(role, conns)
+
+    def fullest(self, role: str) -> Cut | None:
+        """The connection of ``role`` that a lossy send left out of the distribution, to cut when nobody there was.
+
+        The fullest among the full ones if there are any, else among those
+        with data waiting. None with data waiting: the full one has drained
+        since, and if it fills again the loop's send is refused again (the
+        window closes back to XPUB_NODROP), so no skip goes unseen.
+        """
+        candidates = ([(queued, conn) for conn, queued in self.behind.items() if conn.role == role]
+                      or [(reading.queued, conn) for conn, reading in self.second.items() if conn.role == role])
+        if not candidates:
+            return None
+        queued, conn = max(candidates, key=lambda item: item[0])
+        return Cut(conn, SKIPPED, queued)
+
+
+def gone(waited: Iterable[Connection], open_now: Mapping[int, Connection]) -> bool:
+    """Whether libzmq has closed every connection a window waits for (fds are reused: identity, not fd, decides)."""
+    return not any(open_now.get(conn.fd) is conn for conn in waited)
+
+
+class Progress:
+    """The sampler's memory between passes: when each connection with data waiting last read, and the loop's intake.
+
+    A connection that has had data waiting with no byte acknowledged for
+    the timeout is cut before its queue ever fills.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], tuple[float, int, int]] = {}  # (fd, inode) -> (since, queued, acked)
+        self._received: deque[int] = deque(maxlen=QUIET_PASSES)
+
+    def among(self, received: int) -> Collection[tuple[int, int]] | None:
+        """The (fd, inode) this pass must read, given the loop's count of messages read so far; None: all.
+
+        Quiet for two passes (the loop read nothing since the pass before
+        last): nothing was written for a subscriber since a pass that found
+        its queue empty, and what libzmq still held then reached the kernel
+        long before the last pass. So only those with data waiting last pass
+        need a look, and 10,000 idle subscribers cost no system call each a
+        second (a heartbeat left unacknowledged is the kernel's to act on:
+        sockets.heartbeat_options).
+        """
+        self._received.append(received)
+        quiet = len(self._received) == QUIET_PASSES and self._received[0] == self._received[-1]
+        return set(self._seen) if quiet else None
+
+    def stalled(self, conn: Connection, now: float) -> float:
+        """Seconds since a pass last saw this connection make progress (0 if it had nothing waiting last pass)."""
+        return now - self._seen.get((conn.fd, conn.inode), (now, 0, 0))[0]
+
+    def update(self, now: float, readings: Readings, timeout: float) -> list[Cut]:
+        """Remember who made progress by ``now``; the ones to cut: data waiting, no progress for ``timeout`` (0: never).
+
+        Only the connections in ``readings`` (those with data waiting) are
+        remembered: one not seen last pass had an empty queue then, so
+        whatever waits now came since, and its clock starts now.
+        """
+        seen, cuts = {}, []
+        for conn, reading in readings.items():
+            key = (conn.fd, conn.inode)
+            last = self._seen.get(key)
+            moving = last is None or progressed(Reading(last[1], last[2]), reading)
+            since = now if moving else last[0]
+            seen[key] = (since, reading.queued, reading.acked)
+            if timeout and not moving and now - since >= timeout:
+                cuts.append(Cut(conn, read_nothing(now - since), reading.queued))
+        self._seen = seen
+        return cuts

@@ -1,0 +1,420 @@
+"""The slow-consumer guard's rules, each driven by made-up kernel readings: no daemon, no TCP buffers to fill.
+
+The rules (fanoutd/slowrules.py) get readings and return decisions; the
+Guard (fanoutd/slow.py) is then driven whole through a made-up KernelView,
+cutting real socketpairs, so the wiring between the two is checked too. The
+same behaviour on real sockets and a real daemon: tests/test_slow_consumers.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import gevent
+import pytest
+import zmq
+
+from fanoutd.config import Config, load
+from fanoutd.peers import Connection, PeerTracker
+from fanoutd.slow import Guard
+from fanoutd.slowrules import (FURTHEST_BEHIND, SKIPPED, STOPPED, Cut, Progress, Reading, StallLook, full, gone,
+                               read_nothing)
+
+BUF = 64 * 1024  # a send-buffer size: a queue of a quarter of it or more is a full one
+FULL = 60_000  # bytes queued: full in a BUF buffer
+BEHIND = 2_000  # bytes queued: a reader a little behind, far from full
+
+
+def conn(fd: int, role: str = "publish", reason: str = "") -> Connection:
+    """A connection as the peer tracker keeps it; the fd is only a key here (nothing reads it)."""
+    return Connection(role, fd, 1000 + fd, f"127.0.0.1:{40000 + fd}", reason=reason)
+
+
+# (a) stopped reader
+
+
+def test_a_full_connection_that_acknowledged_nothing_between_the_looks_is_cut():
+    stopped, draining, busy = conn(5), conn(6), conn(7)
+    look = StallLook({stopped: Reading(FULL, 100), draining: Reading(FULL, 100), busy: Reading(BEHIND, 100)},
+                     {stopped: Reading(FULL, 100, BUF), draining: Reading(FULL - 900, 1000, BUF),
+                      busy: Reading(BEHIND, 100, BUF)})
+    # The busy reader acknowledged nothing either, but its buffer is far from full: it cannot hold the full queue.
+    assert look.stopped() == [Cut(stopped, STOPPED, FULL)]
+
+
+def test_a_connection_not_seen_at_the_first_look_is_not_judged_stopped():
+    new = conn(5)
+    assert StallLook({}, {new: Reading(FULL, 100, BUF)}).stopped() == []
+
+
+def test_a_connection_without_tcp_info_is_judged_by_its_queue_shrinking():
+    """A unix socket has no acknowledged bytes (-1): a queue that did not shrink means it read nothing."""
+    stopped, reading = conn(5), conn(6)
+    look = StallLook({stopped: Reading(FULL, -1), reading: Reading(FULL, -1)},
+                     {stopped: Reading(FULL, -1, BUF), reading: Reading(FULL - 1, -1, BUF)})
+    assert look.stopped() == [Cut(stopped, STOPPED, FULL)]
+
+
+def test_full_means_a_quarter_of_the_send_buffer_and_at_least_16_KiB():
+    assert full(Reading(BUF // 4, 0, BUF))
+    assert not full(Reading(BUF // 4 - 1, 0, BUF))
+    assert not full(Reading(16 * 1024 - 1, 0, 16 * 1024))  # below 16 KiB nothing is full, whatever the buffer
+    assert not full(Reading(FULL, 0, 0)), "a buffer size that could not be read proves nothing"
+
+
+# (b) furthest behind
+
+
+def test_when_none_stopped_the_full_connection_with_the_most_queued_is_cut_and_only_that_one():
+    a, b, c, small = conn(5), conn(6), conn(7), conn(8)
+    first = {a: Reading(FULL, 1), b: Reading(FULL, 1), c: Reading(FULL, 1), small: Reading(BEHIND, 1)}
+    second = {a: Reading(FULL, 2, BUF), b: Reading(FULL + 500, 2, BUF), c: Reading(FULL - 500, 2, BUF),
+              small: Reading(BEHIND, 2, BUF)}
+    look = StallLook(first, second)
+    assert look.stopped() == []
+    assert look.furthest_behind([a, b, c, small]) == Cut(b, FURTHEST_BEHIND, FULL + 500)
+
+
+def test_the_most_queued_is_not_cut_when_its_buffer_is_not_full():
+    """Buffers autotune per connection: the most bytes queued need not be a full buffer."""
+    big, full_one = conn(5), conn(6)
+    second = {big: Reading(200_000, 2, 4 * 1024 * 1024), full_one: Reading(FULL, 2, BUF)}
+    look = StallLook({big: Reading(200_000, 1), full_one: Reading(FULL, 1)}, second)
+    assert look.furthest_behind([big, full_one]) == Cut(full_one, FURTHEST_BEHIND, FULL)
+
+
+def test_nobody_is_cut_as_furthest_behind_while_a_cut_connection_is_being_torn_down():
+    a, leaving = conn(5), conn(6, reason="slow consumer: its queue reached the high-water mark")
+    look = StallLook({a: Reading(FULL, 1)}, {a: Reading(FULL, 2, BUF)})
+    assert look.furthest_behind([a, leaving]) is None
+    assert look.furthest_behind([a]) == Cut(a, FURTHEST_BEHIND, FULL)
+
+
+# (c) broker behind
+
+
+def test_when_no_kernel_buffer_is_full_nobody_is_cut_and_the_stalled_output_holds_on():
+    """libzmq's own I/O thread is behind, not a subscriber: back-pressure goes to the producers."""
+    a, b = conn(5), conn(6, "relay")
+    look = StallLook({a: Reading(BEHIND, 1), b: Reading(BEHIND, 1)},
+                     {a: Reading(BEHIND, 1, BUF), b: Reading(BEHIND, 1, BUF)})
+    assert look.behind == {}
+    assert look.stopped() == [] and look.furthest_behind([a, b]) is None
+    assert look.hold_on("publish", [a, b]) and look.hold_on("relay", [a, b])
+
+
+def test_a_full_subscriber_left_uncut_makes_its_own_output_send_lossy_and_only_that_one():
+    stuck, other = conn(5), conn(6, "relay")
+    look = StallLook({stuck: Reading(FULL, 1)}, {stuck: Reading(FULL, 2, BUF)})
+    assert not look.hold_on("publish", [stuck, other])
+    assert look.hold_on("relay", [stuck, other])
+
+
+def test_while_a_cut_is_under_way_on_an_output_it_holds_on():
+    """The next look finds the next full one, if any; "no" would make libzmq skip a subscriber."""
+    stuck, cutting = conn(5), conn(6)
+    look = StallLook({stuck: Reading(FULL, 1), cutting: Reading(FULL, 1)},
+                     {stuck: Reading(FULL, 2, BUF), cutting: Reading(FULL, 1, BUF)})
+    cutting.reason = "slow consumer: its queue reached the high-water mark"  # what cutting it at this look did
+    assert look.hold_on("publish", [stuck, cutting])
+    assert not look.hold_on("publish", [stuck]), "the cut one is gone and a full one is left: send lossy"
+
+
+# (d) window close
+
+
+def test_after_a_lossy_send_the_fullest_connection_of_that_output_is_the_one_to_cut():
+    a, b, other = conn(5), conn(6), conn(7, "relay")
+    second = {a: Reading(FULL, 2, BUF), b: Reading(FULL + 1, 2, BUF), other: Reading(FULL * 2, 2, BUF)}
+    look = StallLook({}, second)
+    assert look.fullest("publish") == Cut(b, SKIPPED, FULL + 1)
+    assert look.fullest("relay") == Cut(other, SKIPPED, FULL * 2)
+
+
+def test_the_fullest_is_taken_among_full_buffers_first_then_among_any_with_data_waiting():
+    big, full_one, waiting = conn(5), conn(6), conn(7)
+    look = StallLook({}, {big: Reading(200_000, 2, 4 * 1024 * 1024), full_one: Reading(FULL, 2, BUF)})
+    assert look.fullest("publish") == Cut(full_one, SKIPPED, FULL)
+    look = StallLook({}, {waiting: Reading(BEHIND, 2, BUF), conn(8): Reading(BEHIND - 1, 2, BUF)})
+    assert look.fullest("publish") == Cut(waiting, SKIPPED, BEHIND)
+    assert StallLook({}, {}).fullest("publish") is None, "drained since: the next full send is refused again"
+
+
+def test_a_window_may_close_only_once_its_cut_connection_is_gone():
+    cut = conn(5)
+    assert not gone([cut], {5: cut, 6: conn(6)})
+    assert gone([cut], {6: conn(6)})
+    assert gone([cut], {5: conn(5)}), "libzmq reused the fd for a new connection: the cut one is gone"
+
+
+# (e) the sampler's timeout rule
+
+
+def test_data_waiting_with_no_progress_for_the_timeout_is_cut():
+    stuck = conn(5)
+    progress = Progress()
+    assert progress.update(100.0, {stuck: Reading(BEHIND, 10)}, timeout=10) == []
+    assert progress.update(105.0, {stuck: Reading(BEHIND, 10)}, timeout=10) == []
+    assert progress.update(109.9, {stuck: Reading(BEHIND, 10)}, timeout=10) == []
+    assert progress.update(110.0, {stuck: Reading(BEHIND, 10)}, timeout=10) == [
+        Cut(stuck, read_nothing(10.0), BEHIND)]
+    assert read_nothing(10.0) == "it read nothing for 10.0s"  # tests/test_slow_consumers.py matches it in the log
+    assert progress.stalled(stuck, 110.0) == 10.0
+
+
+def test_progress_restarts_the_timeout():
+    reader = conn(5)
+    progress = Progress()
+    progress.update(100.0, {reader: Reading(BEHIND, 10)}, timeout=10)
+    progress.update(105.0, {reader: Reading(BEHIND, 11)}, timeout=10)  # acknowledged a byte
+    assert progress.update(110.0, {reader: Reading(BEHIND, 11)}, timeout=10) == []
+    assert progress.stalled(reader, 110.0) == 5.0
+    assert progress.update(115.0, {reader: Reading(BEHIND, 11)}, timeout=10) == [
+        Cut(reader, read_nothing(10.0), BEHIND)]
+
+
+def test_a_queue_that_emptied_between_passes_restarts_the_timeout():
+    """Not seen with data waiting at a pass: whatever waits at the next came since."""
+    reader = conn(5)
+    progress = Progress()
+    progress.update(100.0, {reader: Reading(BEHIND, 10)}, timeout=10)
+    progress.update(105.0, {}, timeout=10)
+    assert progress.update(110.0, {reader: Reading(BEHIND, 10)}, timeout=10) == []
+    assert progress.stalled(reader, 110.0) == 0.0
+
+
+def test_without_tcp_info_the_sampler_counts_a_shrinking_queue_as_progress():
+    reader, stuck = conn(5), conn(6)
+    progress = Progress()
+    progress.update(100.0, {reader: Reading(BEHIND, -1), stuck: Reading(BEHIND, -1)}, timeout=10)
+    progress.update(105.0, {reader: Reading(BEHIND - 1, -1), stuck: Reading(BEHIND, -1)}, timeout=10)
+    assert progress.update(110.0, {reader: Reading(BEHIND - 1, -1), stuck: Reading(BEHIND, -1)}, timeout=10) == [
+        Cut(stuck, read_nothing(10.0), BEHIND)]
+
+
+def test_a_timeout_of_0_cuts_nobody():
+    stuck = conn(5)
+    progress = Progress()
+    for now in (0.0, 100.0, 10_000.0):
+        assert progress.update(now, {stuck: Reading(BEHIND, 10)}, timeout=0) == []
+
+
+def test_a_quiet_loop_limits_the_look_to_connections_seen_with_data_waiting():
+    waiting = conn(5)
+    progress = Progress()
+    assert progress.among(received=7) is None
+    progress.update(1.0, {waiting: Reading(BEHIND, 10)}, timeout=10)
+    assert progress.among(received=8) is None, "the loop read a message since the last pass: look at everyone"
+    assert progress.among(received=8) is None, "quiet for one pass only: a message may still be on its way"
+    assert progress.among(received=8) == {(waiting.fd, waiting.inode)}, "quiet for two passes"
+    progress.update(5.0, {}, timeout=10)
+    assert progress.among(received=8) == set()
+    assert progress.among(received=9) is None, "traffic again: everyone"
+
+
+# The whole Guard, driven through a made-up kernel view and cutting real socketpairs.
+
+
+class MadeUpKernel:
+    """A KernelView whose readings the test writes: each call to waiting() takes the next of ``looks``."""
+
+    def __init__(self, *looks: dict[int, tuple[int, int]], sndbuf: int = BUF) -> None:
+        self.looks = list(looks)  # fd -> (queued, acked); the last one repeats
+        self.sndbuf = sndbuf
+
+    def waiting(self, fds: Sequence[int]) -> list[tuple[int, int, int]]:
+        state = self.looks.pop(0) if len(self.looks) > 1 else self.looks[0]
+        return [(i, *state[fd]) for i, fd in enumerate(fds) if state.get(fd, (0, 0))[0] > 0]
+
+    def send_buffer(self, fd: int) -> int:
+        return self.sndbuf
+
+
+class MadeUpOutputs:
+    """The Outputs the guard talks to, as the Engine would be, recording what the guard told it."""
+
+    def __init__(self) -> None:
+        self.stall_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.received_count = 0
+        self.open_stalls: dict[str, int] = {}
+        self.open_windows: dict[str, int] = {}
+        self.answers: list[tuple[str, int, bool]] = []
+        self.closed: list[tuple[str, int]] = []
+
+    def received(self) -> int:
+        return self.received_count
+
+    def stalls(self) -> dict[str, int]:
+        return dict(self.open_stalls)
+
+    def answer_stall(self, role: str, number: int, hold_on: bool) -> None:
+        self.answers.append((role, number, hold_on))
+
+    def windows(self) -> dict[str, int]:
+        return dict(self.open_windows)
+
+    def close_window(self, role: str, number: int) -> bool:
+        self.closed.append((role, number))
+        return True
+
+
+class Subscriber:
+    """One end of a socketpair as the connection the guard may cut; the other end sees the cut."""
+
+    def __init__(self, peers: PeerTracker, role: str = "publish") -> None:
+        self.ours, self.theirs = socket.socketpair()
+        fd = self.ours.fileno()
+        self.conn = Connection(role, fd, os.fstat(fd).st_ino, f"pid {os.getpid()} uid {os.getuid()}")
+        peers.open[role][fd] = self.conn
+
+    def was_cut(self) -> bool:
+        """Shut down: the other end reads the end of the stream at once; a live pair has nothing to read."""
+        self.theirs.setblocking(False)
+        try:
+            return self.theirs.recv(1) == b""
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+
+@pytest.fixture
+def rig() -> Iterator[Callable[..., tuple[Guard, PeerTracker, MadeUpOutputs]]]:
+    """Builds a Guard over made-up readings; closes its context, eventfd and socketpairs afterwards."""
+    made: list[tuple[zmq.Context, PeerTracker, MadeUpOutputs, Guard]] = []
+
+    def build(view: MadeUpKernel, config: Config | None = None) -> tuple[Guard, PeerTracker, MadeUpOutputs]:
+        context = zmq.Context()
+        peers = PeerTracker(context, ("publish", "relay", "push"))
+        outputs = MadeUpOutputs()
+        guard = Guard(config or load({}, {}), peers, outputs, view)
+        made.append((context, peers, outputs, guard))
+        return guard, peers, outputs
+
+    yield build
+    for context, peers, outputs, guard in made:
+        guard.close()
+        peers.close(timeout=0.1)
+        os.close(outputs.stall_fd)
+        context.term()
+
+
+@pytest.fixture
+def subscribers() -> Iterator[Callable[[PeerTracker], Subscriber]]:
+    made: list[Subscriber] = []
+
+    def make(peers: PeerTracker, role: str = "publish") -> Subscriber:
+        made.append(Subscriber(peers, role))
+        return made[-1]
+
+    yield make
+    for sub in made:
+        sub.close()
+
+
+def wait_for(what: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Let the guard's greenlets run until ``what`` holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s"
+        gevent.sleep(0.001)
+
+
+def test_a_stall_wakes_the_guard_which_cuts_the_stopped_reader_and_holds_on_while_it_goes(rig, subscribers, caplog):
+    crashed: list[gevent.Greenlet] = []
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    stopped, reading, other = subscribers(peers), subscribers(peers), subscribers(peers, "relay")
+    view.looks = [{stopped.conn.fd: (FULL, 10), reading.conn.fd: (FULL, 10)},
+                  {stopped.conn.fd: (FULL, 10), reading.conn.fd: (FULL - 100, 99)}, {}]
+    outputs.open_stalls = {"publish": 3}
+    guard.start(crashed.append)
+    with caplog.at_level(logging.WARNING, "fanoutd.slow"):
+        os.eventfd_write(outputs.stall_fd, 1)
+        wait_for(lambda: bool(outputs.answers))
+    assert outputs.answers == [("publish", 3, True)]
+    assert stopped.was_cut() and not reading.was_cut() and not other.was_cut()
+    assert stopped.conn.reason == "slow consumer: its queue reached the high-water mark"
+    assert guard.cut == {"publish": 1, "relay": 0}
+    assert re.search(r"slow consumer on publish: disconnected pid \d+ uid \d+ because its queue reached the "
+                     r"high-water mark", caplog.text), caplog.text
+    assert not crashed
+
+
+def test_with_no_kernel_buffer_full_the_guard_cuts_nobody_and_the_stalled_output_holds_on(rig, subscribers):
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    behind = [subscribers(peers), subscribers(peers)]
+    view.looks = [{sub.conn.fd: (BEHIND, 10) for sub in behind}]  # nobody acknowledges, but nobody is full
+    outputs.open_stalls = {"publish": 4}
+    guard.look()
+    assert outputs.answers == [("publish", 4, True)]
+    assert not any(sub.was_cut() for sub in behind) and guard.cut["publish"] == 0
+
+
+def test_a_full_subscriber_that_cannot_be_cut_makes_its_output_send_lossy(rig, subscribers):
+    """Its fd now names another socket (libzmq closed it and reused the number): the inode check spares that one."""
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    reused = subscribers(peers)
+    reused.conn.inode += 1
+    view.looks = [{reused.conn.fd: (FULL, 10)}]
+    outputs.open_stalls = {"publish": 5, "relay": 2}
+    guard.look()
+    assert sorted(outputs.answers) == [("publish", 5, False), ("relay", 2, True)]
+    assert not reused.was_cut() and guard.cut["publish"] == 0 and not reused.conn.reason
+
+
+def test_while_a_cut_connection_is_torn_down_the_guard_cuts_nobody_else_and_holds_on(rig, subscribers):
+    """libzmq freeing the cut one's queue lets the stalled send through; the next look finds the next, if any."""
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    leaving, behind = subscribers(peers), subscribers(peers)
+    leaving.conn.reason = "slow consumer: its queue reached the high-water mark"
+    view.looks = [{leaving.conn.fd: (FULL, 10), behind.conn.fd: (FULL, 10)},
+                  {leaving.conn.fd: (FULL, 10), behind.conn.fd: (FULL, 11)}]
+    outputs.open_stalls = {"publish": 6}
+    guard.look()
+    assert outputs.answers == [("publish", 6, True)]
+    assert not leaving.was_cut() and not behind.was_cut() and guard.cut["publish"] == 0
+
+
+def test_after_a_lossy_send_the_fullest_is_cut_and_the_window_closes_once_it_is_gone_and_not_before(rig, subscribers):
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+    fullest, less, elsewhere = subscribers(peers), subscribers(peers), subscribers(peers, "relay")
+    state = {fullest.conn.fd: (BEHIND + 1, 10), less.conn.fd: (BEHIND, 10), elsewhere.conn.fd: (BEHIND * 2, 10)}
+    view.looks = [state, {fd: (queued, acked + 1) for fd, (queued, acked) in state.items()}]
+    outputs.open_windows = {"publish": 9}
+    looking = gevent.spawn(guard.look)
+    wait_for(lambda: bool(fullest.conn.reason))
+    assert fullest.was_cut() and not less.was_cut() and not elsewhere.was_cut()
+    assert fullest.conn.reason == "slow consumer: its queue was full when a message had to be sent without it"
+    gevent.sleep(0.05)
+    assert outputs.closed == [], "libzmq has not closed the cut connection yet: messages still skip it"
+    del peers.open["publish"][fullest.conn.fd]  # what the monitor's disconnect event does
+    looking.join(timeout=2.0)
+    assert looking.successful(), looking.exception
+    assert outputs.closed == [("publish", 9)]
+    assert guard.cut == {"publish": 1, "relay": 0}
+
+
+def test_the_sampler_pass_cuts_a_reader_that_read_nothing_for_the_timeout(rig, subscribers):
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view, load({"slow_consumer_timeout": "0.05"}, {}))
+    stuck, reading = subscribers(peers), subscribers(peers)
+    view.looks = [{stuck.conn.fd: (BEHIND, 10), reading.conn.fd: (BEHIND, 10)},
+                  {stuck.conn.fd: (BEHIND, 10), reading.conn.fd: (BEHIND, 11)}]
+    guard.sample()
+    time.sleep(0.06)
+    guard.sample()
+    assert stuck.was_cut() and not reading.was_cut()
+    assert re.fullmatch(r"slow consumer: it read nothing for 0\.\ds", stuck.conn.reason), stuck.conn.reason
+    assert guard.cut["publish"] == 1
