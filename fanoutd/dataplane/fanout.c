@@ -30,7 +30,7 @@
 
 static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED, C_STAMPED_DROPPED};
 static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS, C_STAMPED_STALLS};
-static const int HELD_NS[OUTS] = {C_PUBLISH_HELD_NS, C_RELAY_HELD_NS, C_STAMPED_HELD_NS};
+static const int STALLED_NS[OUTS] = {C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS};
 #define STALL_ASK_MAX_NS 1000000000LL  /* a long stall asks the guard again at least once a second */
 #define STALL_RETRY_NS 200000L         /* a stalled message is offered again this often: the guard's cut takes
                                         * libzmq an I/O round */
@@ -145,7 +145,7 @@ static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *ta
             break;
     }
     STORE(f->stall[out], 0);
-    f->local[HELD_NS[out]] += (uint64_t)(now_ns() - start);
+    f->local[STALLED_NS[out]] += (uint64_t)(now_ns() - start);
     return rc;
 }
 

@@ -17,7 +17,8 @@
 
 #include <stdint.h>
 
-/* Counter slots, in the order of COUNTER_NAMES (the names metrics are built from). */
+/* Counter slots, in the order of COUNTER_NAMES (the names metrics are built from; the time outputs spent
+ * stalled is counted under *_held_ns). */
 enum {
     C_RECEIVED, C_RECEIVED_BYTES, C_PUBLISHED, C_PUBLISH_DROPPED,
     C_PUSHED, C_PUSH_NO_PULLER, C_PUSH_HWM,
@@ -26,7 +27,7 @@ enum {
     C_RELAY_DROPPED, C_PUBLISH_STALLS, C_RELAY_STALLS,
     C_STAMPED, C_STAMPED_DROPPED, C_STAMPED_STALLS, C_STREAM_EVICTIONS,
     C_UPSTREAM_GAPS, C_UPSTREAM_UNTRACKED, C_UPSTREAM_HELLOS, C_REJECT_NOT_RELAY,
-    C_PUBLISH_HELD_NS, C_RELAY_HELD_NS, C_STAMPED_HELD_NS, C_COUNT
+    C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS, C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
@@ -104,7 +105,7 @@ typedef struct {
     char reconnect_to[512];
     int reconnect_pending;
 
-    /* --- The hub's alone, under the GIL. --- */
+    /* --- Under the GIL: run() sets and clears it while holding the GIL, never inside the loop. --- */
     int running;                   /* run() refuses to start twice */
 
     /* --- The loop's alone (no other thread reads them). --- */

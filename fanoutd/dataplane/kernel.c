@@ -6,7 +6,7 @@
  * read), and bytes the peer acknowledged (TCP_INFO tcpi_bytes_acked; -1 where
  * not TCP; 0, unread, when nothing is queued). One C pass without the GIL
  * costs a fraction of a Python loop of ioctl and getsockopt, which at many
- * thousands of subscribers would hold up the hub (see bench/README.md,
+ * thousands of subscribers would delay the hub (see bench/README.md,
  * profiles, "The guard's pass over idle connections").
  *
  * Part of the _forward.c translation unit (included there, not compiled alone).
