@@ -169,7 +169,7 @@ def describe(config: Config, secret_key: bytes | None = None,
                 options += ((zmq.METADATA, limits_metadata(config)),)
         else:
             options += ((zmq.SNDHWM, hwm),)
-        if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (dataplane/_forward.c)
+        if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (dataplane/fanout.c)
             options += ((zmq.XPUB_NODROP, 1),)
         if role.name == "stamped":  # every subscription reaches the loop, which answers each (READY)
             options += ((zmq.XPUB_VERBOSE, 1),)

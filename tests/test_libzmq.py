@@ -42,7 +42,7 @@ collector.bind("inproc://collector")
 publish.bind("inproc://publish")
 producer.connect("inproc://collector")
 receiver.connect("inproc://publish")
-forwarder = _forward.Forwarder(collector.underlying, publish.underlying, 0)
+forwarder = _forward.Forwarder({"collector": collector.underlying, "publish": publish.underlying})
 outcome = {}
 loop = threading.Thread(target=lambda: outcome.update(result=forwarder.run()))
 loop.start()

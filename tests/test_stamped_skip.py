@@ -35,8 +35,8 @@ def loop(ctx: zmq.Context) -> Iterator[tuple[zmq.Socket, zmq.Socket, _forward.Fo
     stamped.bind("inproc://stamped")
     producer, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
     producer.connect("inproc://collector")
-    forwarder = _forward.Forwarder(collector.underlying, publish.underlying, 0, stamped=stamped.underlying,
-                                   epoch=7)
+    forwarder = _forward.Forwarder(
+        {"collector": collector.underlying, "publish": publish.underlying, "stamped": stamped.underlying}, epoch=7)
     thread = threading.Thread(target=forwarder.run)
     thread.start()
     try:

@@ -1,6 +1,7 @@
 /*
- * fanoutd/_streams.h: a bounded table of sequence streams keyed by bytes,
- * least recently used evicted first; included by _forward.c only.
+ * fanoutd/dataplane/_streams.h: a bounded table of sequence streams keyed by bytes,
+ * least recently used evicted first; included by _forward.c only (the stamp
+ * streams of stamps.c).
  *
  * Why a table of its own: the sequence stamp must stay contiguous for a
  * subscriber that filters by topic prefix, so the broker keeps one counter

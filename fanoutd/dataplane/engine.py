@@ -1,9 +1,9 @@
-"""The data path's owner: the data sockets and the native loop between them, in one worker thread.
+"""The data path's owner: the data sockets and the forwarding loop between them, in one worker thread.
 
 Sockets are described and created by :mod:`fanoutd.sockets`, in the one OS
 thread that uses them: the engine's worker thread.  That thread runs the
-native loop in :mod:`fanoutd.dataplane._forward` with the GIL released, so the gevent
-hub in the main thread stays free for HTTP, signals and monitors.
+forwarding loop in :mod:`fanoutd.dataplane._forward` with the GIL released,
+so the gevent hub in the main thread stays free for HTTP, signals and monitors.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ OTHER_TOPIC = "__other__"
 
 
 class Engine:
-    """Owns the data sockets and the native forwarding loop, all in one worker thread.
+    """Owns the data sockets and the forwarding loop, all in one worker thread.
 
     Lifecycle: :meth:`open` binds (raises :class:`BindError` or
     :class:`~fanoutd.zmqlib.LibzmqError`), :meth:`start` runs the loop and
@@ -54,7 +54,7 @@ class Engine:
         self._result: Any = None  # the running loop's gevent ThreadResult
         self._pool = ThreadPool(1)
         self._flush_deadline = 0.0
-        # The loop writes this when it starts holding output for a full subscriber (see fanoutd.slow).
+        # The loop writes this when it stalls output for a full subscriber (see fanoutd.slow).
         self.stall_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     @property
@@ -85,16 +85,13 @@ class Engine:
         except BaseException:
             self._close(linger_ms=0)
             raise
-        handles = {role: sock.underlying for role, sock in self._sockets.items()}
         c = self._config
         self._forwarder = _forward.Forwarder(
-            handles["collector"], handles.get("publish", 0), handles.get("push", 0),
+            {role: sock.underlying for role, sock in self._sockets.items()},
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
-            topics=[t.encode() for t in c.metrics_topics], upstream=handles.get("upstream", 0),
-            relay=handles.get("relay", 0), node_id=self.node_id, ingress=handles.get("ingress", 0),
+            topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
-            stamped=handles.get("stamped", 0), epoch=self.epoch, stamp_streams=c.stamp_streams,
-            upstream_topics=[t.encode() for t in c.collector_topics])
+            node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams)
         return None
 
     def start(self) -> Any:
@@ -171,13 +168,13 @@ class Engine:
         return dict(zip((*self._config.metrics_topics, OTHER_TOPIC), values))
 
     def stalls(self) -> dict[str, int]:
-        """Fanning-out outputs the loop is holding (a full subscriber queue) -> the number of that hold."""
+        """Fanning-out outputs the loop has stalled (a full subscriber queue) -> the number of that stall."""
         if self._forwarder is None:
             return {}
         return _by_output(self._forwarder.stalls())
 
     def answer_stall(self, role: str, number: int, hold_on: bool) -> None:
-        """The guard has looked at hold ``number``: hold on for another stall period, or send lossy."""
+        """The guard has looked at stall ``number``: stall on for another stall period, or send lossy."""
         if self._forwarder is not None:
             self._forwarder.answer_stall(_forward.OUTPUTS.index(role), number, hold_on)
 

@@ -1,0 +1,185 @@
+/*
+ * fanoutd/dataplane/fanout.c: sending to the fanning-out outputs without
+ * silent loss, and the stall protocol with the slow-consumer guard.
+ *
+ * The fanning-out outputs are XPUB sockets with ZMQ_XPUB_NODROP: libzmq
+ * refuses a message there, instead of silently dropping it for one
+ * subscriber, when a matching subscriber's queue is at its high-water mark.
+ * The loop then stalls all output, signalling stall_fd so the slow-consumer
+ * guard (fanoutd/slow.py, on the hub) looks at the kernel state of the
+ * output's connections and answers (answer_stall): it has cut the subscriber
+ * that stopped reading, or found none behind in the kernel, which means
+ * libzmq's own I/O thread is (the broker is over its capacity, and no
+ * subscriber is to blame). Either way it asks the loop to stall on, for
+ * stall_ns more each answer, and back-pressure reaches the producers: nothing
+ * is dropped. The loop waits for the answer (a hub that never answers is a
+ * broker whose control plane is gone, and shutdown's abort ends the wait).
+ * Only if the guard answers "no" (a full subscriber it could not cut), or
+ * stall_ns is 0, does the loop send lossy (NODROP off for that one message)
+ * and count it. From then libzmq leaves the full subscriber out of its
+ * distribution until it drains, without refusing anything: the loop keeps a
+ * *window* open on that output and counts every message it sends there as
+ * missed by that subscriber, until the guard has cut it off and closes the
+ * window (close_window). A window whose subscriber the guard cannot name
+ * could not be closed exactly; stalling while it looks is what keeps windows
+ * to the subscribers it can name. The fields involved, and their memory
+ * order, are in forwarder.h.
+ *
+ * Part of the _forward.c translation unit (included there, not compiled alone).
+ */
+
+static const int DROPPED[OUTS] = {C_PUBLISH_DROPPED, C_RELAY_DROPPED, C_STAMPED_DROPPED};
+static const int STALLS[OUTS] = {C_PUBLISH_STALLS, C_RELAY_STALLS, C_STAMPED_STALLS};
+static const int STALLED_NS[OUTS] = {C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS};
+#define STALL_ASK_MAX_NS 1000000000LL  /* a long stall asks the guard again at least once a second */
+#define STALL_RETRY_NS 200000L         /* a stalled message is offered again this often: the guard's cut takes
+                                        * libzmq an I/O round */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Make out a copy of src sharing its data; -1 (out left closed) on failure. */
+static int copy_part(zmsg_t *out, zmsg_t *src)
+{
+    if (Z.msg_init(out) < 0)
+        return -1;
+    if (Z.msg_copy(out, src) < 0) {
+        Z.msg_close(out);
+        return -1;
+    }
+    return 0;
+}
+
+/* zmq_msg_send, and once more if it was refused while the socket had room.
+ * libzmq reads a socket's commands at most once a millisecond while sending
+ * (a throttle of its own), and among them is each reader's "read up to
+ * here", which is what frees room under the high-water mark: a burst can
+ * find a pipe full that its reader emptied long ago. Asking for ZMQ_EVENTS
+ * reads them at once. Only a refused send pays for it. */
+static int send_now(zmsg_t *msg, void *sock, int flags)
+{
+    int rc = Z.msg_send(msg, sock, flags);
+    if (rc >= 0 || Z.errno_() != EAGAIN)
+        return rc;
+    int events = 0;
+    size_t len = sizeof events;
+    if (Z.getsockopt(sock, Z_EVENTS, &events, &len) < 0)
+        return -1;
+    if (events & Z_POLLOUT)
+        return Z.msg_send(msg, sock, flags);
+    errno = EAGAIN;
+    return -1;
+}
+
+/* Offer a message to an XPUB output: frames[0..n) (copies of them unless
+ * consume), then tail if given (consumed). Only the first frame can be
+ * refused: once it is queued, libzmq keeps the rest on the same pipes.
+ * 1 sent, 0 refused (EAGAIN: a matching subscriber is full), -1 error. */
+static int offer(void *sock, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+{
+    zmsg_t copy;
+    int last = n - 1 + (tail != NULL);
+    for (int i = 0; i <= last; i++) {
+        zmsg_t *m = i < n ? &frames[i] : tail;
+        if (i < n && !consume) {
+            if (copy_part(&copy, m) < 0)
+                return -1;
+            m = &copy;
+        }
+        if (send_now(m, sock, Z_DONTWAIT | (i < last ? Z_SNDMORE : 0)) < 0) {
+            int err = Z.errno_();
+            if (m == &copy)
+                Z.msg_close(&copy);
+            return i == 0 && err == EAGAIN ? 0 : -1;
+        }
+    }
+    return 1;
+}
+
+static int set_nodrop(void *sock, int on)
+{
+    return Z.setsockopt(sock, Z_XPUB_NODROP, &on, sizeof on);
+}
+
+static void wake_guard(Forwarder *f)
+{
+    uint64_t one = 1;
+    if (f->stall_fd >= 0)
+        (void)!write(f->stall_fd, &one, sizeof one);  /* a full eventfd already says it */
+}
+
+/* Stall all output while the guard looks and answers "stall on": offer the
+ * message again every STALL_RETRY_NS, and ask again after stall_ns, then
+ * after twice as long each time up to STALL_ASK_MAX_NS (a long stall is the
+ * broker catching up, and each look scans every connection). 1 sent, 0 the
+ * guard answered "no" (the caller sends lossy), -1 error; an abort ends it too. */
+static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+{
+    struct timespec pause = {0, STALL_RETRY_NS};
+    uint64_t number = ++f->stalls_begun;
+    STORE(f->stall[out], number);
+    int64_t start = now_ns(), period = f->stall_ns, deadline = start + period;
+    int rc = 0;
+    while (LOAD(f->mode) != MODE_ABORT) {
+        int64_t now = now_ns();
+        if (now >= deadline) {
+            uint64_t answer = LOAD(f->answer[out]);
+            if (answer == (number << 1 | 1)) {
+                number = ++f->stalls_begun;  /* "stall on": a fresh look later */
+                STORE(f->stall[out], number);
+                wake_guard(f);
+                period = period * 2 < STALL_ASK_MAX_NS ? period * 2 : STALL_ASK_MAX_NS;
+                deadline = now + period;
+            } else if (answer == number << 1) {
+                break;  /* "no": a full subscriber the guard could not cut; the lossy send names it */
+            } else {
+                deadline = now + 1000000;  /* still looking: wait for the answer */
+            }
+        }
+        nanosleep(&pause, NULL);
+        if ((rc = offer(f->outs[out], frames, n, tail, consume)) != 0)
+            break;
+    }
+    STORE(f->stall[out], 0);
+    f->local[STALLED_NS[out]] += (uint64_t)(now_ns() - start);
+    return rc;
+}
+
+/* Deliver to a fanning-out output, stalling within the bound for the guard to
+ * cut a slow consumer; a message sent lossy, or while a window is open, is
+ * counted. 0 done, -1 error. */
+static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+{
+    void *sock = f->outs[out];
+    int window = LOAD(f->window[out]) != 0;
+    int rc = offer(sock, frames, n, tail, consume);
+    if (rc != 0) {
+        if (rc > 0 && window)
+            f->local[DROPPED[out]]++;  /* the full subscriber, out of libzmq's distribution, missed it */
+        return rc < 0 ? -1 : 0;
+    }
+    if (!window) {
+        wake_guard(f);
+        if (f->stall_ns > 0) {
+            f->local[STALLS[out]]++;
+            publish_counters(f);
+            rc = stall_output(f, out, frames, n, tail, consume);
+            if (rc != 0)
+                return rc < 0 ? -1 : 0;
+        }
+    }
+    /* Each lossy send takes one more subscriber out of the distribution: (re)open the window with its number. */
+    STORE(f->window[out], ++f->lossy_sends);
+    wake_guard(f);
+    if (set_nodrop(sock, 0) < 0)
+        return -1;
+    rc = offer(sock, frames, n, tail, consume);
+    if (set_nodrop(sock, 1) < 0 || rc < 0)
+        return -1;
+    f->local[DROPPED[out]]++;  /* at least one subscriber missed this message */
+    return 0;
+}

@@ -1,0 +1,139 @@
+/*
+ * fanoutd/dataplane/forwarder.h: the Forwarder (the forwarding loop's state)
+ * and the contract between the two threads that touch it.
+ *
+ * The hub is the Python main thread (gevent): it constructs the Forwarder,
+ * changes its limits, runs the slow-consumer guard and reads the counters.
+ * The loop is the engine's worker thread inside Forwarder.run(), with the GIL
+ * released. Every field below says who writes it, who reads it and how the
+ * two are ordered. Fields set at construction are written before the loop
+ * thread is started (starting the thread orders them) and never again.
+ *
+ * Included by _forward.c only, after <Python.h>, zmq_abi.h, wire.h and
+ * _streams.h.
+ */
+#ifndef FANOUTD_FORWARDER_H
+#define FANOUTD_FORWARDER_H
+
+#include <stdint.h>
+
+/* Counter slots, in the order of COUNTER_NAMES (the names metrics are built from; the time outputs spent
+ * stalled is counted under *_held_ns). */
+enum {
+    C_RECEIVED, C_RECEIVED_BYTES, C_PUBLISHED, C_PUBLISH_DROPPED,
+    C_PUSHED, C_PUSH_NO_PULLER, C_PUSH_HWM,
+    C_REJECT_OVERSIZE, C_REJECT_FRAMES, C_TICKS,
+    C_RECEIVED_UPSTREAM, C_RELAYED, C_REJECT_LOOP, C_REJECT_ROUTE,
+    C_RELAY_DROPPED, C_PUBLISH_STALLS, C_RELAY_STALLS,
+    C_STAMPED, C_STAMPED_DROPPED, C_STAMPED_STALLS, C_STREAM_EVICTIONS,
+    C_UPSTREAM_GAPS, C_UPSTREAM_UNTRACKED, C_UPSTREAM_HELLOS, C_REJECT_NOT_RELAY,
+    C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS, C_COUNT
+};
+static const char *COUNTER_NAMES[C_COUNT] = {
+    "received_messages", "received_bytes", "published_messages", "publish_dropped",
+    "pushed_messages", "push_dropped_no_puller", "push_dropped_hwm",
+    "rejected_oversize", "rejected_too_many_frames", "ticks",
+    "received_upstream_messages", "relayed_messages", "rejected_loop", "rejected_bad_route",
+    "relay_dropped", "publish_stalls", "relay_stalls",
+    "stamped_messages", "stamped_dropped", "stamped_stalls", "stream_evictions",
+    "upstream_gaps", "upstream_untracked", "upstream_hellos", "rejected_not_relay",
+    "publish_held_ns", "relay_held_ns", "stamped_held_ns",
+};
+
+/* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP), in the order of the module's OUTPUTS. */
+enum { OUT_PUBLISH = 0, OUT_RELAY = 1, OUT_STAMPED = 2, OUTS = 3 };
+
+/* How the hub asks the loop to end (mode only ever grows). */
+enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
+
+/* The loop's inputs, read in this order: the collector, the PULL ingress, the upstream link. */
+#define INPUTS_CAP 3
+
+/* Relaxed atomic access: the memory order of every shared field that is not said otherwise. */
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+
+typedef struct { uint64_t epoch, stream, seq; uint16_t keylen; } stamp_t;
+
+typedef struct {
+    PyObject_HEAD
+
+    /* --- Set at construction, read-only afterwards (by both threads). --- */
+    void *publish, *push, *relay;  /* socket handles; NULL: no such output */
+    void *outs[OUTS];              /* publish, relay, stamped: the fanning-out outputs */
+    struct { void *socket; int from_upstream; } inputs[INPUTS_CAP];
+    int ninputs;                   /* the upstream link, when there is one, is the last input */
+    char node_id[WIRE_NODE_ID_LEN];
+    int stamping;                  /* a stamped or relay output: each message gets a stamp */
+    uint64_t epoch;
+    int stall_fd;                  /* the eventfd the loop writes when a stall begins; -1: none */
+    int64_t stall_ns;              /* how long a stall lasts before the loop asks the guard again; 0: lossy at once */
+    int ntopics;                   /* per-topic counting (off when 0): the allowlist */
+    char *topic_data[TOPICS_CAP];
+    size_t topic_len[TOPICS_CAP];
+    int nup_topics;                /* the upstream link's subscriptions: its gaps count only under them */
+    char *up_topic_data[TOPICS_CAP];
+    size_t up_topic_len[TOPICS_CAP];
+
+    /* --- Hub writes, loop reads: relaxed atomics, each field on its own. --- */
+    int mode;                      /* MODE_*: stop() raises it, the loop checks it each pass and while stalled */
+    uint64_t max_size;             /* set_limits(): a message sees each limit old or new, never torn */
+    int max_frames, strip_topic;
+    int push_peers;                /* set_push_peers(): labels a refused push (no puller, or high-water mark) */
+    int stamped_peers;             /* set_stamped_peers(): with none, the stamped output's sends are skipped */
+    /* The guard's answer to stall number n: n << 1 | 1 "stall on", n << 1 "no" (send lossy). The number
+     * ties the answer to the stall it was given for; the loop ignores an answer to an earlier one. */
+    uint64_t answer[OUTS];
+
+    /* --- Loop writes, hub reads: relaxed atomics. --- */
+    uint64_t shared[C_COUNT];              /* the counters, published once per batch or tick */
+    uint64_t topic_shared[TOPICS_CAP + 1]; /* received per counted topic, then "other"; likewise */
+    uint64_t stall[OUTS];                  /* the number of the stall the output is in; 0: none (stalls()) */
+    /* And the stall_fd eventfd: written (a wake-up, value 1) by the loop when a stall begins or a window
+     * opens, read by the guard in the hub; a full eventfd already says it. The hub closes it only once the
+     * loop has returned. */
+
+    /* --- Both write: the loop opens, the hub closes. --- */
+    /* The number of the lossy send that opened the output's window; 0: closed. The loop stores a fresh
+     * number (relaxed); the hub's close_window() compares-and-swaps the number it handled for 0 (relaxed),
+     * so it never closes a window a later lossy send reopened. */
+    uint64_t window[OUTS];
+
+    /* --- The reconnect mailbox: one slot, acquire/release. --- */
+    /* The hub writes reconnect_to only after loading reconnect_pending == 0 (acquire), then stores 1
+     * (release); the loop loads 1 (acquire), reads reconnect_to, connects, and stores 0 (release). */
+    char reconnect_to[512];
+    int reconnect_pending;
+
+    /* --- Under the GIL: run() sets and clears it while holding the GIL, never inside the loop. --- */
+    int running;                   /* run() refuses to start twice */
+
+    /* --- The loop's alone (no other thread reads them). --- */
+    uint64_t local[C_COUNT];               /* counted per message, published to shared */
+    uint64_t topic_local[TOPICS_CAP + 1];  /* likewise to topic_shared */
+    uint64_t lossy_sends;    /* numbers lossy sends, so the guard closes only the window it handled */
+    uint64_t stalls_begun;   /* numbers stalls, so an answer is to the stall it was given for */
+    int64_t tick_ns;         /* the time at the start of this pass over the inputs */
+    int64_t stamped_heard;   /* when the stamped output last had a subscription from a subscriber */
+    uint64_t last_stream;    /* the last stream id given */
+    stream_table stamps;     /* topic key -> stream id, last sequence given */
+    stream_table seen;       /* upstream (epoch, stream) -> last sequence seen */
+    zmsg_t parts[FRAMES_CAP + 1];
+    zmsg_t scratch;
+} Forwarder;
+
+/* Publish the loop's counters to the hub: relaxed stores, once per batch or tick and when a stall begins,
+ * so counting costs no locked instruction per message (the hub's view is at most that stale). */
+static void publish_counters(Forwarder *f)
+{
+    for (int i = 0; i < C_COUNT; i++)
+        STORE(f->shared[i], f->local[i]);
+    for (int i = 0; i < f->ntopics + 1; i++)
+        STORE(f->topic_shared[i], f->topic_local[i]);
+}
+
+/* The libzmq functions, set once by bind_libzmq before any loop runs (libzmq.c). */
+static struct zabi Z;
+static int bound;
+
+#endif

@@ -1,0 +1,313 @@
+/*
+ * fanoutd/dataplane/loop.c: the forwarding loop itself, reading the inputs
+ * and handing each message to the outputs (push, relay, stamped, publish),
+ * until the hub asks it to drain or abort.
+ *
+ * Part of the _forward.c translation unit (included there, not compiled alone).
+ */
+
+/* Draining: the collector subscribes to WIRE_DRAIN_TOPIC, which tells fanoutd's
+ * producers (they see subscriptions) to hold their messages until this node
+ * is gone and another has subscribed; the loop reads until its inputs have
+ * been quiet for DRAIN_QUIET_NS (what producers sent before they paused) or
+ * DRAIN_GRACE_NS passed (producers that cannot pause, raw PUBs, never go
+ * quiet), so nothing is in flight to a closing collector from those that can. */
+#define DRAIN_QUIET_NS 50000000LL
+#define DRAIN_GRACE_NS 1000000000LL
+#define BATCH 512   /* messages read from one input before the next is served and the counters published */
+#define TICK_MS 100 /* the longest wait for input, so a stop or a reconnect is seen within it */
+
+/* Count a message under its topic if it is on the allowlist, else under "other". */
+static void count_topic(Forwarder *f, int n)
+{
+    const char *data = Z.msg_data(&f->parts[0]);
+    size_t len = Z.msg_size(&f->parts[0]);
+    if (n == 1)
+        len = wire_topic_len(data, len);
+    int i = 0;
+    while (i < f->ntopics && !(f->topic_len[i] == len && memcmp(f->topic_data[i], data, len) == 0))
+        i++;
+    f->topic_local[i]++;
+}
+
+/* Close the first n parts; -1 if libzmq refused one (a corrupt message). */
+static int close_parts(Forwarder *f, int n)
+{
+    int rc = 0;
+    for (int i = 0; i < n; i++)
+        if (Z.msg_close(&f->parts[i]) < 0)
+            rc = -1;
+    return rc;
+}
+
+/* Hand the payload to one puller without blocking; count a drop otherwise. */
+static int push_out(Forwarder *f, int n)
+{
+    int strip = LOAD(f->strip_topic), flags, rc = 0;
+    zmsg_t out;
+    if (n == 1) {
+        const char *data = Z.msg_data(&f->parts[0]);
+        size_t len = Z.msg_size(&f->parts[0]);
+        size_t topic = strip ? wire_topic_len(data, len) : len;
+        if (topic < len) {
+            size_t off = topic + 1;
+            if (Z.msg_init_size(&out, len - off) < 0)
+                return -1;
+            memcpy(Z.msg_data(&out), data + off, len - off);
+        } else if (copy_part(&out, &f->parts[0]) < 0) {
+            return -1;
+        }
+        rc = send_now(&out, f->push, Z_DONTWAIT);
+        if (rc < 0)
+            Z.msg_close(&out);
+    } else {
+        /* Once the first frame is queued, libzmq keeps the rest of the
+         * message on the same pipe, so only the first send can be refused. */
+        for (int i = strip ? 1 : 0; i < n; i++) {
+            if (copy_part(&out, &f->parts[i]) < 0)
+                return -1;
+            flags = Z_DONTWAIT | (i < n - 1 ? Z_SNDMORE : 0);
+            rc = send_now(&out, f->push, flags);
+            if (rc < 0) {
+                Z.msg_close(&out);
+                break;
+            }
+        }
+    }
+    if (rc >= 0) {
+        f->local[C_PUSHED]++;
+        return 0;
+    }
+    int err = Z.errno_();
+    if (err != EAGAIN)
+        return -1;
+    f->local[LOAD(f->push_peers) > 0 ? C_PUSH_HWM : C_PUSH_NO_PULLER]++;
+    return 0;
+}
+
+/* Re-emit the message unchanged; consumes the parts. */
+static int publish_out(Forwarder *f, int n)
+{
+    if (fan_out(f, OUT_PUBLISH, f->parts, n, NULL, 1) < 0)
+        return -1;
+    f->local[C_PUBLISHED]++;
+    return 0;
+}
+
+/* Send the message with a trailer on the relay output (stamped, with this
+ * node added to the route it came with) or the stamped output (stamped). */
+static int trailed_out(Forwarder *f, int out, int n, const trailer_t *from, const stamp_t *s)
+{
+    zmsg_t trailer;
+    int route = out == OUT_RELAY;
+    if (make_trailer(f, &trailer, s, route, from ? from->ids : NULL, from ? from->hops : 0) < 0)
+        return -1;
+    if (fan_out(f, out, f->parts, n, &trailer, 0) < 0) {
+        Z.msg_close(&trailer);
+        return -1;
+    }
+    f->local[route ? C_RELAYED : C_STAMPED]++;
+    return 0;
+}
+
+/* Read what subscribers send an XPUB (their subscriptions), which would
+ * otherwise pile up in it (libzmq has applied them already); on the stamped
+ * output, answer each subscription. */
+static int read_subscriptions(Forwarder *f, int out)
+{
+    zmsg_t m;
+    for (int i = 0; i < BATCH; i++) {
+        if (Z.msg_init(&m) < 0)
+            return -1;
+        int rc = Z.msg_recv(&m, f->outs[out], Z_DONTWAIT);
+        int err = rc < 0 ? Z.errno_() : 0;
+        if (rc >= 0 && out == OUT_STAMPED)
+            f->stamped_heard = now_ns();
+        if (rc >= 0 && out == OUT_STAMPED && answer_subscription(f->outs[out], &m) < 0) {
+            Z.msg_close(&m);
+            return -1;
+        }
+        Z.msg_close(&m);
+        if (rc < 0)
+            return err == EAGAIN ? 0 : -1;
+    }
+    return 0;
+}
+
+/* The counter a message from the upstream link earns, or -1 when it may pass
+ * (its trailer then parsed into t).  It must come from a fanoutd relay (the
+ * relay's ZMTP metadata, on every message) and end in a trailer with a
+ * route that does not already name this node: a message can never
+ * circulate, whatever the topology. */
+static int check_upstream(Forwarder *f, int n, trailer_t *t)
+{
+    const char *relay = Z.msg_gets(&f->parts[0], WIRE_RELAY_PROPERTY);
+    if (!relay || strcmp(relay, WIRE_RELAY_PROPERTY_VALUE) != 0)
+        return C_REJECT_NOT_RELAY;
+    if (n < 2 || parse_trailer(&f->parts[n - 1], t) < 0 || !(t->flags & WIRE_ROUTE))
+        return C_REJECT_ROUTE;
+    if (t->flags & WIRE_STAMP)
+        track_upstream(f, &f->parts[0], &t->stamp);
+    for (int i = 0; i < t->hops; i++)
+        if (memcmp(t->ids + (size_t)i * WIRE_NODE_ID_LEN, f->node_id, WIRE_NODE_ID_LEN) == 0)
+            return C_REJECT_LOOP;
+    return -1;
+}
+
+/* Forward one message from input (the collector, or the upstream link whose
+ * messages end in a route frame): 1 done, 0 input empty, -1 error (errno_). */
+static int forward_one(Forwarder *f, void *input, int from_upstream)
+{
+    zmsg_t *p = f->parts;
+    if (Z.msg_init(&p[0]) < 0)
+        return -1;
+    if (Z.msg_recv(&p[0], input, Z_DONTWAIT) < 0) {
+        int err = Z.errno_();
+        Z.msg_close(&p[0]);
+        return err == EAGAIN ? 0 : -1;
+    }
+    int n = 1, overflow = 0, max_frames = LOAD(f->max_frames) + from_upstream;
+    uint64_t total = Z.msg_size(&p[0]);
+    int more = Z.msg_more(&p[0]);
+    /* Multipart messages arrive whole: the remaining frames never block. */
+    while (more) {
+        zmsg_t *dst = n < max_frames ? &p[n] : &f->scratch;
+        if (Z.msg_init(dst) < 0) {
+            close_parts(f, n);
+            return -1;
+        }
+        if (Z.msg_recv(dst, input, 0) < 0) {
+            Z.msg_close(dst);
+            close_parts(f, n);
+            return -1;
+        }
+        total += Z.msg_size(dst);
+        more = Z.msg_more(dst);
+        if (dst == &f->scratch) {
+            overflow = 1;
+            if (Z.msg_close(dst) < 0) {
+                close_parts(f, n);
+                return -1;
+            }
+        } else {
+            n++;
+        }
+    }
+    if (from_upstream && !overflow && is_hello(f, n)) {
+        f->local[C_UPSTREAM_HELLOS]++;  /* a link's greeting, not a message */
+        return close_parts(f, n) < 0 ? -1 : 1;
+    }
+    f->local[C_RECEIVED]++;
+    f->local[C_RECEIVED_BYTES] += total;
+    trailer_t from, *route = NULL;
+    int verdict = -1, rc = 0, stripped = 0;
+    if (from_upstream) {
+        f->local[C_RECEIVED_UPSTREAM]++;
+        if (!overflow && (verdict = check_upstream(f, n, &from)) < 0) {
+            route = &from;
+            total -= Z.msg_size(&p[--n]);
+            stripped = 1;
+        }
+    }
+    if (f->ntopics)
+        count_topic(f, n);
+    if (verdict >= 0)
+        f->local[verdict]++;
+    else if (overflow)
+        f->local[C_REJECT_FRAMES]++;
+    else if (total > LOAD(f->max_size))
+        f->local[C_REJECT_OVERSIZE]++;
+    else {
+        stamp_t stamp;
+        if (f->stamping)
+            next_stamp(f, n, &stamp);
+        if (f->push)
+            rc = push_out(f, n);
+        if (rc == 0 && f->relay)
+            rc = trailed_out(f, OUT_RELAY, n, route, &stamp);
+        if (rc == 0 && f->outs[OUT_STAMPED]) {
+            if (stamped_heard_of(f))
+                rc = trailed_out(f, OUT_STAMPED, n, NULL, &stamp);
+            else
+                f->local[C_STAMPED]++;  /* what libzmq does with a message nobody subscribed to, for free */
+        }
+        if (rc == 0 && f->publish)
+            rc = publish_out(f, n);
+    }
+    if (close_parts(f, n + stripped) < 0)
+        rc = -1;
+    return rc < 0 ? -1 : 1;
+}
+
+/* Forward up to BATCH messages from one input; returns the count, or -1. */
+static int drain(Forwarder *f, void *input, int from_upstream)
+{
+    int handled = 0, rc = 0;
+    while (handled < BATCH && (rc = forward_one(f, input, from_upstream)) > 0)
+        handled++;
+    return rc < 0 ? -1 : handled;
+}
+
+/* Connect the upstream link afresh if the hub has posted an endpoint in the mailbox (forwarder.h). */
+static void take_reconnect(Forwarder *f)
+{
+    if (!__atomic_load_n(&f->reconnect_pending, __ATOMIC_ACQUIRE))
+        return;
+    void *up = f->inputs[f->ninputs - 1].socket;  /* the upstream link is always the last input */
+    /* Disconnect fails (ENOENT) once libzmq has dropped the refused link; connect can only fail as the
+     * context terminates (the endpoint was connected at start), which the next socket call reports as ETERM. */
+    (void)!Z.disconnect(up, f->reconnect_to);
+    (void)!Z.connect(up, f->reconnect_to);
+    __atomic_store_n(&f->reconnect_pending, 0, __ATOMIC_RELEASE);
+}
+
+/* Forward until the hub stops the loop, without the GIL: "drained", "aborted" or "terminated" (the
+ * context ended); NULL with *err set (an errno) when libzmq failed. */
+static const char *forward_until_stopped(Forwarder *f, int *err)
+{
+    int announced = 0, can_wait = 0;
+    int64_t drain_start = 0, last_input = 0;
+    for (;;) {
+        int mode = LOAD(f->mode);
+        if (mode == MODE_ABORT)
+            return "aborted";
+        int busy = 0, failed = 0, read = 0;
+        f->tick_ns = now_ns();
+        take_reconnect(f);
+        if (mode == MODE_DRAIN && !announced) {
+            announced = 1;
+            can_wait = Z.setsockopt(f->inputs[0].socket, Z_SUBSCRIBE, WIRE_DRAIN_TOPIC, sizeof WIRE_DRAIN_TOPIC - 1) == 0;
+            drain_start = last_input = now_ns();
+        }
+        for (int i = 0; i < f->ninputs && !failed; i++) {
+            int handled = drain(f, f->inputs[i].socket, f->inputs[i].from_upstream);
+            failed = handled < 0;
+            busy |= handled == BATCH;
+            read |= handled > 0;
+        }
+        for (int o = 0; o < OUTS && !failed; o++)
+            failed = f->outs[o] && read_subscriptions(f, o) < 0;
+        f->local[C_TICKS]++;
+        publish_counters(f);
+        if (failed) {
+            *err = Z.errno_();
+            return *err == Z_ETERM ? "terminated" : NULL;
+        }
+        if (busy)
+            continue;
+        long wait_ms = TICK_MS;
+        if (mode == MODE_DRAIN) {
+            int64_t now = now_ns();
+            if (read)
+                last_input = now;
+            if (!can_wait || now - last_input >= DRAIN_QUIET_NS || now - drain_start >= DRAIN_GRACE_NS)
+                return "drained";
+            wait_ms = 5;
+        }
+        zpollitem_t items[INPUTS_CAP];
+        for (int i = 0; i < f->ninputs; i++)
+            items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
+        if (Z.poll(items, f->ninputs, wait_ms) < 0 && (*err = Z.errno_()) != EINTR)
+            return *err == Z_ETERM ? "terminated" : NULL;
+    }
+}
