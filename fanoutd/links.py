@@ -159,7 +159,7 @@ class UpstreamWatch:
             for option, value in self._spec.options:
                 sock.setsockopt(option, value)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SUBSCRIBE, wire.RELAY_HELLO[:4])
+            sock.setsockopt(zmq.SUBSCRIBE, wire.MAGIC)
             monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             try:
                 sock.connect(endpoint)
@@ -172,7 +172,7 @@ class UpstreamWatch:
                 return False
             frames = sock.recv_multipart(copy=False)
             try:
-                relay = frames[0].get("X-Fanoutd-Relay") == "1"
+                relay = frames[0].get(wire.RELAY_PROPERTY) == wire.RELAY_PROPERTY_VALUE
             except zmq.ZMQError:
                 relay = False
             return relay and len(frames) == 1 and frames[0].bytes == wire.RELAY_HELLO
