@@ -7,10 +7,10 @@ endpoint instead of its relay connects fine and delivers nothing usable.
 This greenlet resolves every upstream host (gevent's resolver, off the hub)
 and probes every upstream endpoint with a short-lived SUB, configured like
 the data link, that waits for the relay's hello (its welcome message, see
-clients/README.md "Trailing frame"): an endpoint that completes a handshake but sends
-no hello is not a fanoutd relay.  It runs when the node starts and every
-``CHECK_EVERY`` seconds until each link is proven, logs a failure with the
-endpoint and the likely mistake (rate-limited), counts it per link
+clients/README.md, "Trailing frame"): an endpoint that completes a
+handshake but sends no hello is not a fanoutd relay.  It runs when the
+node starts and every ``CHECK_EVERY`` seconds until each link is proven,
+logs a failure with the endpoint and the likely mistake (rate-limited), counts it per link
 (``fanoutd_upstream_link_errors_total``) and hands the causes to /readyz.
 """
 
