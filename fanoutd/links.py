@@ -7,10 +7,10 @@ endpoint instead of its relay connects fine and delivers nothing usable.
 This greenlet resolves every upstream host (gevent's resolver, off the hub)
 and probes every upstream endpoint with a short-lived SUB, configured like
 the data link, that waits for the relay's hello (its welcome message, see
-clients/README.md, "Sequence stamps"): an endpoint that completes a handshake but sends
-no hello is not a fanoutd relay.  It runs when the node starts and every
-``CHECK_EVERY`` seconds until each link is proven, logs a failure with the
-endpoint and the likely mistake (rate-limited), counts it per link
+clients/README.md, "Trailing frame"): an endpoint that completes a
+handshake but sends no hello is not a fanoutd relay.  It runs when the
+node starts and every ``CHECK_EVERY`` seconds until each link is proven,
+logs a failure with the endpoint and the likely mistake (rate-limited), counts it per link
 (``fanoutd_upstream_link_errors_total``) and hands the causes to /readyz.
 """
 
@@ -159,7 +159,7 @@ class UpstreamWatch:
             for option, value in self._spec.options:
                 sock.setsockopt(option, value)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SUBSCRIBE, wire.RELAY_HELLO[:4])
+            sock.setsockopt(zmq.SUBSCRIBE, wire.MAGIC)
             monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             try:
                 sock.connect(endpoint)
@@ -172,7 +172,7 @@ class UpstreamWatch:
                 return False
             frames = sock.recv_multipart(copy=False)
             try:
-                relay = frames[0].get("X-Fanoutd-Relay") == "1"
+                relay = frames[0].get(wire.RELAY_PROPERTY) == wire.RELAY_PROPERTY_VALUE
             except zmq.ZMQError:
                 relay = False
             return relay and len(frames) == 1 and frames[0].bytes == wire.RELAY_HELLO

@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .config import Config
-from .counters import DROPS, REJECTS
+from .counters import BY_METRIC, DROPS, REJECTS, in_family
 from .roles import ROLES
 
 log = logging.getLogger(__name__)
@@ -51,24 +51,19 @@ class BrokerCollector:
     def collect(self) -> Iterator[Metric]:
         src = self._sources
         c = src.counters()
-        yield _counter("fanoutd_received_messages", "Messages read from the collector, the ingress and "
-                       "upstream links.", c["received_messages"])
-        yield _counter("fanoutd_received_bytes", "Bytes read from the collector, the ingress and upstream "
-                       "links, over all frames.",
-                       c["received_bytes"])
-        yield _counter("fanoutd_received_upstream_messages", "Of the received messages, those that came from "
-                       "an upstream fanoutd (federation).", c["received_upstream_messages"])
-        yield _counter("fanoutd_relayed_messages", "Messages handed to the relay output for downstream fanoutd nodes.",
-                       c["relayed_messages"])
-        yield _counter("fanoutd_published_messages", "Messages handed to the PUB output.",
-                       c["published_messages"])
-        yield _counter("fanoutd_stamped_messages", "Messages handed to the stamped PUB output, each with its "
-                       "sequence stamp.", c["stamped_messages"])
-        yield _counter("fanoutd_stamp_stream_evictions", "Topic streams the stamper forgot to stay within "
-                       "stamp_streams (their topics start new streams: a reset for subscribers, not a gap).",
-                       c["stream_evictions"])
-        yield _counter("fanoutd_pushed_messages", "Messages handed to a puller on the PUSH output.",
-                       c["pushed_messages"])
+        yield _total("fanoutd_received_messages", "Messages read from the collector, the ingress and upstream links.",
+                     c)
+        yield _total("fanoutd_received_bytes", "Bytes read from the collector, the ingress and upstream links, over "
+                     "all frames.", c)
+        yield _total("fanoutd_received_upstream_messages", "Of the received messages, those that came from "
+                     "an upstream fanoutd (federation).", c)
+        yield _total("fanoutd_relayed_messages", "Messages handed to the relay output for downstream fanoutd nodes.", c)
+        yield _total("fanoutd_published_messages", "Messages handed to the PUB output.", c)
+        yield _total("fanoutd_stamped_messages", "Messages handed to the stamped PUB output, each with its "
+                     "sequence stamp.", c)
+        yield _total("fanoutd_stamp_stream_evictions", "Topic streams the stamper forgot to stay within "
+                     "stamp_streams (their topics start new streams: a reset for subscribers, not a gap).", c)
+        yield _total("fanoutd_pushed_messages", "Messages handed to a puller on the PUSH output.", c)
         drops = CounterMetricFamily("fanoutd_dropped_messages",
                                     "Messages not delivered: push no_puller (nobody connected), push hwm "
                                     "(every puller full), publish/relay/stamped hwm (sent on without at least one "
@@ -101,20 +96,20 @@ class BrokerCollector:
                                    "subscriber queue, per socket: the slow-consumer guard cutting a subscriber, "
                                    "or finding none behind (the broker over its capacity, producers held back).",
                                    labels=["socket"])
-        for role in ROLES:
-            if role.fans_out and getattr(src.config(), role.name):
-                stalls.add_metric([role.name], c[f"{role.name}_stalls"])
-                held.add_metric([role.name], c[f"{role.name}_held_ns"] / 1e9)
+        for stall, hold in zip(in_family("fanoutd_output_stalls"), in_family("fanoutd_output_held_seconds")):
+            if getattr(src.config(), stall.label_values[0]):
+                stalls.add_metric(stall.label_values, c[stall.name])
+                held.add_metric(hold.label_values, c[hold.name] / hold.per_unit)
         yield stalls
         yield held
         if src.config().upstream:
-            yield _counter("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
-                           "that never arrived over the link (sequence gaps).", c["upstream_gaps"])
-            yield _counter("fanoutd_upstream_hellos", "Relay hellos read on the upstream links: greetings, "
-                           "not messages (none of them is counted as received).", c["upstream_hellos"])
-            yield _counter("fanoutd_upstream_untracked_messages", "Messages from upstream whose stream this node's "
-                           "subscriptions only partly cover (a collector_topics prefix longer than the topic), so "
-                           "their gaps cannot be counted.", c["upstream_untracked"])
+            yield _total("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
+                         "that never arrived over the link (sequence gaps).", c)
+            yield _total("fanoutd_upstream_hellos", "Relay hellos read on the upstream links: greetings, "
+                         "not messages (none of them is counted as received).", c)
+            yield _total("fanoutd_upstream_untracked_messages", "Messages from upstream whose stream this node's "
+                         "subscriptions only partly cover (a collector_topics prefix longer than the topic), so "
+                         "their gaps cannot be counted.", c)
             yield _filled(CounterMetricFamily("fanoutd_upstream_link_errors", "Checks of an upstream link that "
                                               "found it unusable, per endpoint and reason (unresolvable: its host "
                                               "does not resolve, which libzmq retries without reporting; "
@@ -147,8 +142,10 @@ def _filled(family: GaugeMetricFamily | CounterMetricFamily,
     return family
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
+def _total(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """The counter family ``name``, valued from the loop's counter behind it (fanoutd/counters.py)."""
+    counter = BY_METRIC[name]
+    return CounterMetricFamily(name, doc, value=counts[counter.name] / counter.per_unit)
 
 
 def _limits(config: Config) -> Iterable[Metric]:

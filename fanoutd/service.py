@@ -18,6 +18,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+from fanoutd_client import wire
 
 from . import reload, status, systemd
 from .config import Config, ConfigError
@@ -60,7 +61,7 @@ class Broker:
                     gevent.signal_handler(signal.SIGINT, self._on_stop, signal.SIGINT),
                     gevent.signal_handler(signal.SIGHUP, self._on_reload)]
         try:
-            runtime = Runtime(self._config, self._keys, os.urandom(8), self._on_crash)
+            runtime = Runtime(self._config, self._keys, os.urandom(wire.NODE_ID_LEN), self._on_crash)
             result = runtime.open()
             result.rawlink(lambda _: self._wake.set())
             runtime.phase = "ready"

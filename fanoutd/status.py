@@ -15,7 +15,7 @@ import gevent
 
 from . import systemd
 from .config import Config
-from .counters import DROPS, REJECTS
+from .counters import DROPS, PUBLISHED, PUSHED, RECEIVED, REJECTS, RELAYED, STAMPED, TICKS
 from .roles import ROLES
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,9 @@ def status_line(c: Mapping[str, int]) -> str:
     dropped = sum(c.get(key, 0) for key in DROPS.values())
     why = ", ".join(f"{output}/{reason} {c[key]}" for (output, reason), key in DROPS.items() if c.get(key))
     rejected = sum(c.get(key, 0) for key in REJECTS.values())
-    extra = "".join(f", {label} {c[key]}" for label, key in (("stamped", "stamped_messages"),
-                                                             ("relayed", "relayed_messages")) if c.get(key))
-    return (f"received {c.get('received_messages', 0)}, published {c.get('published_messages', 0)}, "
-            f"pushed {c.get('pushed_messages', 0)}, dropped {dropped}{f' ({why})' if why else ''}, "
+    extra = "".join(f", {label} {c[key]}" for label, key in (("stamped", STAMPED), ("relayed", RELAYED)) if c.get(key))
+    return (f"received {c.get(RECEIVED, 0)}, published {c.get(PUBLISHED, 0)}, "
+            f"pushed {c.get(PUSHED, 0)}, dropped {dropped}{f' ({why})' if why else ''}, "
             f"rejected {rejected}{extra}")
 
 
@@ -88,7 +87,7 @@ def watchdog(counters: Counters) -> None:
         return
     last = -1
     while True:
-        ticks = counters()["ticks"]
+        ticks = counters()[TICKS]
         if ticks != last:
             systemd.notify("WATCHDOG=1")
             last = ticks

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .counters import DROPS, REJECTS
+from . import counters
 from .roles import ROLES
 
 Sample = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -56,21 +56,10 @@ class Row:
     rate: float
 
 
-# The screen's counters, in order: (label, metric, labels); drops and rejections come from the loop's own tables.
+# The screen's counters, in order: (label, metric, labels); the loop's come from its table (fanoutd/counters.py).
 SPEC: tuple[tuple[str, str, dict[str, str]], ...] = (
-    ("received", "fanoutd_received_messages_total", {}),
-    ("received bytes", "fanoutd_received_bytes_total", {}),
-    ("received from upstream", "fanoutd_received_upstream_messages_total", {}),
-    ("published", "fanoutd_published_messages_total", {}),
-    ("stamped", "fanoutd_stamped_messages_total", {}),
-    ("pushed", "fanoutd_pushed_messages_total", {}),
-    ("relayed", "fanoutd_relayed_messages_total", {}),
-    ("upstream gaps", "fanoutd_upstream_gaps_total", {}),
-    *((f"dropped {output} {reason}", "fanoutd_dropped_messages_total", {"output": output, "reason": reason})
-      for output, reason in DROPS),
-    *((f"rejected {reason}", "fanoutd_rejected_messages_total", {"reason": reason}) for reason in REJECTS),
+    *counters.screen(),
     ("slow consumers cut", "fanoutd_slow_consumers_total", {}),
-    ("output stalls", "fanoutd_output_stalls_total", {}),
     ("auth denied", "fanoutd_auth_denied_total", {}),
     ("handshake failures", "fanoutd_handshake_failures_total", {}),
 )

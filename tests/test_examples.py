@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
+from fanoutd_client import wire
 
 from conftest import connected, free_port, ready_producer, warm_up
 
@@ -287,8 +288,7 @@ def test_curve_producer_with_an_allowed_key(example, start_daemon, sockets, run,
 
 
 def trailer(seq: int, epoch: int = 99, stream: int = 1, key_length: int = 7) -> bytes:
-    return (b"\x00FDT\x01\x01" + epoch.to_bytes(8, "big") + stream.to_bytes(8, "big") + seq.to_bytes(8, "big")
-            + key_length.to_bytes(2, "big"))
+    return wire.stamp_trailer(epoch, stream, seq, key_length)
 
 
 def test_stamped_subscriber_strips_the_stamp_and_reports_what_it_missed(example, start_daemon, sockets, run):

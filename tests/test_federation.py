@@ -7,6 +7,7 @@ import time
 
 import zmq
 import zmq.auth
+from fanoutd_client import wire
 
 from conftest import connected, free_port, ready_producer, settle, wait_logged, wait_ready, warm_up
 
@@ -32,7 +33,7 @@ def test_a_chain_hub_edge_edge_delivers_everywhere_once(start_daemon, sockets):
     # Last frames a bare route frame of node ids could be mistaken for (multiples of 8 bytes), and one that
     # looks like a trailer without being one: every shape crosses one and two hops intact.
     shapes = [[b"orders", b"id", b"12345678"], [b"orders", b"ABCDEFGH"], [b"orders", b"x" * 16],
-              [b"orders", b"y" * 256], [b"orders 12345678"], [b"orders", b"\x00FDT\x01\x02" + b"z" * 9]]
+              [b"orders", b"y" * 256], [b"orders 12345678"], [b"orders", wire.HEAD.pack(wire.MAGIC, wire.VERSION, wire.ROUTE) + b"z" * 9]]
     for shape in shapes:
         prod.send_multipart(shape)
     for sub in subs:
@@ -132,8 +133,8 @@ def test_an_edge_counts_exactly_the_gaps_in_what_its_upstream_stamped(start_daem
     """A stand-in relay (an XPUB announcing itself like fanoutd's) sends sequences 1, 2, 5 of one stream: the
     edge delivers three messages without their trailer and counts 2 messages it never got."""
     relay = sockets(zmq.XPUB, xpub_verbose=1)
-    relay.setsockopt(zmq.METADATA, b"X-Fanoutd-Relay:1")
-    relay.setsockopt(zmq.XPUB_WELCOME_MSG, b"\x00FDT\x01\x00")
+    relay.setsockopt(zmq.METADATA, f"{wire.RELAY_PROPERTY}:{wire.RELAY_PROPERTY_VALUE}".encode())
+    relay.setsockopt(zmq.XPUB_WELCOME_MSG, wire.RELAY_HELLO)
     port = free_port()
     relay.bind(f"tcp://127.0.0.1:{port}")
     edge = start_daemon("--upstream", f"tcp://127.0.0.1:{port}", "--push", "")
@@ -143,9 +144,8 @@ def test_an_edge_counts_exactly_the_gaps_in_what_its_upstream_stamped(start_daem
         pass
     time.sleep(0.2)
 
-    def trailer(seq: int, hops: bytes = b"\x01" + b"hubnode1") -> bytes:
-        return (b"\x00FDT\x01\x03" + (99).to_bytes(8, "big") + (1).to_bytes(8, "big") + seq.to_bytes(8, "big")
-                + (7).to_bytes(2, "big") + hops)
+    def trailer(seq: int) -> bytes:
+        return wire.stamp_trailer(99, 1, seq, wire.stream_key_length(b"orders 1", 1), route=(b"hubnode1",))
 
     for seq in (1, 2, 5):
         relay.send_multipart([b"orders %d" % seq, trailer(seq)])

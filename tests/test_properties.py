@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import zmq
+from fanoutd_client import wire
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +26,8 @@ def accepted(frames: list[bytes]) -> bool:
 def pushed(frames: list[bytes]) -> list[bytes]:
     """What a puller gets: the payload without its topic."""
     if len(frames) == 1:
-        topic, space, payload = frames[0].partition(b" ")
-        return [payload] if space else [frames[0]]
+        topic = wire.topic(frames[0])
+        return [frames[0][len(topic) + 1:]] if len(topic) < len(frames[0]) else [frames[0]]
     return frames[1:]
 
 

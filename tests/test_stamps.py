@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from conftest import connected, free_port, ready_producer, settle, warm_up
-from fanoutd_client import NotStamped, Subscriber
+from fanoutd_client import NotStamped, Subscriber, wire
 from fanoutd_client._stamps import GapTracker, Stamp, parse_trailer
 
 PAYLOAD = b"x" * 1024
@@ -83,9 +83,10 @@ def test_a_subscription_longer_than_the_topic_is_untracked_not_a_gap():
 
 
 def test_a_trailer_is_recognised_by_its_magic_and_version_only():
-    good = b"\x00FDT\x01\x01" + (7).to_bytes(8, "big") + (1).to_bytes(8, "big") + (3).to_bytes(8, "big") + b"\x00\x07"
+    good = wire.stamp_trailer(7, 1, 3, 7)
     assert parse_trailer(good) == Stamp(7, 1, 3, 7)
-    for bad in (b"12345678", good[:-1], b"\x00FDT\x02" + good[5:], b"\x00FDT\x01\x00"):
+    other_version = wire.HEAD.pack(wire.MAGIC, wire.VERSION + 1, wire.STAMP) + good[wire.HEAD.size:]
+    for bad in (b"12345678", good[:-1], other_version, wire.RELAY_HELLO, wire.READY_TRAILER):
         with pytest.raises(NotStamped):
             parse_trailer(bad)
 

@@ -24,6 +24,7 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fanoutd_client import wire
 from fanoutd_client.tool import printable
 from test_clients import CLIENTS_DIR, Collector, Make, await_subscription, bound, collector, collectors, nowhere
 
@@ -156,8 +157,7 @@ def test_sub_prints_topic_payload_lines(sockets: Make, start):
 
 
 def stamp(seq: int, stream: int = 1, epoch: int = 5) -> bytes:
-    return (b"\x00FDT\x01\x01" + epoch.to_bytes(8, "big") + stream.to_bytes(8, "big") + seq.to_bytes(8, "big")
-            + (7).to_bytes(2, "big"))
+    return wire.stamp_trailer(epoch, stream, seq, len(b"orders "))
 
 
 def test_sub_stamped_strips_stamps_and_reports_each_gap(sockets: Make, start):

@@ -30,7 +30,9 @@ static uint64_t be64(const unsigned char *p)
     return v;
 }
 
-/* Count one stamped message: frame0 is its first frame, t its trailer. */
+/* Count one stamped message: frame0 is its first frame, t its trailer.
+ * The trailer's bytes are spelled out here, as each language's client does;
+ * the layout is clients/README.md, "Trailing frame". */
 static void observe(zmq_msg_t *frame0, zmq_msg_t *t, const char *prefix)
 {
     const unsigned char *d = zmq_msg_data(t);

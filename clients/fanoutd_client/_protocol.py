@@ -23,14 +23,15 @@ import zmq
 
 from ._base import Client, ClientOptions, Data, Endpoints, Waits, ms, to_bytes
 from ._stamps import GapTracker, NotStamped, Stamp, is_ready, parse_trailer
+from .wire import topic as topic_of
 
 
 def single_frame_topic(topic: Data) -> bytes:
-    """A topic that can lead a single-frame message: non-empty and without a space."""
+    """A topic that can lead a single-frame message: non-empty, and all topic by the wire's rule (no space)."""
     data = to_bytes(topic, "topic")
     if not data:
         raise ValueError("topic must not be empty")
-    if b" " in data:
+    if topic_of(data) != data:
         raise ValueError(f"topic {data!r} contains a space; in a single-frame message the topic "
                          "ends at the first space (use send_multipart for such topics)")
     return data
@@ -44,8 +45,8 @@ def split_message(frames: list[bytes]) -> tuple[bytes, bytes]:
     the frame boundaries matter).
     """
     if len(frames) == 1:
-        topic, _, payload = frames[0].partition(b" ")
-        return topic, payload
+        topic = topic_of(frames[0])
+        return topic, frames[0][len(topic) + 1:]
     return frames[0], b"".join(frames[1:])
 
 

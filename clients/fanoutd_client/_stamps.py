@@ -1,16 +1,11 @@
 """fanoutd's trailing frame as a subscriber reads it: parse the sequence stamp, count gaps per stream exactly.
 
-The wire format is fanoutd's one trailing-frame format (clients/README.md,
-"Sequence stamps")::
-
-    magic b"\\x00FDT" | version 1 | flags | [stamp] | [route]
-    stamp (flag 1): epoch u64 | stream u64 | seq u64 | key length u16   (big-endian)
-    flags 4 alone (READY): the broker's answer to a subscription, [prefix, trailer]
-
-The stamped output adds a stamp to every message.  The broker keeps one
-sequence per *stream*: the message's first frame up to ``key length`` bytes
-(a multipart message's whole topic frame; a single frame's topic with the
-space that ends it).  Every message of a stream starts with its key, so a
+The trailer's layout and flags are defined in :mod:`.wire` (described in
+clients/README.md, "Trailing frame").  The stamped output adds a stamp to
+every message.  The broker keeps one sequence per *stream*: the message's
+first frame up to ``key length`` bytes (:func:`.wire.stream_key_length`: a
+multipart message's whole topic frame; a single frame's topic with the space
+that ends it).  Every message of a stream starts with its key, so a
 subscription that is a prefix of the key receives all of that stream or none
 of it, and a jump in its sequence is exactly what this subscriber missed.
 A subscription longer than a key (say ``b"orders 12"`` against key
@@ -20,17 +15,10 @@ delivered but counted as ``untracked``, never as a gap.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-MAGIC = b"\x00FDT"
-VERSION = 1
-_STAMP = 1
-_ROUTE = 2
-_READY = 4  # control, on the stamped output: "your subscription to this prefix is live"
-_HEAD = struct.Struct(">4sBB")
-_STAMP_BODY = struct.Struct(">QQQH")
+from .wire import HEAD, MAGIC, READY_TRAILER, ROUTE, STAMP, STAMP_BODY, VERSION
 
 
 class NotStamped(ValueError):
@@ -49,23 +37,23 @@ class Stamp:
 
 def parse_trailer(frame: bytes) -> Stamp:
     """The stamp in a trailer frame; NotStamped if the frame is not a trailer with a stamp."""
-    if len(frame) < _HEAD.size:
+    if len(frame) < HEAD.size:
         raise NotStamped("the last frame is too short to be fanoutd's trailer")
-    magic, version, flags = _HEAD.unpack_from(frame)
+    magic, version, flags = HEAD.unpack_from(frame)
     if magic != MAGIC:
         raise NotStamped("the last frame does not start with fanoutd's trailer magic")
     if version != VERSION:
         raise NotStamped(f"trailer version {version}; this client reads version {VERSION}")
-    if not flags & _STAMP or flags & ~(_STAMP | _ROUTE):
+    if not flags & STAMP or flags & ~(STAMP | ROUTE):
         raise NotStamped(f"the trailer carries no stamp (flags {flags:#x})")
-    if len(frame) < _HEAD.size + _STAMP_BODY.size:
+    if len(frame) < HEAD.size + STAMP_BODY.size:
         raise NotStamped("the trailer is too short for its stamp")
-    return Stamp(*_STAMP_BODY.unpack_from(frame, _HEAD.size))
+    return Stamp(*STAMP_BODY.unpack_from(frame, HEAD.size))
 
 
 def is_ready(frame: bytes) -> bool:
     """Whether a last frame is the broker's answer to a subscription (a trailer flagged READY, nothing else)."""
-    return frame == MAGIC + bytes((VERSION, _READY))
+    return frame == READY_TRAILER
 
 
 class GapTracker:

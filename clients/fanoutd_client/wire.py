@@ -9,8 +9,9 @@ described in clients/README.md ("Trailing frame")::
     route (ROUTE): hops u8 | hops x node id (NODE_ID_LEN bytes)
 
 Flags 0 alone is a relay's hello; READY alone is the stamped output's answer
-to a subscription, sent as ``[prefix, trailer]``. Flag bits 8..128 are free:
-a reader refuses a trailer with a bit it does not know.
+to a subscription, sent as ``[prefix, trailer]``. Flag bits 8..128 are free,
+kept for the requests a repair protocol will add; a reader refuses a trailer
+with a bit it does not know.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ STAMP_BODY = struct.Struct(">QQQH")    #: epoch, stream, seq, key length
 STAMP = 1   #: the trailer carries a stamp
 ROUTE = 2   #: the trailer carries a route (relay output)
 READY = 4   #: control, on the stamped output: "your subscription to this prefix is live"
-KNOWN_FLAGS = STAMP | ROUTE | READY
 NODE_ID_LEN = 8
 MAX_HOPS = 32            #: a route names at most this many nodes
 STREAM_KEY_CAP = 255     #: a stream key is cut here (the stamp says where)
@@ -53,9 +53,9 @@ def stream_key_length(first: bytes, frames: int) -> int:
     """
     length = len(first)
     if frames == 1:
-        space = first.find(b" ")
-        if space >= 0:
-            length = space + 1
+        key = topic(first)
+        if len(key) < length:
+            length = len(key) + 1
     return min(length, STREAM_KEY_CAP)
 
 

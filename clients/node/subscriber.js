@@ -14,6 +14,8 @@
 const zmq = require("zeromq");
 const { fail, parseCount, socketOptions, printMessage } = require("./common");
 
+// The trailer's bytes, spelled out here as each language's client does; the layout is
+// clients/README.md, "Trailing frame".
 const MAGIC = Buffer.from([0, 0x46, 0x44, 0x54]); // "\0FDT"
 const READY = Buffer.from([0, 0x46, 0x44, 0x54, 1, 4]); // a trailer flagged READY alone
 

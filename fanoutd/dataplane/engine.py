@@ -20,6 +20,7 @@ from gevent.threadpool import ThreadPool
 
 from . import _forward, zmqlib
 from ..config import Config
+from ..counters import RECEIVED, RECEIVED_UPSTREAM
 from ..roles import INPUTS, ROLES
 from ..sockets import BindError, SocketSpec, describe, monitor_address, open_socket
 
@@ -158,7 +159,7 @@ class Engine:
     def received(self) -> int:
         """Messages read from every input: while it stays the same, the loop wrote nothing for a subscriber."""
         counters = self.counters()
-        return counters["received_messages"] + counters["received_upstream_messages"]
+        return counters[RECEIVED] + counters[RECEIVED_UPSTREAM]
 
     def topic_counters(self) -> dict[str, int]:
         """Received messages per counted topic, plus ``__other__``; empty when counting is off."""
