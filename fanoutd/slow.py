@@ -47,7 +47,7 @@ class Outputs(Protocol):
 
     def received(self) -> int: ...  # messages the loop read: while unchanged, nothing was written for a subscriber
     def stalls(self) -> dict[str, int]: ...  # output -> the number of the stall it is in
-    def answer_stall(self, role: str, number: int, hold_on: bool) -> None: ...
+    def answer_stall(self, role: str, number: int, stall_on: bool) -> None: ...
     def windows(self) -> dict[str, int]: ...  # output -> the number of the lossy send that opened its window
     def close_window(self, role: str, number: int) -> bool: ...
 
@@ -125,7 +125,7 @@ class Guard:
         if furthest is not None and self._cut(furthest, now):
             cut.append(furthest.conn)
         for role, number in stalls.items():
-            self._outputs.answer_stall(role, number, look.hold_on(role, self._connections()))
+            self._outputs.answer_stall(role, number, look.stall_on(role, self._connections()))
         for role, number in windows.items():
             self._end_window(role, number, [conn for conn in cut if conn.role == role], look, now)
 

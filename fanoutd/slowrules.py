@@ -108,7 +108,7 @@ class StallLook:
         conn = max(self.behind, key=self.behind.__getitem__)
         return Cut(conn, FURTHEST_BEHIND, self.behind[conn])
 
-    def hold_on(self, role: str, conns: Iterable[Connection]) -> bool:
+    def stall_on(self, role: str, conns: Iterable[Connection]) -> bool:
         """The answer to ``role``'s stall, once this look's cuts are made: True to hold on, False to send lossy.
 
         Hold on while no connection there is full in the kernel (no

@@ -105,14 +105,14 @@ def test_when_no_kernel_buffer_is_full_nobody_is_cut_and_the_stalled_output_hold
                      {a: Reading(BEHIND, 1, BUF), b: Reading(BEHIND, 1, BUF)})
     assert look.behind == {}
     assert look.stopped() == [] and look.furthest_behind([a, b]) is None
-    assert look.hold_on("publish", [a, b]) and look.hold_on("relay", [a, b])
+    assert look.stall_on("publish", [a, b]) and look.stall_on("relay", [a, b])
 
 
 def test_a_full_subscriber_left_uncut_makes_its_own_output_send_lossy_and_only_that_one():
     stuck, other = conn(5), conn(6, "relay")
     look = StallLook({stuck: Reading(FULL, 1)}, {stuck: Reading(FULL, 2, BUF)})
-    assert not look.hold_on("publish", [stuck, other])
-    assert look.hold_on("relay", [stuck, other])
+    assert not look.stall_on("publish", [stuck, other])
+    assert look.stall_on("relay", [stuck, other])
 
 
 def test_while_a_cut_is_under_way_on_an_output_it_holds_on():
@@ -121,8 +121,8 @@ def test_while_a_cut_is_under_way_on_an_output_it_holds_on():
     look = StallLook({stuck: Reading(FULL, 1), cutting: Reading(FULL, 1)},
                      {stuck: Reading(FULL, 2, BUF), cutting: Reading(FULL, 1, BUF)})
     cutting.reason = "slow consumer: its queue reached the high-water mark"  # what cutting it at this look did
-    assert look.hold_on("publish", [stuck, cutting])
-    assert not look.hold_on("publish", [stuck]), "the cut one is gone and a full one is left: send lossy"
+    assert look.stall_on("publish", [stuck, cutting])
+    assert not look.stall_on("publish", [stuck]), "the cut one is gone and a full one is left: send lossy"
 
 
 # (d) window close
@@ -252,8 +252,8 @@ class MadeUpOutputs:
     def stalls(self) -> dict[str, int]:
         return dict(self.open_stalls)
 
-    def answer_stall(self, role: str, number: int, hold_on: bool) -> None:
-        self.answers.append((role, number, hold_on))
+    def answer_stall(self, role: str, number: int, stall_on: bool) -> None:
+        self.answers.append((role, number, stall_on))
 
     def windows(self) -> dict[str, int]:
         return dict(self.open_windows)

@@ -174,10 +174,10 @@ class Engine:
             return {}
         return _by_output(self._forwarder.stalls())
 
-    def answer_stall(self, role: str, number: int, hold_on: bool) -> None:
+    def answer_stall(self, role: str, number: int, stall_on: bool) -> None:
         """The guard has looked at stall ``number``: stall on for another stall period, or send lossy."""
         if self._forwarder is not None:
-            self._forwarder.answer_stall(_forward.OUTPUTS.index(role), number, hold_on)
+            self._forwarder.answer_stall(_forward.OUTPUTS.index(role), number, stall_on)
 
     def windows(self) -> dict[str, int]:
         """Fanning-out outputs with an open lossy window -> the number of the lossy send that opened it."""
