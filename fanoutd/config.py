@@ -20,7 +20,7 @@ from typing import Any
 
 from . import files
 from .roles import POLICY_OWNERS, ROLES
-from .values import KIB, MIB, PARSERS, ConfigError
+from .values import KIB, MIB, PARSERS, ConfigError, any_port
 
 __all__ = ["KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "load", "log_level"]
 
@@ -235,10 +235,14 @@ def _check_whole(config: Config) -> None:
         raise ConfigError("publish, stamped and push are all empty: nothing would leave the broker")
     seen: dict[str, str] = {}
     for ep in config.upstream:
+        if any_port(ep):
+            raise ConfigError(f"upstream: {ep} names no port to connect to")
         if "*" in ep:
             raise ConfigError(f"upstream: {ep} names no host to connect to")
     for role in ROLES:
         for ep in getattr(config, role.name):
+            if any_port(ep):  # the kernel gives each bind its own port
+                continue
             if ep in seen:
                 raise ConfigError(f"{role.name}: endpoint {ep} is also used by {seen[ep]}")
             seen[ep] = role.name
