@@ -74,7 +74,7 @@ def seq(message: bytes) -> int:
 
 
 def test_kill_9_and_restart_clients_resume_within_3s(start_daemon, sockets, sender):
-    d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "3")
+    d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "3", restartable=True)
     sub = connected(sockets, zmq.SUB, d.publish)
     pull = connected(sockets, zmq.PULL, d.push)
     s = sender(d.collector)
