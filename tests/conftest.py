@@ -190,6 +190,11 @@ class Daemon:
         return wait_for(f"{name}{labels or ''} == {expected}", lambda: self.value(name, **labels),
                         lambda value: value == expected, timeout, alive=self.proc)
 
+    def wait_at_least(self, name: str, minimum: float, timeout: float = 10.0, **labels: str) -> float:
+        """Poll a metric until it reaches ``minimum`` (a counter that may go on counting); fail on timeout."""
+        return wait_for(f"{name}{labels or ''} >= {minimum}", lambda: self.value(name, **labels),
+                        lambda value: value >= minimum, timeout, alive=self.proc)
+
     def send_signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
