@@ -16,7 +16,8 @@ PAYLOAD = b"x" * 1024
 
 
 def warm_stamped(prod: zmq.Socket, *subs: Subscriber, timeout: float = 10.0) -> None:
-    """Probe with "orders 1warm" until every stamped subscriber has one (their subscriptions are live), then drain."""
+    """Probe with "orders 1warm" until every stamped subscriber has one (their subscriptions are live), then drain
+    up to an end marker; a subscriber that never gets it fails the test (TimeoutError)."""
     pending, deadline = set(subs), time.monotonic() + timeout
     while pending:
         assert time.monotonic() < deadline, "stamped subscribers never got a probe"
@@ -27,13 +28,10 @@ def warm_stamped(prod: zmq.Socket, *subs: Subscriber, timeout: float = 10.0) -> 
                 pending.discard(sub)
             except TimeoutError:
                 pass
-    time.sleep(0.2)
+    prod.send(b"orders 1end")  # after every probe on the one path to each subscriber: drained once it arrives
     for sub in subs:
-        while True:
-            try:
-                sub.recv(timeout=0.1)
-            except TimeoutError:
-                break
+        while sub.recv(timeout=max(0.0, deadline - time.monotonic()) + 1.0) != (b"orders", b"1end"):
+            pass
 
 
 def stamped_daemon(start_daemon, *flags: str, **kwargs):
