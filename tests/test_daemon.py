@@ -228,7 +228,7 @@ def test_second_signal_aborts(start_daemon, sockets):
     def produce() -> None:
         while not stop.is_set():
             prod.send(b"t " + b"x" * 1024)
-            time.sleep(0.0005)
+            time.sleep(0.0005)  # a steady stream, not a burst: the loop keeps reading it while it drains
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
