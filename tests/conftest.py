@@ -212,12 +212,13 @@ def daemon_command(*args: str) -> list[str]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """start_daemon(*flags, env=None, ready=True, ports=None, restartable=False, prefix=()) -> Daemon; killed at teardown.
+    """start_daemon(*flags, env=None, ready=True, ports=None, restartable=False, prefix=()) -> Daemon.
 
     It binds port 0 everywhere unless given ``ports`` (collector, publish,
     push, metrics, stamped), or ``restartable``: fixed free ports, which a
     restart passes on (``ports=d.ports``) to come back where it was.
     ``prefix`` runs the daemon under a wrapper command (e.g. setpriv).
+    Every daemon started is killed at teardown.
     """
     started: list[Daemon] = []
 

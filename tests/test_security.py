@@ -130,7 +130,7 @@ def test_reload_adds_a_client_key_live(start_daemon, sockets, keys, tmp_path):
     assert not subscription_seen(late, 1000)
     (tmp_path / "clients" / "bad.key").write_bytes((tmp_path / "bad.key").read_bytes())
     d.send_signal(signal.SIGHUP)
-    wait_logged(d, "reloaded: applied collector_clients +bad.key")  # exactly what changed, by file  # exactly what changed, by file
+    wait_logged(d, "reloaded: applied collector_clients +bad.key")  # exactly what changed, by file
     # libzmq does not retry a connection that ZAP refused (the server sent ERROR): the client reconnects.
     late.disconnect(d.collector)
     late.connect(d.collector)
