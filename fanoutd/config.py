@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import files
 from .roles import POLICY_OWNERS, ROLES
-from .values import KIB, MIB, PARSERS, TYPES, ConfigError
+from .values import KIB, MIB, PARSERS, TYPES, ConfigError, any_port
 
 __all__ = ["KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "load", "log_level"]
 
@@ -47,8 +47,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     *(Setting(role.name, "endpoints", role.default, role.help) for role in ROLES),
     Setting("metrics", "hostport", "127.0.0.1:9560",
-            "HOST:PORT of the HTTP server for /metrics, /healthz and /readyz (it asks for no credentials: keep "
-            "it on loopback or a management network)"),
+            "HOST:PORT of the HTTP server for /metrics, /healthz, /readyz, /peers and /endpoints (port 0: one "
+            "the kernel picks, reported by /endpoints; it asks for no credentials: keep it on loopback or a "
+            "management network)"),
     Setting("collector_topics", "topics", ("",),
             "topic prefixes the collector subscribes to (default: every topic)"),
     Setting("metrics_topics", "counted_topics", (),
@@ -200,10 +201,14 @@ def _check_whole(config: Config) -> None:
         raise ConfigError("publish, stamped and push are all empty: nothing would leave the broker")
     seen: dict[str, str] = {}
     for ep in config.upstream:
+        if any_port(ep):
+            raise ConfigError(f"upstream: {ep} names no port to connect to")
         if "*" in ep:
             raise ConfigError(f"upstream: {ep} names no host to connect to")
     for role in ROLES:
         for ep in getattr(config, role.name):
+            if any_port(ep):  # the kernel gives each bind its own port
+                continue
             if ep in seen:
                 raise ConfigError(f"{role.name}: endpoint {ep} is also used by {seen[ep]}")
             seen[ep] = role.name

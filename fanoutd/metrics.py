@@ -8,6 +8,7 @@ state, no import-time metrics).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -170,8 +171,16 @@ def make_registry(collector: BrokerCollector) -> CollectorRegistry:
 
 
 def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]],
-             peers: Callable[[], bytes] | None = None) -> Callable[..., Any]:
-    """WSGI app: /metrics, /healthz (process up), /readyz (sockets bound, engine running), /peers (JSON)."""
+             peers: Callable[[], bytes] | None = None,
+             endpoints: Callable[[], Mapping[str, Any]] | None = None) -> Callable[..., Any]:
+    """WSGI app: /metrics, /healthz (process up), /readyz (sockets bound, engine running), /peers (JSON),
+    /endpoints (JSON).
+
+    /endpoints is served whatever ``peers_view`` says: it shows where this
+    broker listens (the ports the kernel gave for ``tcp://HOST:*`` and
+    ``metrics = HOST:0``), which anyone who can reach it knows, and nothing
+    about its clients; /peers, which names clients, is the one that is opt-in.
+    """
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -181,13 +190,16 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]],
         if path == "/peers" and peers is not None:
             start_response("200 OK", [("Content-Type", "application/json")])
             return [peers()]
+        if path == "/endpoints" and endpoints is not None:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps(endpoints()).encode()]
         if path == "/healthz":
             status, body = "200 OK", "ok\n"
         elif path == "/readyz":
             ok, why = ready()
             status, body = ("200 OK" if ok else "503 Service Unavailable"), why + "\n"
         else:
-            status, body = "404 Not Found", "not found: try /metrics, /healthz or /readyz\n"
+            status, body = "404 Not Found", "not found: try /metrics, /healthz, /readyz or /endpoints\n"
         start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
         return [body.encode()]
 

@@ -94,6 +94,10 @@ def configuration_md() -> str:
         "a `--flag` (repeat it for lists). An unknown key, variable or flag is an error, as is a bad value: "
         "one line naming it, exit status 2. `fanoutd --check-config` validates the layers and prints the "
         "result as JSON.", "",
+        "Endpoints are `tcp://HOST:PORT` or `ipc://PATH`. A bound endpoint (every socket but `upstream`) may "
+        "leave its port to the kernel with `tcp://HOST:*` or `tcp://HOST:0`, and `metrics` with `HOST:0`: "
+        "the `fanoutd ready` log line and `GET /endpoints` on the metrics port report the ports actually "
+        "bound.", "",
         "SIGHUP (`systemctl reload fanoutd`) re-reads the file, the environment and every key file: settings "
         "marked *live on reload* apply at once, the others are logged as needing a restart, and a bad file "
         "keeps the running configuration.", "",

@@ -60,7 +60,20 @@ class Runtime:
             slow_consumers=lambda: self.guard.cut, upstream_errors=lambda: self.upstreams.errors)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         peers_view = (lambda: view.peers(self.peers)) if config.peers_view else None
-        self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view))
+        self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view,
+                                                                           self.endpoints))
+
+    def metrics_address(self) -> tuple[str, int]:
+        """Where the HTTP server listens: the port it got once started (``metrics = HOST:0``), else as configured."""
+        if self.server.started:
+            host, port = self.server.address[:2]
+            return str(host), int(port)
+        return self.config.metrics
+
+    def endpoints(self) -> dict[str, Any]:
+        """What GET /endpoints answers: each role's endpoints as bound, and the metrics HOST:PORT."""
+        return {**{role: list(eps) for role, eps in self.engine.endpoints.items()},
+                "metrics": status.hostport(self.metrics_address())}
 
     def readiness(self) -> tuple[bool, str]:
         return status.readiness(self.phase, self.config, self.peers.counts(), self.upstreams.problems,

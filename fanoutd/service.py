@@ -65,7 +65,7 @@ class Broker:
             result = runtime.open()
             result.rawlink(lambda _: self._wake.set())
             runtime.phase = "ready"
-            log.info("fanoutd ready: %s", status.endpoints(self._config))
+            log.info("fanoutd ready: %s", status.endpoints(runtime.engine.endpoints, runtime.metrics_address()))
             systemd.notify("READY=1", "STATUS=" + status_line(runtime))
             helpers = [gevent.spawn(status.report, runtime.engine.counters),
                        gevent.spawn(status.watchdog, runtime.engine.counters)]

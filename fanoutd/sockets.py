@@ -188,14 +188,20 @@ def describe(config: Config, secret_key: bytes | None = None,
     return tuple(specs)
 
 
-def open_socket(context: zmq.Context, spec: SocketSpec, monitor: str | None = None) -> zmq.Socket:
+def open_socket(context: zmq.Context, spec: SocketSpec,
+                monitor: str | None = None) -> tuple[zmq.Socket, tuple[str, ...]]:
     """Create, configure, monitor and bind (or connect) one socket; on failure nothing is left open.
 
+    Returns the socket and its endpoints as bound: ``tcp://HOST:*`` (or
+    ``:0``) becomes the port the kernel gave, read back with
+    ``ZMQ_LAST_ENDPOINT`` after each bind. A connecting socket's endpoints
+    are returned as given.
     The monitor is attached before the first bind or connect, or an early
     peer's connection event would be missed and its count be wrong forever.
     """
     sock = context.socket(spec.kind)
     endpoint = ""
+    bound: list[str] = []
     try:
         for option, value in spec.options:
             sock.setsockopt(option, value)
@@ -204,12 +210,17 @@ def open_socket(context: zmq.Context, spec: SocketSpec, monitor: str | None = No
         if monitor is not None:
             sock.monitor(monitor, MONITOR_EVENTS)
         for endpoint in spec.endpoints:
-            (sock.connect if spec.connect else sock.bind)(endpoint)
+            if spec.connect:
+                sock.connect(endpoint)
+                bound.append(endpoint)
+            else:
+                sock.bind(endpoint)
+                bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         verb = "connect" if spec.connect else "bind"
         raise BindError(f"cannot {verb} {spec.role} to {endpoint}: {bind_cause(endpoint, exc.errno)}") from None
-    return sock
+    return sock, tuple(bound)
 
 
 def bind_cause(endpoint: str, error: int) -> str:

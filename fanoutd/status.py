@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import gevent
 
 from . import systemd
 from .config import Config
 from .counters import DROPS, PUBLISHED, PUSHED, RECEIVED, REJECTS, RELAYED, STAMPED, TICKS
-from .roles import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,20 @@ def readiness(phase: str, config: Config, peers: Mapping[str, int],
     return True, "ready"
 
 
-def endpoints(config: Config) -> str:
-    """Every bound and connected endpoint by role, and the metrics URL: what the ready line shows."""
-    parts = [f"{role.name} {','.join(getattr(config, role.name))}" for role in ROLES if getattr(config, role.name)]
-    host, port = config.metrics
-    return ", ".join([*parts, f"metrics http://{f'[{host}]' if ':' in host else host}:{port}/metrics"])
+def hostport(address: tuple[str, int]) -> str:
+    """HOST:PORT as a URL takes it (an IPv6 host in brackets)."""
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def endpoints(bound: Mapping[str, Sequence[str]], metrics: tuple[str, int]) -> str:
+    """Every endpoint as bound (or connected) by role, and the metrics URL: what the ready line shows.
+
+    ``bound`` holds the ports the kernel gave for ``tcp://HOST:*``, so the
+    line tells where the broker really listens.
+    """
+    parts = [f"{role} {','.join(eps)}" for role, eps in bound.items() if eps]
+    return ", ".join([*parts, f"metrics http://{hostport(metrics)}/metrics"])
 
 
 def status_line(c: Mapping[str, int]) -> str:

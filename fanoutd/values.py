@@ -20,7 +20,18 @@ class ConfigError(ValueError):
     """A problem with the configuration, worded for a one-line answer."""
 
 
-_ENDPOINT = re.compile(r"^(tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})|ipc://[^\0]+)$")
+_ENDPOINT = re.compile(r"^(tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5}|\*)|ipc://[^\0]+)$")
+
+
+def any_port(endpoint: str) -> bool:
+    """Whether a tcp endpoint leaves its port to the kernel (``:*`` or ``:0``): each bind gets a new one.
+
+    Only a bound socket can take one: the port it got is read back after the
+    bind and reported (the ready line, GET /endpoints). A connecting socket
+    needs a real port to connect to.
+    """
+    m = _ENDPOINT.match(endpoint)
+    return bool(m and m.group(3) and (m.group(3) == "*" or int(m.group(3)) == 0))
 
 
 def _endpoints(raw: Any) -> tuple[str, ...]:
@@ -29,9 +40,10 @@ def _endpoints(raw: Any) -> tuple[str, ...]:
         m = _ENDPOINT.match(ep)
         if not m:
             raise ConfigError(f"malformed endpoint {ep!r} (expected tcp://HOST:PORT or ipc://PATH)")
-        if m.group(3) and not 1 <= int(m.group(3)) <= 65535:
+        if m.group(3) and not any_port(ep) and not 1 <= int(m.group(3)) <= 65535:
             raise ConfigError(f"port out of range in {ep!r}")
-    if len(set(items)) != len(items):
+    fixed = [ep for ep in items if not any_port(ep)]  # tcp://HOST:* twice binds two ports
+    if len(set(fixed)) != len(fixed):
         raise ConfigError(f"endpoint listed twice in {list(items)}")
     return items
 
@@ -84,11 +96,12 @@ def _networks(raw: Any) -> tuple[str, ...]:
 
 
 def _hostport(raw: Any) -> tuple[str, int]:
+    """HOST:PORT to listen on; port 0 lets the kernel choose (GET /endpoints and the ready line say which)."""
     if not isinstance(raw, str) or ":" not in raw:
         raise ConfigError(f"expected HOST:PORT, got {raw!r}")
     host, _, port = raw.rpartition(":")
     host = host.strip("[]")
-    if not port.isdigit() or not 0 < int(port) <= 65535:
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"bad port in {raw!r}")
     if host != "localhost":
         try:

@@ -16,6 +16,8 @@ from .peers import Connection, PeerTracker
 def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = False) -> dict[str, Any]:
     """One connection; ``state`` is its kernel state (queued, acknowledged), None once its fd is gone."""
     entry: dict[str, Any] = {"socket": conn.role, "peer": conn.peer, "connected_since": round(conn.since, 3)}
+    if live:
+        entry["handshaken"] = conn.handshaken  # past the ZMTP handshake: messages can reach it
     if live and state is not None:
         entry["queued_bytes"], entry["state"] = state[0], "connected"
     elif live:

@@ -7,6 +7,7 @@ is killed at teardown whatever the test did.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import zmq
@@ -28,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT_MS = 5000
+T = TypeVar("T")
 
 
 _HANDED_OUT: deque[int] = deque(maxlen=1024)  # recent answers: a port is free only until someone binds it
@@ -36,6 +39,11 @@ _HANDED_OUT: deque[int] = deque(maxlen=1024)  # recent answers: a port is free o
 def free_port() -> int:
     """A free loopback TCP port below the ephemeral range, not one handed out lately.
 
+    Only for what must come back on the same port: a daemon a test restarts
+    (its clients reconnect to where it was, which port 0 cannot promise: the
+    kernel may give the restarted daemon another port), or an endpoint a test
+    names before anything listens there. Everything else binds port 0 and
+    reads what it got (``start_daemon`` does, through GET /endpoints).
     Ports the kernel hands out for bind(0) are ephemeral ones, which outgoing
     connections also use as source ports: a client reconnecting to a killed
     daemon could then hold the very port the restarted daemon needs, or even
@@ -56,6 +64,22 @@ def free_port() -> int:
         _HANDED_OUT.append(port)
         return port
     raise RuntimeError("no free port found")
+
+
+def wait_for(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0,
+             interval: float = 0.05, alive: subprocess.Popen[str] | None = None) -> T:
+    """Poll ``probe()`` until ``done`` holds for its value; fail the test on timeout, naming what was awaited
+    and the last value seen (and failing at once if the ``alive`` process exits meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if alive is not None and alive.poll() is not None:
+            pytest.fail(f"waiting for {what}: the process exited with {alive.returncode}; last seen {value!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout}s for {what}; last seen {value!r}")
+        time.sleep(interval)
 
 
 @pytest.fixture
@@ -91,16 +115,56 @@ def sockets(ctx: zmq.Context) -> Iterator[Callable[..., zmq.Socket]]:
 
 @dataclass
 class Daemon:
-    """A running ``python -m fanoutd`` on free loopback ports."""
+    """A running ``python -m fanoutd`` on loopback.
+
+    Started on port 0 (the kernel's choice) unless given fixed ``ports``:
+    the endpoints it really bound are read from its ready line and
+    GET /endpoints on first use, so a test started with ``ready=False`` may
+    still use them once the daemon gets that far.
+    """
 
     proc: subprocess.Popen[str]
-    collector: str
-    publish: str
-    push: str
-    http: str
-    stamped: str
     log_path: Path
-    ports: list[int] = field(default_factory=list)
+    fixed_ports: list[int] = field(default_factory=list)
+    _given: dict[str, str] = field(default_factory=dict)  # the fixed ports' endpoints, known before it is up
+    _bound: dict[str, Any] = field(default_factory=dict)
+
+    def bound(self, timeout: float = 15.0) -> dict[str, Any]:
+        """GET /endpoints: each role's endpoints as bound, and ``metrics`` HOST:PORT (waits for the ready line)."""
+        if not self._bound:
+            line = wait_logged(self, "fanoutd ready: ", timeout)
+            url = line.rpartition(" metrics ")[2].strip().removesuffix("/metrics")
+            with urllib.request.urlopen(url + "/endpoints", timeout=5) as resp:
+                self._bound.update(json.loads(resp.read()))
+        return self._bound
+
+    @property
+    def ports(self) -> list[int]:
+        """collector, publish, push, metrics and stamped ports, in the order ``start_daemon(ports=...)`` takes."""
+        if self.fixed_ports:
+            return self.fixed_ports
+        eps = [self.collector, self.publish, self.push, self.http, self.stamped]
+        return [int(ep.rpartition(":")[2]) for ep in eps]
+
+    @property
+    def collector(self) -> str:
+        return self._given.get("collector") or str(self.bound()["collector"][0])
+
+    @property
+    def publish(self) -> str:
+        return self._given.get("publish") or str(self.bound()["publish"][0])
+
+    @property
+    def push(self) -> str:
+        return self._given.get("push") or str(self.bound()["push"][0])
+
+    @property
+    def stamped(self) -> str:
+        return self._given.get("stamped") or str(self.bound()["stamped"][0])
+
+    @property
+    def http(self) -> str:
+        return "http://" + (self._given.get("metrics") or str(self.bound()["metrics"]))
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -122,13 +186,14 @@ class Daemon:
         return self.metrics()[(name, tuple(sorted(labels.items())))]
 
     def wait_value(self, name: str, expected: float, timeout: float = 10.0, **labels: str) -> float:
-        """Poll a metric until it equals ``expected`` (counters are batch-fresh, not instant)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.value(name, **labels)
-            if value == expected or time.monotonic() > deadline:
-                return value
-            time.sleep(0.05)
+        """Poll a metric until it equals ``expected`` (counters are batch-fresh, not instant); fail on timeout."""
+        return wait_for(f"{name}{labels or ''} == {expected}", lambda: self.value(name, **labels),
+                        lambda value: value == expected, timeout, alive=self.proc)
+
+    def wait_at_least(self, name: str, minimum: float, timeout: float = 10.0, **labels: str) -> float:
+        """Poll a metric until it reaches ``minimum`` (a counter that may go on counting); fail on timeout."""
+        return wait_for(f"{name}{labels or ''} >= {minimum}", lambda: self.value(name, **labels),
+                        lambda value: value >= minimum, timeout, alive=self.proc)
 
     def send_signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -147,25 +212,34 @@ def daemon_command(*args: str) -> list[str]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """start_daemon(*flags, env=None, ready=True, prefix=()) -> Daemon on fresh ports; killed at teardown.
+    """start_daemon(*flags, env=None, ready=True, ports=None, restartable=False, prefix=()) -> Daemon.
 
+    It binds port 0 everywhere unless given ``ports`` (collector, publish,
+    push, metrics, stamped), or ``restartable``: fixed free ports, which a
+    restart passes on (``ports=d.ports``) to come back where it was.
     ``prefix`` runs the daemon under a wrapper command (e.g. setpriv).
+    Every daemon started is killed at teardown.
     """
     started: list[Daemon] = []
 
     def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True,
-              ports: list[int] | None = None, prefix: tuple[str, ...] = ()) -> Daemon:
-        ports = ports or [free_port() for _ in range(5)]
-        endpoints = [f"tcp://127.0.0.1:{p}" for p in (*ports[:3], ports[4])]
+              ports: list[int] | None = None, restartable: bool = False, prefix: tuple[str, ...] = ()) -> Daemon:
+        if restartable and not ports:
+            ports = [free_port() for _ in range(5)]
+        given = [str(p) for p in ports] if ports else ["0"] * 5
+        endpoints = [f"tcp://127.0.0.1:{p}" for p in (*given[:3], given[4])]
         log_path = tmp_path / f"fanoutd-{len(started)}.log"
         args = ["--collector", endpoints[0], "--publish", endpoints[1], "--push", endpoints[2],
-                "--stamped", endpoints[3], "--metrics", f"127.0.0.1:{ports[3]}", "--log-level", "debug", *flags]
+                "--stamped", endpoints[3], "--metrics", f"127.0.0.1:{given[3]}", "--log-level", "debug", *flags]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("FANOUTD_")}
         environ.update(env or {})
         with open(log_path, "w") as log:
             proc = subprocess.Popen([*prefix, *daemon_command(*args)], stdout=log, stderr=subprocess.STDOUT,
                                     text=True, env=environ, cwd=tmp_path)
-        daemon = Daemon(proc, *endpoints[:3], f"http://127.0.0.1:{ports[3]}", endpoints[3], log_path, ports=ports)
+        daemon = Daemon(proc, log_path, fixed_ports=list(ports or []))
+        if ports:  # known before it is up: a test may connect first (a restart's clients reconnect)
+            daemon._given.update(collector=endpoints[0], publish=endpoints[1], push=endpoints[2],
+                                 stamped=endpoints[3], metrics=f"127.0.0.1:{given[3]}")
         started.append(daemon)
         if ready:
             wait_ready(daemon)
@@ -179,17 +253,22 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 
 def wait_ready(daemon: Daemon, timeout: float = 15.0) -> None:
+    """Wait for /readyz to answer 200; fail with the daemon's log if it exits or does not get there in time."""
     deadline = time.monotonic() + timeout
+    daemon.bound(timeout)
+    last = "no answer"
     while time.monotonic() < deadline:
         if daemon.proc.poll() is not None:
             pytest.fail(f"fanoutd exited with {daemon.proc.returncode}:\n{daemon.log()}")
         try:
-            if daemon.get("/readyz")[0] == 200:
+            status, body = daemon.get("/readyz")
+            if status == 200:
                 return
-        except OSError:
-            pass
+            last = f"{status} {body.strip()}"
+        except OSError as exc:
+            last = repr(exc)
         time.sleep(0.05)
-    pytest.fail(f"fanoutd not ready within {timeout}s:\n{daemon.log()}")
+    pytest.fail(f"fanoutd not ready within {timeout}s (/readyz: {last}):\n{daemon.log()}")
 
 
 def ready_producer(make: Callable[..., zmq.Socket], endpoint: str) -> zmq.Socket:
@@ -212,23 +291,43 @@ def wait_logged(daemon: Daemon, needle: str, timeout: float = 10.0) -> str:
     """The first log line of the daemon that contains ``needle``, waiting for it (and failing if it exits)."""
     deadline = time.monotonic() + timeout
     while needle not in daemon.log():
-        assert time.monotonic() < deadline and daemon.proc.poll() is None, daemon.log()
+        if daemon.proc.poll() is not None:
+            pytest.fail(f"fanoutd exited with {daemon.proc.returncode} before logging {needle!r}:\n{daemon.log()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"fanoutd did not log {needle!r} within {timeout}s:\n{daemon.log()}")
         time.sleep(0.05)
     return next(line for line in daemon.log().splitlines() if needle in line)
 
 
 def settle(daemon: Daemon, socket_name: str, count: int, timeout: float = 5.0) -> None:
-    """Wait until the daemon has seen ``count`` peers on a socket (so messages will reach them)."""
-    got = daemon.wait_value("fanoutd_connected_peers", count, timeout, socket=socket_name)
-    assert got == count, f"{socket_name}: expected {count} peers, saw {got}"
-    time.sleep(0.1)  # the handshake completes just after the accept event
+    """Wait until the daemon has ``count`` peers on a socket, each past its handshake (so messages reach them).
+
+    The count comes from /metrics; the handshake, which completes just after
+    the accept that the count shows, from /peers (``handshaken``).
+    """
+    daemon.wait_value("fanoutd_connected_peers", count, timeout, socket=socket_name)
+
+    def handshaken() -> list[bool]:
+        status, body = daemon.get("/peers")
+        assert status == 200, f"settle needs /peers (peers_view): {status} {body}"
+        return [c.get("handshaken", False) for c in json.loads(body)["connected"] if c["socket"] == socket_name]
+
+    wait_for(f"{count} handshaken peer(s) on {socket_name}", handshaken,
+             lambda seen: len(seen) == count and all(seen), timeout, alive=daemon.proc)
+
+
+PROBE, PROBE_END = b"_probe x", b"_probe end"
 
 
 def warm_up(producer: zmq.Socket, *receivers: zmq.Socket, timeout: float = 10.0) -> int:
-    """Send probes until every receiver has one, then drain them; returns probes sent.
+    """Send probes until every receiver has one, then drain them; returns probes sent, the end marker included.
 
     A SUB's subscription and a PULL's pipe become live a moment after the
     TCP connect; probing end to end is the only wait that cannot be too short.
+    Draining ends at an end marker sent after the last probe, which each
+    receiver gets after every probe sent to it (one producer, one path, in
+    order), so no probe is left in flight to surprise the test. Give it at
+    most one PULL per push output: the marker reaches one puller only.
     """
     pending = set(receivers)
     sent = 0
@@ -237,14 +336,20 @@ def warm_up(producer: zmq.Socket, *receivers: zmq.Socket, timeout: float = 10.0)
     for sock in receivers:
         poller.register(sock, zmq.POLLIN)
     while pending:
-        assert time.monotonic() < deadline, "receivers never got a probe"
-        producer.send(b"_probe x")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(pending)} of {len(receivers)} receivers never got a probe in {timeout}s "
+                        f"({sent} sent)")
+        producer.send(PROBE)
         sent += 1
         for sock, _ in poller.poll(50):
             if sock in pending:
                 pending.discard(sock)
-    time.sleep(0.2)
+    producer.send(PROBE_END)
     for sock in receivers:
-        while sock.poll(100):
-            sock.recv_multipart()
-    return sent
+        while True:
+            if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000)) + 1000):
+                pytest.fail(f"a receiver (type {sock.socket_type}) never got the probes' end marker "
+                            "(more than one puller on a push output?)")
+            if sock.recv_multipart()[0].endswith(b"end"):  # with push_strip_topic, just "end"
+                break
+    return sent + 1

@@ -128,7 +128,8 @@ def test_puller_recv_json_multipart_and_timeout(sockets: Make):
             with pytest.raises(TimeoutError, match="no message from pusher"):
                 await puller.recv(timeout=0.2)
             push.send(b"queued")
-            await asyncio.sleep(0.2)
+            while not puller._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # until it is in the socket (run bounds it)
+                await asyncio.sleep(0.01)
             assert await puller.recv(timeout=0) == b"queued"  # already here: no wait needed
     run(main())
 
@@ -143,7 +144,7 @@ def test_a_cancelled_receive_loses_no_message(sockets: Make):
             assert await puller.recv(timeout=5) == b"first"
             for i in range(24):
                 waiting = asyncio.create_task(puller.recv())
-                await asyncio.sleep(0.01)  # the task is waiting on the socket
+                await asyncio.sleep(0.01)  # the task is waiting on the socket (the race under test needs it there)
                 push.send(b"%d" % i)
                 time.sleep(0.02)  # the message is in the socket; the loop has not seen it yet
                 for _ in range(i % 4):  # let the loop get more or less far with it before the cancel
@@ -167,13 +168,18 @@ def test_iteration_ends_when_another_task_closes_the_client(publisher):
         await_subscription(pub, b"")
         pub.send(b"t 1")
 
-        async def consume() -> list[tuple[bytes, bytes]]:
-            return [message async for message in sub]
+        got: list[tuple[bytes, bytes]] = []
+
+        async def consume() -> None:
+            async for message in sub:
+                got.append(message)
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)
+        while not got:  # the loop is iterating: closing must end it (run bounds this wait)
+            await asyncio.sleep(0.01)
         await sub.aclose()
-        assert await asyncio.wait_for(task, 5) == [(b"t", b"1")]
+        await asyncio.wait_for(task, 5)
+        assert got == [(b"t", b"1")]
         with pytest.raises(RuntimeError, match="Subscriber is closed"):
             await sub.recv(timeout=1)
     run(main())

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from conftest import connected, ready_producer, settle, warm_up
+from conftest import connected, ready_producer, settle, wait_for, warm_up
 
 
 class Sender(threading.Thread):
@@ -74,7 +74,7 @@ def seq(message: bytes) -> int:
 
 
 def test_kill_9_and_restart_clients_resume_within_3s(start_daemon, sockets, sender):
-    d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "3")
+    d = start_daemon("--heartbeat-interval", "1", "--heartbeat-timeout", "3", restartable=True)
     sub = connected(sockets, zmq.SUB, d.publish)
     pull = connected(sockets, zmq.PULL, d.push)
     s = sender(d.collector)
@@ -163,8 +163,7 @@ def test_sigterm_under_load_exits_zero_within_the_bound(start_daemon, sockets, s
     sub = connected(sockets, zmq.SUB, d.publish)
     s = sender(d.collector, interval=0)  # flat out, still sending when the signal lands
     assert sub.poll(5000)
-    while s.sent < 20_000:
-        time.sleep(0.05)
+    wait_for("20,000 messages sent", lambda: s.sent, lambda sent: sent >= 20_000)
     t0 = time.monotonic()
     assert d.stop(signal.SIGTERM, timeout=20) == 0
     assert time.monotonic() - t0 < 2 + 3

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import zmq
 import zmq.auth
 from fanoutd_client import wire
 
-from conftest import connected, free_port, ready_producer, settle, wait_logged, wait_ready, warm_up
+from conftest import connected, free_port, ready_producer, settle, wait_for, wait_logged, wait_ready, warm_up
 
 
-def relay_flag() -> tuple[str, str]:
-    return "--relay", f"tcp://127.0.0.1:{free_port()}"
+def relay_flag(fixed: bool = False) -> tuple[str, str]:
+    """A relay endpoint: port 0 unless ``fixed`` (named before its daemon listens, or kept across a restart)."""
+    return "--relay", f"tcp://127.0.0.1:{free_port() if fixed else '*'}"
 
 
 def relay_of(d) -> str:
-    return next(a for a in d.proc.args if a.startswith("tcp://") and d.proc.args[d.proc.args.index(a) - 1] == "--relay")
+    return d.bound()["relay"][0]
 
 
 def test_a_chain_hub_edge_edge_delivers_everywhere_once(start_daemon, sockets):
@@ -55,7 +55,7 @@ def test_a_chain_hub_edge_edge_delivers_everywhere_once(start_daemon, sockets):
 
 
 def test_a_loop_is_cut_a_message_never_circulates(start_daemon, sockets):
-    a_relay, b_relay = relay_flag(), relay_flag()
+    a_relay, b_relay = relay_flag(fixed=True), relay_flag(fixed=True)  # each names the other first
     a = start_daemon(*a_relay, "--upstream", b_relay[1], ready=False)
     b = start_daemon(*b_relay, "--upstream", a_relay[1])
     wait_ready(a)
@@ -71,17 +71,14 @@ def test_a_loop_is_cut_a_message_never_circulates(start_daemon, sockets):
 
 
 def test_edge_survives_its_upstream_going_away(start_daemon, sockets):
-    hub = start_daemon(*relay_flag())
+    hub = start_daemon(*relay_flag(fixed=True), restartable=True)
     edge = start_daemon("--upstream", relay_of(hub), "--heartbeat-interval", "0.5", "--heartbeat-timeout", "1.5")
     sub = connected(sockets, zmq.SUB, edge.publish)
     prod = ready_producer(sockets, hub.collector)
     warm_up(prod, sub)
     hub.proc.kill()
     hub.proc.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while edge.get("/readyz")[0] == 200:
-        assert time.monotonic() < deadline, "the edge should report it lost its upstream"
-        time.sleep(0.1)
+    wait_for("the edge to report it lost its upstream", lambda: edge.get("/readyz"), lambda r: r[0] != 200)
     assert edge.get("/readyz") == (503, "no upstream connected\n")
     assert edge.value("fanoutd_connected_peers", socket="upstream") == 0
     local = ready_producer(sockets, edge.collector)  # the edge keeps serving its own producers
@@ -135,14 +132,13 @@ def test_an_edge_counts_exactly_the_gaps_in_what_its_upstream_stamped(start_daem
     relay = sockets(zmq.XPUB, xpub_verbose=1)
     relay.setsockopt(zmq.METADATA, f"{wire.RELAY_PROPERTY}:{wire.RELAY_PROPERTY_VALUE}".encode())
     relay.setsockopt(zmq.XPUB_WELCOME_MSG, wire.RELAY_HELLO)
-    port = free_port()
-    relay.bind(f"tcp://127.0.0.1:{port}")
-    edge = start_daemon("--upstream", f"tcp://127.0.0.1:{port}", "--push", "")
+    relay.bind("tcp://127.0.0.1:*")
+    edge = start_daemon("--upstream", relay.last_endpoint.decode(), "--push", "")
     sub = connected(sockets, zmq.SUB, edge.publish)
     settle(edge, "publish", 1)
     while relay.recv() != b"\x01":  # the edge's data link subscribing to everything (probes ask for less)
         pass
-    time.sleep(0.2)
+    wait_ready(edge)  # its link up and handshaken
 
     def trailer(seq: int) -> bytes:
         return wire.stamp_trailer(99, 1, seq, wire.stream_key_length(b"orders 1", 1), route=(b"hubnode1",))
@@ -166,7 +162,7 @@ def test_curve_on_the_upstream_link_a_refused_edge_is_named_on_both_sides_and_he
     for name in ("hub", "edge"):
         zmq.auth.create_certificates(tmp_path, name)
     (tmp_path / "relay-clients").mkdir()
-    relay = f"tcp://127.0.0.1:{free_port()}"
+    relay = f"tcp://127.0.0.1:{free_port()}"  # named before the hub is up: port 0 would hide it till then
     hub = start_daemon("--push", "", "--relay", relay, "--relay-curve", "--relay-clients",
                        str(tmp_path / "relay-clients"), "--curve-secret-key", str(tmp_path / "hub.key_secret"))
     edge = start_daemon("--push", "", "--upstream", relay, "--upstream-server-key", str(tmp_path / "hub.key"),
@@ -178,7 +174,7 @@ def test_curve_on_the_upstream_link_a_refused_edge_is_named_on_both_sides_and_he
     status, body = edge.get("/readyz")
     assert status == 503 and "the relay refused this node's key" in body, body
     assert edge.value("fanoutd_upstream_link_errors_total", endpoint=relay, reason="refused") >= 1
-    assert hub.wait_value("fanoutd_auth_denied_total", 1, socket="relay", reason="key") >= 1
+    hub.wait_at_least("fanoutd_auth_denied_total", 1, socket="relay", reason="key")
     assert (f"denied a connection to relay from 127.0.0.1 (reason: key, key: {edge_public}); to allow it, add "
             "its certificate to relay_clients and reload") in hub.log()
 

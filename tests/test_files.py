@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import connected, daemon_command, warm_up
+from conftest import connected, daemon_command, wait_logged, warm_up
 from fanoutd.config import ConfigError
 from fanoutd.files import load_public_keys, load_secret_key
 
@@ -54,15 +53,6 @@ def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     return lines[0]
-
-
-def wait_log(d, needle: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while needle not in d.log():
-        assert time.monotonic() < deadline, f"{needle!r} not logged:\n{d.log()}"
-        assert d.proc.poll() is None, f"fanoutd exited:\n{d.log()}"
-        time.sleep(0.05)
-    return next(line for line in d.log().splitlines() if needle in line)
 
 
 def curve_producer(make, keydir: Path, name: str, endpoint: str) -> zmq.Socket:
@@ -144,7 +134,7 @@ def test_unreadable_directory_is_refused_at_start_check_config_and_reload(start_
     warm_up(prod, sub)
     clients.chmod(0o700)
     d.send_signal(signal.SIGHUP)
-    assert expected in wait_log(d, "reload failed, keeping the running configuration")
+    assert expected in wait_logged(d, "reload failed, keeping the running configuration")
     prod.send(b"orders still flowing")
     assert sub.recv() == b"orders still flowing"
     assert d.get("/readyz") == (200, "ready\n")
@@ -163,7 +153,7 @@ def test_malformed_key_at_reload_keeps_the_broker_running_and_named(start_daemon
     bad = keydir / "clients" / "bad.key"
     bad.write_text(NOT_A_KEY)
     d.send_signal(signal.SIGHUP)
-    line = wait_log(d, "reload failed, keeping the running configuration")
+    line = wait_logged(d, "reload failed, keeping the running configuration")
     assert f"collector_clients: {bad} holds no public key" in line
     assert "Traceback" not in d.log()
     prod.send(b"orders after a bad reload")
@@ -172,14 +162,14 @@ def test_malformed_key_at_reload_keeps_the_broker_running_and_named(start_daemon
     bad.unlink()
     shutil.copy(keydir / "producer-2.key", keydir / "clients" / "producer-2.key")
     d.send_signal(signal.SIGHUP)
-    assert wait_log(d, "reloaded: applied").endswith("reloaded: applied collector_clients +producer-2.key")
+    assert wait_logged(d, "reloaded: applied").endswith("reloaded: applied collector_clients +producer-2.key")
     second = curve_producer(sockets, keydir, "producer-2", d.collector)
     assert second.poll(10_000) and second.recv()[:1] == b"\x01", "the added key is let in"
     (keydir / "clients" / "producer.key").unlink()
     d.send_signal(signal.SIGHUP)
-    wait_log(d, "reloaded: applied collector_clients -producer.key")
+    wait_logged(d, "reloaded: applied collector_clients -producer.key")
     d.send_signal(signal.SIGHUP)
-    wait_log(d, "reloaded: applied nothing changed")
+    wait_logged(d, "reloaded: applied nothing changed")
     assert d.stop() == 0
 
 
@@ -189,7 +179,7 @@ def test_missing_config_file_at_reload_keeps_the_running_configuration(start_dae
     d = start_daemon("--config", str(conf))
     conf.unlink()
     d.send_signal(signal.SIGHUP)
-    line = wait_log(d, "reload failed")
+    line = wait_logged(d, "reload failed")
     assert line.endswith(f"reload failed, keeping the running configuration: config file: cannot read {conf}: "
                          "not found")
     assert d.value("fanoutd_max_frames") == 8 and d.get("/readyz")[0] == 200

@@ -6,24 +6,25 @@ import urllib.request
 
 import zmq
 
-from conftest import connected, free_port, wait_ready, warm_up
+from conftest import connected, wait_ready, warm_up
 from fanoutd_client import Producer, Puller, Subscriber
 
 V6 = "tcp://[::1]:{}"
 
 
 def test_every_socket_and_the_clients_work_on_ipv6(start_daemon, sockets):
-    collector, publish, push, ingress, metrics = (free_port() for _ in range(5))
-    d = start_daemon("--collector", V6.format(collector), "--publish", V6.format(publish), "--push",
-                     V6.format(push), "--ingress", V6.format(ingress), "--metrics", f"[::1]:{metrics}", ready=False)
-    d.http = f"http://[::1]:{metrics}"
+    d = start_daemon("--collector", V6.format("*"), "--publish", V6.format("*"), "--push", V6.format("*"),
+                     "--ingress", V6.format("*"), "--metrics", "[::1]:0", ready=False)
     wait_ready(d)
+    bound = d.bound()
+    collector, publish, push, ingress = (bound[role][-1] for role in ("collector", "publish", "push", "ingress"))
+    metrics = bound["metrics"]
     ready_line = next(line for line in d.log().splitlines() if "fanoutd ready" in line)
     for endpoint in (collector, publish, push, ingress):
-        assert f"tcp://[::1]:{endpoint}" in ready_line
-    assert f"metrics http://[::1]:{metrics}/metrics" in ready_line
-    with Subscriber(V6.format(publish), topics=["orders"]) as sub, Puller(V6.format(push)) as puller, \
-            Producer(V6.format(collector), wait=10) as producer:
+        assert endpoint.startswith("tcp://[::1]:") and endpoint in ready_line
+    assert metrics.startswith("[::1]:") and f"metrics http://{metrics}/metrics" in ready_line
+    with Subscriber(publish, topics=["orders"]) as sub, Puller(push) as puller, \
+            Producer(collector, wait=10) as producer:
         for _ in range(200):  # until the subscription and the puller's pipe are live
             producer.send("orders", b"warm")
             try:
@@ -45,16 +46,16 @@ def test_every_socket_and_the_clients_work_on_ipv6(start_daemon, sockets):
         assert sub.recv(timeout=5) == (b"orders", b"over ipv6")
         assert puller.recv(timeout=5) == b"over ipv6"
         ingress_producer = sockets(zmq.PUSH, ipv6=1)
-        ingress_producer.connect(V6.format(ingress))
+        ingress_producer.connect(ingress)
         ingress_producer.send(b"orders via the ingress")
         assert puller.recv(timeout=5) == b"via the ingress"
-    with urllib.request.urlopen(f"http://[::1]:{metrics}/metrics", timeout=5) as resp:
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as resp:
         assert b"fanoutd_received_messages_total" in resp.read()
 
 
 def test_a_wildcard_serves_both_families_and_ipv4_mapped_peers_match_ipv4_allow_lists(start_daemon, sockets):
-    port = free_port()
-    d = start_daemon("--publish", f"tcp://*:{port}", "--publish-allow", "127.0.0.1/32")
+    d = start_daemon("--publish", "tcp://*:*", "--publish-allow", "127.0.0.1/32")
+    port = int(d.bound()["publish"][-1].rpartition(":")[2])
     v4 = connected(sockets, zmq.SUB, f"tcp://127.0.0.1:{port}")
     v6 = sockets(zmq.SUB, ipv6=1)
     v6.setsockopt(zmq.SUBSCRIBE, b"")

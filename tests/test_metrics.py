@@ -172,12 +172,11 @@ def check_dashboard_queries(prometheus_port: int, d) -> None:
 def test_per_socket_families_cover_every_socket(start_daemon):
     """A daemon with every socket labels its per-socket families with each of them, from the one role table
     (docs/metrics.md is checked against a live daemon by tests/test_reference.py)."""
-    relay_port, ingress_port = free_port(), free_port()
+    relay_port = free_port()  # named as its own upstream before it listens: port 0 cannot be
     # Its upstream is its own relay (named differently, as two endpoints may not be equal): the link comes up,
     # so the node is ready, and whatever loops back is counted as `loop`.
     d = start_daemon("--relay", f"tcp://127.0.0.1:{relay_port}", "--upstream", f"tcp://localhost:{relay_port}",
-                     "--ingress", f"tcp://127.0.0.1:{ingress_port}", "--metrics-topics", "orders",
-                     "--stamped", f"tcp://127.0.0.1:{free_port()}")
+                     "--ingress", "tcp://127.0.0.1:*", "--metrics-topics", "orders")
     _, text = d.get("/metrics")
     # Per-socket families cover every socket this daemon has, from the one role table.
     sockets = {s.labels["socket"] for f in text_string_to_metric_families(text) if f.name == "fanoutd_connected_peers"

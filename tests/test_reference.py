@@ -88,7 +88,7 @@ def test_metrics_doc_names_what_a_daemon_with_every_socket_serves(start_daemon):
     and the doc names nothing the node does not expose; the relay's hellos are counted, not received."""
     relay_port = free_port()
     d = start_daemon("--relay", f"tcp://127.0.0.1:{relay_port}", "--upstream", f"tcp://localhost:{relay_port}",
-                     "--ingress", f"tcp://127.0.0.1:{free_port()}", "--metrics-topics", "orders")
+                     "--ingress", "tcp://127.0.0.1:*", "--metrics-topics", "orders")
     _, text = d.get("/metrics")
     live: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):

@@ -14,7 +14,7 @@ import time
 import pytest
 import zmq
 
-from conftest import ROOT, connected, free_port, settle
+from conftest import ROOT, connected, settle
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -51,8 +51,8 @@ def rsyslogd(tmp_path):
 
 
 def test_rsyslog_delivers_every_line_to_subscribers_and_pullers(start_daemon, sockets, rsyslogd):
-    ingress = f"tcp://127.0.0.1:{free_port()}"
-    d = start_daemon("--ingress", ingress)
+    d = start_daemon("--ingress", "tcp://127.0.0.1:*")
+    ingress = d.bound()["ingress"][0]
     sub = connected(sockets, zmq.SUB, d.publish)
     sub.setsockopt(zmq.UNSUBSCRIBE, b"")
     sub.setsockopt(zmq.SUBSCRIBE, b"syslog ")

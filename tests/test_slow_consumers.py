@@ -12,7 +12,7 @@ import time
 
 import zmq
 
-from conftest import connected, ready_producer, settle, warm_up
+from conftest import connected, ready_producer, settle, wait_for, warm_up
 
 PAYLOAD = b"x" * 1024
 
@@ -140,10 +140,7 @@ def test_a_subscriber_that_reads_nothing_is_cut_after_the_timeout(start_daemon, 
     settle(d, "publish", 1)
     for _ in range(2000):  # 2 MiB: fills the kernel buffers, far below the high-water mark
         prod.send(b"t " + PAYLOAD)
-    deadline = time.monotonic() + 15
-    while d.value("fanoutd_slow_consumers_total", socket="publish") < 1:
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.2)
+    d.wait_at_least("fanoutd_slow_consumers_total", 1, timeout=15, socket="publish")
     assert re.search(r"disconnected 127\.0\.0\.1:\d+ because it read nothing for [2-9]\.\ds", d.log()), d.log()
     assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == 0
 
@@ -164,17 +161,13 @@ def test_while_nothing_flows_the_guard_looks_only_at_subscribers_with_data_waiti
     def passes() -> list[int]:
         return [int(n) for n in re.findall(r"guard pass: looked at (\d+) connections", d.log())]
 
-    after_traffic, deadline = len(passes()), time.monotonic() + 10
-    while 0 not in passes()[after_traffic:]:
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.2)
+    after_traffic = len(passes())
+    wait_for("a guard pass that looks at nobody", passes, lambda seen: 0 in seen[after_traffic:], interval=0.2)
     assert passes()[after_traffic] == 5, "the first pass after traffic looks at everyone"
     quiet = len(passes())
     prod.send(b"t wake")
     assert all(s.poll(5000) and s.recv() == b"t wake" for s in subs)
-    while 5 not in passes()[quiet:]:
-        assert time.monotonic() < deadline + 5, d.log()
-        time.sleep(0.2)
+    wait_for("a guard pass over all 5 after traffic", passes, lambda seen: 5 in seen[quiet:], interval=0.2)
 
 
 def test_peers_view_lists_each_connection_and_can_be_turned_off(start_daemon, sockets):
@@ -190,11 +183,8 @@ def test_peers_view_lists_each_connection_and_can_be_turned_off(start_daemon, so
     assert re.fullmatch(r"127\.0\.0\.1:\d+", entry["peer"]) and entry["state"] == "connected"
     assert entry["queued_bytes"] == 0 and entry["connected_since"] <= time.time()
     sub.close(linger=0)
-    deadline = time.monotonic() + 10
-    while not json.loads(d.get("/peers")[1])["closed"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert json.loads(d.get("/peers")[1])["closed"][0]["peer"] == entry["peer"]
+    closed = wait_for("the closed subscriber in /peers", lambda: json.loads(d.get("/peers")[1])["closed"], bool)
+    assert closed[0]["peer"] == entry["peer"]
     off = start_daemon("--no-peers-view")
     assert off.get("/peers")[0] == 404
 
@@ -206,17 +196,14 @@ def test_messages_libzmq_skips_for_a_full_subscriber_are_counted_until_it_is_cut
     d = start_daemon("--publish-hwm", "100", "--push", "", "--slow-consumer-stall", "0")
     stalled = connected(sockets, zmq.SUB, d.publish, rcvhwm=100, rcvbuf=16 * 1024, reconnect_ivl=-1)
     prod = ready_producer(sockets, d.collector)
-    warm_up(prod, stalled)
+    probes = warm_up(prod, stalled)
     settle(d, "publish", 1)
     n = 5_000
     for i in range(n):
         prod.send(b"t %06d " % i + PAYLOAD)
         if i % 500 == 0:
-            time.sleep(0.01)
-    deadline = time.monotonic() + 10
-    while d.value("fanoutd_slow_consumers_total", socket="publish") < 1:
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.05)
+            time.sleep(0.01)  # paced, so the guard sees it fall behind rather than one burst
+    d.wait_at_least("fanoutd_slow_consumers_total", 1, socket="publish")
     assert d.wait_value("fanoutd_connected_peers", 0, socket="publish") == 0
     got = 0
     while stalled.poll(200):
@@ -226,7 +213,7 @@ def test_messages_libzmq_skips_for_a_full_subscriber_are_counted_until_it_is_cut
     assert 1 < dropped <= n - got, (dropped, got)
     for i in range(100):  # nobody is full any more: nothing more is counted
         prod.send(b"t after " + PAYLOAD)
-    time.sleep(0.5)
+    d.wait_value("fanoutd_received_messages_total", probes + n + 100)  # all read, and sent on
     assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == dropped
 
 

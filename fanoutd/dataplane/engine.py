@@ -51,6 +51,7 @@ class Engine:
         self._context = context
         self._specs = describe(config, secret_key, upstream_server)
         self._sockets: dict[str, zmq.Socket] = {}
+        self._endpoints: dict[str, tuple[str, ...]] = {}  # per role, as bound (the kernel's port for :*)
         self._forwarder: _forward.Forwarder | None = None  # made in the worker, once the sockets are bound
         self._result: Any = None  # the running loop's gevent ThreadResult
         self._pool = ThreadPool(1)
@@ -66,6 +67,11 @@ class Engine:
         """How the socket of ``role`` is (or will be) made; None if the node has none."""
         return next((s for s in self._specs if s.role == role), None)
 
+    @property
+    def endpoints(self) -> Mapping[str, tuple[str, ...]]:
+        """Each socket's endpoints as bound (a connecting socket's as configured), in role order; empty before open."""
+        return dict(self._endpoints)
+
     def open(self) -> str:
         """Bind every socket in the worker thread (cooperative wait from the hub); returns the libzmq used."""
         library = zmqlib.bind()
@@ -79,7 +85,8 @@ class Engine:
         # the thread pool would print a traceback for a raised one.
         try:
             for spec in self._specs:
-                self._sockets[spec.role] = open_socket(self._context, spec, monitor_address(spec.role))
+                self._sockets[spec.role], self._endpoints[spec.role] = open_socket(
+                    self._context, spec, monitor_address(spec.role))
         except BindError as exc:
             self._close(linger_ms=0)
             return exc
