@@ -81,8 +81,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peers_view", "bool", True,
             "serve /peers: each connection's peer address, queued bytes and state, and why recent ones closed "
             "(reveals client addresses on the metrics port)"),
-    # A heartbeat round costs libzmq a timer walk per peer (quadratic: 10,000 subscribers at 5 s cost 48 % of
-    # a core idle), so the interval is long and bound sockets leave the timeout to the kernel (sockets.py).
+    # A heartbeat round costs libzmq a timer walk per peer (quadratic in peers: bench/README.md, "The guard's
+    # cost"), so the interval is long and bound sockets leave the timeout to the kernel (sockets.py).
     Setting("heartbeat_interval", "seconds", 30.0,
             "ZMTP heartbeat interval on every socket (0 disables); a vanished peer is noticed within "
             "heartbeat_interval + heartbeat_timeout"),

@@ -138,14 +138,14 @@ def limits_metadata(config: Config) -> bytes:
 
 #: The listen backlog of every bound socket. libzmq's default, 100, overflows when more peers connect at
 #: once (every subscriber of a restarted broker reconnects together); the kernel then drops their SYNs
-#: and they retry a second later: 1,000 subscribers took 1.1 s to connect instead of 0.1 s (bench, scale
-#: mode). The kernel caps it at net.core.somaxconn (4096 by default).
+#: and they retry a second later (bench/README.md, "Levers", measures the connect). The kernel caps it at
+#: net.core.somaxconn (4096 by default).
 LISTEN_BACKLOG = 4096
 #: How long a connection may take to finish its ZMTP handshake (ZAP included) before libzmq drops it:
 #: 10 s where libzmq waits 30 s. Besides shedding silent connections sooner, it keeps a crowd's connect
 #: linear: libzmq cancels the handshake timer of each connection by walking its I/O thread's timers in
 #: order of expiry, and a 30 s timer sat behind the heartbeat timer of every connection made before
-#: it (the walks took 30 % of a 10,000-subscriber connect's CPU, perf); a 10 s one sits before them.
+#: it; a 10 s one sits before them (the profile is in bench/README.md, "Where fanoutd is behind").
 HANDSHAKE_TIMEOUT_MS = 10_000
 #: A relay's ZMTP metadata: every message an edge reads from it carries this property, so the
 #: edge can refuse what comes from anything else (a publish endpoint given as upstream by mistake).
