@@ -138,7 +138,7 @@ def limits_metadata(config: Config) -> bytes:
 
 #: The listen backlog of every bound socket. libzmq's default, 100, overflows when more peers connect at
 #: once (every subscriber of a restarted broker reconnects together); the kernel then drops their SYNs
-#: and they retry a second later (bench/README.md, "Levers", measures the connect). The kernel caps it at
+#: and they retry a second later (bench/README.md, "Results", times the connect). The kernel caps it at
 #: net.core.somaxconn (4096 by default).
 LISTEN_BACKLOG = 4096
 #: How long a connection may take to finish its ZMTP handshake (ZAP included) before libzmq drops it:
