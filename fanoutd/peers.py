@@ -49,6 +49,8 @@ WHY = {
                 "JeroMQ 0.3), which fanoutd refuses, or not a ZeroMQ peer at all",
 }
 CLOSED_KEPT = 100  # closed connections remembered for /peers
+EARLY_KEPT = 64  # handshake outcomes kept for connections whose "accepted" event has not arrived yet
+SUCCEEDED = ""  # the outcome of a handshake that succeeded (failures are named by HANDSHAKE_FAILURES)
 # Bound inputs producers connect to (the upstream link is this node's own, watched by links.py).
 PRODUCER_ROLES = frozenset(role.name for role in ROLES if role.is_input and not role.connects)
 
@@ -111,6 +113,11 @@ class PeerTracker:
         # the oldest connection still waiting for one. Concurrent handshakes may swap which peer is named;
         # the counts stay exact, and a connection that closes with no outcome at all is "incomplete".
         self._pending: dict[str, collections.deque[Connection]] = {role: collections.deque() for role in self._roles}
+        # libzmq emits "accepted" from the listener's I/O thread after it has handed the connection to its
+        # engine, which may run on another I/O thread and report the handshake's outcome first: an outcome
+        # with nobody waiting is kept (bounded) for the next connection accepted.
+        self._early: dict[str, collections.deque[str]] = {
+            role: collections.deque(maxlen=EARLY_KEPT) for role in self._roles}
         self._refused = logs.Sparse(log)
         self._producer_left = logs.Sparse(log)
         self.disconnects: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
@@ -150,19 +157,16 @@ class PeerTracker:
                 return
             if event in HANDSHAKE_FAILURES:
                 self.handshake_failures[(role, HANDSHAKE_FAILURES[event])] += 1
-                if self._pending[role]:
-                    self._pending[role].popleft().failed = HANDSHAKE_FAILURES[event]
+                self._outcome(role, HANDSHAKE_FAILURES[event])
                 continue
             before = len(conns)
             if event in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
                 conns[value] = self._accepted(role, value, frames[1])
                 self._pending[role].append(conns[value])
+                if self._early[role]:
+                    self._outcome(role, self._early[role].popleft())
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if self._pending[role]:
-                    conn = self._pending[role].popleft()
-                    conn.handshaken = True
-                    if role == "upstream" and self.on_linked is not None:
-                        self.on_linked(conn.peer)
+                self._outcome(role, SUCCEEDED)
             elif event == zmq.EVENT_DISCONNECTED:
                 conn = conns.pop(value, None)
                 if conn is not None:
@@ -172,6 +176,20 @@ class PeerTracker:
                 log.debug("%s: %d peer(s) connected on %s", role, len(conns), frames[1].decode(errors="replace"))
                 if self._on_change is not None:
                     self._on_change(role, len(conns))
+
+    def _outcome(self, role: str, outcome: str) -> None:
+        """A handshake's outcome (SUCCEEDED or a failure reason) for the oldest connection waiting for one."""
+        if not self._pending[role]:
+            log.debug("%s: a handshake outcome came before its connection's accept event", role)
+            self._early[role].append(outcome)
+            return
+        conn = self._pending[role].popleft()
+        if outcome != SUCCEEDED:
+            conn.failed = outcome
+            return
+        conn.handshaken = True
+        if role == "upstream" and self.on_linked is not None:
+            self.on_linked(conn.peer)
 
     def _closed(self, conn: Connection) -> None:
         """Remember why it closed; a refused handshake is named with the peer (auth refusals ZAP logs itself)."""

@@ -143,7 +143,11 @@ def wait_peers(lan: Lan, host: str, socket: str, count: int, seconds: float = 20
     """Wait for ``count`` peers past their handshake on ``socket`` of ``host`` (/peers): messages reach them."""
     deadline = time.monotonic() + seconds
     while float(lan.python(host, PEERS, socket).stdout or -1) < count:
-        assert time.monotonic() < deadline, f"{host}: fewer than {count} {socket} peers"
+        if time.monotonic() > deadline:
+            view = lan.python(host, "import urllib.request; print(urllib.request.urlopen("
+                                    "'http://127.0.0.1:9560/peers', timeout=5).read().decode())")
+            raise AssertionError(f"{host}: fewer than {count} {socket} peers past their handshake in {seconds}s; "
+                                 f"/peers:\n{view.stdout}{view.stderr}")
         time.sleep(0.2)
 
 
