@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def origin(python: str) -> str:
+    """Where the fanoutd that ``python -P -m fanoutd`` runs comes from (the bench starts it that way)."""
+    r = subprocess.run([python, "-P", "-c", "import fanoutd; print(fanoutd.__file__)"], capture_output=True,
+                       text=True, timeout=60, cwd="/")
+    if r.returncode != 0:
+        sys.exit(f"ab: {python} cannot import fanoutd: {r.stderr.strip().splitlines()[-1:]}")
+    return r.stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", default=sys.executable, help="interpreter whose `python -m fanoutd` is build A")
@@ -36,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the messages per run")
     p.add_argument("--out", type=Path, default=BUILD_DIR / "ab.md")
     args = p.parse_args(argv)
+    origins = {"A": origin(args.a), "B": origin(args.b)}
+    if args.a != args.b and origins["A"] == origins["B"]:
+        sys.exit(f"ab: A and B run the same fanoutd ({origins['A']}): give B the interpreter of another checkout")
     bins = build_all()
     runners = {"A": matrix.Runner(bins, args.a), "B": matrix.Runner(bins, args.b)}
     cells = [(size, subs) for size in map(int, args.sizes.split(",")) for subs in map(int, args.subs.split(","))]
@@ -47,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = runners[side].run(spec, f"[{rep + 1}/{args.repeats}] {size:>5} B x{subs} {side}")
                 if result.ok:
                     rates.setdefault((size, subs, side), []).append(result.rate)
-    lines = [f"A: `{args.a}`, B: `{args.b}`, {args.repeats} alternating repeats, medians", "",
+    lines = [f"A: `{origins['A']}`, B: `{origins['B']}`, {args.repeats} alternating repeats, medians", "",
              "| cell | A msg/s | B msg/s | B / A |", "|---|---|---|---|"]
     for size, subs in cells:
         a, b = _median(rates.get((size, subs, "A"), [])), _median(rates.get((size, subs, "B"), []))

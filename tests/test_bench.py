@@ -40,7 +40,9 @@ def test_ab_compares_two_builds_side_by_side(tmp_path):
                         "--sizes", "100", "--subs", "1", "--scale", "0.02", "--out", str(out)],
                        capture_output=True, text=True, timeout=110, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    row = next(line for line in out.read_text().splitlines() if line.startswith("| 100 B x1 |"))
+    table = out.read_text()
+    assert f"A: `{ROOT / 'fanoutd' / '__init__.py'}`" in table, table  # the build under test, by its own install
+    row = next(line for line in table.splitlines() if line.startswith("| 100 B x1 |"))
     a, b, ratio = [c.strip() for c in row.strip("|").split("|")][1:]
     assert a.endswith("k") and b.endswith("k"), row
     assert 0.2 < float(ratio) < 5, row

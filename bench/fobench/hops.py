@@ -24,7 +24,7 @@ def _node(python: str, upstream: str | None) -> tuple[Child, list[str], str]:
     ports = [free_port() for _ in range(5)]
     ep = [tcp_endpoint(p) for p in ports[:4]]
     metrics = f"{LOOPBACK}:{ports[4]}"
-    argv = [python, "-m", "fanoutd", "--collector", ep[0], "--publish", ep[1], "--push", ep[2],
+    argv = [python, "-P", "-m", "fanoutd", "--collector", ep[0], "--publish", ep[1], "--push", ep[2],
             "--relay", ep[3], "--stamped", "", "--metrics", metrics]
     if upstream:
         argv += ["--upstream", upstream]

@@ -65,7 +65,9 @@ def start_fanoutd(python: str | None = None) -> Server:
     ep = [tcp_endpoint(p) for p in (*ports[:3], ports[4])]
     metrics = f"{LOOPBACK}:{ports[3]}"
     # The shipped defaults, on free ports: the stamped output too (no bench client reads it).
-    argv = [python or sys.executable, "-m", "fanoutd", "--collector", ep[0],
+    # -P: the interpreter's own install of fanoutd runs, never the checkout the bench sits in, so bench/ab.py
+    # can run two builds from one tree.
+    argv = [python or sys.executable, "-P", "-m", "fanoutd", "--collector", ep[0],
             "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics]
     child = Child(argv, "fanoutd", env=_clean_env(), cwd=str(REPO_DIR))
     server = Server("fanoutd", child, ep[0], ep[1], ep[2], strip_topic=True,
