@@ -7,7 +7,10 @@ default the interpreter running this script, so the working tree) and
 build B (another checkout's venv interpreter, e.g. a worktree of the
 commit before the change), in alternating order on every repeat, with the
 same C clients for both, and prints each side's median and B's ratio to A.
-Only ratios from one run mean anything on a shared, noisy machine.
+Flat-out rates drift with whatever else the machine runs, so it also
+measures the broker's CPU per delivery at fixed offered rates (the cost
+cells of bench/README.md), which drifts less. Only ratios from one run mean
+anything on a shared, noisy machine.
 """
 
 from __future__ import annotations
@@ -18,13 +21,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fobench import matrix
+from fobench import fleet, fleetmodes, matrix
 from fobench.build import BUILD_DIR, build_all
 from fobench.trial import TrialSpec
 
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def _rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{v / 1e3:,.0f}k"
+
+
+def _cpu(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{b / a:.3f}" if a and b else "n/a"
 
 
 def origin(python: str) -> str:
@@ -44,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=",".join(map(str, matrix.SIZES)), help="message sizes, bytes")
     p.add_argument("--subs", default=",".join(map(str, matrix.SUBS)), help="subscriber counts")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the messages per run")
+    p.add_argument("--cost-seconds", type=float, default=fleetmodes.COST_SECONDS,
+                   help="length of each fixed-rate CPU run (0: no CPU runs)")
+    p.add_argument("--cost-cells", type=int, default=len(fleetmodes.COST_CELLS),
+                   help="how many of the cost cells to run, in bench/README.md's order (default: all)")
     p.add_argument("--out", type=Path, default=BUILD_DIR / "ab.md")
     args = p.parse_args(argv)
     origins = {"A": origin(args.a), "B": origin(args.b)}
@@ -60,13 +79,27 @@ def main(argv: list[str] | None = None) -> int:
                 result = runners[side].run(spec, f"[{rep + 1}/{args.repeats}] {size:>5} B x{subs} {side}")
                 if result.ok:
                     rates.setdefault((size, subs, side), []).append(result.rate)
+    costs: dict[tuple[int, int, int, str], list[float]] = {}
+    if args.cost_seconds > 0:
+        for rep in range(args.repeats):
+            for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells]:
+                for side in ("A", "B") if rep % 2 == 0 else ("B", "A"):
+                    python = args.a if side == "A" else args.b
+                    spec = fleet.FleetSpec("fanoutd", size, subs, count=int(rate * args.cost_seconds), rate=rate)
+                    r = fleet.run(spec, bins, python)
+                    cpu = r.cpu_us_per_delivery if r.ok else None
+                    print(f"  [{rep + 1}/{args.repeats}] cost {size:>5} B x{subs} @ {rate:,}/s {side} "
+                          f"{'failed' if cpu is None else f'{cpu:.3f} µs/delivery'}", file=sys.stderr, flush=True)
+                    if cpu is not None:
+                        costs.setdefault((size, subs, rate, side), []).append(cpu)
     lines = [f"A: `{origins['A']}`, B: `{origins['B']}`, {args.repeats} alternating repeats, medians", "",
-             "| cell | A msg/s | B msg/s | B / A |", "|---|---|---|---|"]
+             "| cell | A | B | B / A |", "|---|---|---|---|"]
     for size, subs in cells:
         a, b = _median(rates.get((size, subs, "A"), [])), _median(rates.get((size, subs, "B"), []))
-        ratio = f"{b / a:.3f}" if a and b else "n/a"
-        fmt = lambda v: "n/a" if v is None else f"{v / 1e3:,.0f}k"  # noqa: E731
-        lines.append(f"| {size} B x{subs} | {fmt(a)} | {fmt(b)} | {ratio} |")
+        lines.append(f"| {size} B x{subs}, msg/s | {_rate(a)} | {_rate(b)} | {_ratio(a, b)} |")
+    for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells] if costs else ():
+        a, b = (_median(costs.get((size, subs, rate, side), [])) for side in "AB")
+        lines.append(f"| CPU {size} B x{subs} @ {rate:,}/s, µs/delivery | {_cpu(a)} | {_cpu(b)} | {_ratio(a, b)} |")
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

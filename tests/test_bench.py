@@ -34,18 +34,22 @@ def test_bench_quick_runs_every_system(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_ab_compares_two_builds_side_by_side(tmp_path):
-    """bench/ab.py runs both builds on a cell and reports B's ratio to A (the same build here: near 1)."""
+    """bench/ab.py runs both builds on a throughput cell and a CPU cell and reports B's ratio to A (the same
+    build here, so near 1), naming the fanoutd each side ran."""
     out = tmp_path / "ab.md"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "ab.py"), "--b", sys.executable, "--repeats", "1",
-                        "--sizes", "100", "--subs", "1", "--scale", "0.02", "--out", str(out)],
+                        "--sizes", "100", "--subs", "1", "--scale", "0.02", "--cost-seconds", "0.5",
+                        "--cost-cells", "1", "--out", str(out)],
                        capture_output=True, text=True, timeout=110, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = out.read_text()
     assert f"A: `{ROOT / 'fanoutd' / '__init__.py'}`" in table, table  # the build under test, by its own install
-    row = next(line for line in table.splitlines() if line.startswith("| 100 B x1 |"))
-    a, b, ratio = [c.strip() for c in row.strip("|").split("|")][1:]
-    assert a.endswith("k") and b.endswith("k"), row
-    assert 0.2 < float(ratio) < 5, row
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    a, b, ratio = rows["100 B x1, msg/s"]
+    assert a.endswith("k") and b.endswith("k") and 0.2 < float(ratio) < 5, rows
+    a, b, ratio = rows["CPU 100 B x4 @ 40,000/s, µs/delivery"]
+    assert 0 < float(a) < 100 and 0 < float(b) < 100 and 0.2 < float(ratio) < 5, rows
 
 
 def _msink(bins: dict[str, Path], mode: str, port: int, k: int, size: int, count: int,
