@@ -2,28 +2,13 @@
  * fanoutd/dataplane/fanout.c: sending to the fanning-out outputs without
  * silent loss, and the stall protocol with the slow-consumer guard.
  *
- * The fanning-out outputs are XPUB sockets with ZMQ_XPUB_NODROP: libzmq
- * refuses a message there, instead of silently dropping it for one
- * subscriber, when a matching subscriber's queue is at its high-water mark.
- * The loop then stalls all output, signalling stall_fd so the slow-consumer
- * guard (fanoutd/slow.py, on the hub) looks at the kernel state of the
- * output's connections and answers (answer_stall): it has cut the subscriber
- * that stopped reading, or found none behind in the kernel, which means
- * libzmq's own I/O thread is (the broker is over its capacity, and no
- * subscriber is to blame). Either way it asks the loop to stall on, for
- * stall_ns more each answer, and back-pressure reaches the producers: nothing
- * is dropped. The loop waits for the answer (a hub that never answers is a
- * broker whose control plane is gone, and shutdown's abort ends the wait).
- * Only if the guard answers "no" (a full subscriber it could not cut), or
- * stall_ns is 0, does the loop send lossy (NODROP off for that one message)
- * and count it. From then libzmq leaves the full subscriber out of its
- * distribution until it drains, without refusing anything: the loop keeps a
- * *window* open on that output and counts every message it sends there as
- * missed by that subscriber, until the guard has cut it off and closes the
- * window (close_window). A window whose subscriber the guard cannot name
- * could not be closed exactly; stalling while it looks is what keeps windows
- * to the subscribers it can name. The fields involved, and their memory
- * order, are in forwarder.h.
+ * The fanning-out outputs are XPUBs with ZMQ_XPUB_NODROP, so libzmq refuses
+ * a message for a full subscriber instead of dropping it unseen; the loop
+ * then stalls all output until the slow-consumer guard answers, and sends
+ * lossy (counted, with a window open until the guard has cut that
+ * subscriber) only when the guard answers "no". The protocol is described
+ * once, in docs/architecture.md ("The stall"); the fields it uses, and
+ * their memory order, are in forwarder.h.
  *
  * Part of the _forward.c translation unit (included there, not compiled alone).
  */
