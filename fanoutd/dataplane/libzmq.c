@@ -78,18 +78,27 @@ static PyObject *origins(void *const addr[ZABI_COUNT])
     return d;
 }
 
+/* The path argument of inspect_libzmq and bind_libzmq, resolved: the open handle (NULL with an exception
+ * set), the functions' addresses and the version the library reports. */
+static void *resolve_arg(PyObject *args, const char **path, void *addr[ZABI_COUNT], int version[3])
+{
+    if (!PyArg_ParseTuple(args, "s", path))
+        return NULL;
+    void *handle = resolve(*path, addr);
+    if (handle)
+        table(addr).version(&version[0], &version[1], &version[2]);
+    return handle;
+}
+
 static PyObject *inspect_libzmq(PyObject *Py_UNUSED(module), PyObject *args)
 {
     const char *path;
     void *addr[ZABI_COUNT];
-    if (!PyArg_ParseTuple(args, "s", &path))
-        return NULL;
-    void *handle = resolve(path, addr);
+    int v[3] = {0, 0, 0};
+    void *handle = resolve_arg(args, &path, addr, v);
     if (!handle)
         return NULL;
-    int major = 0, minor = 0, patch = 0;
-    table(addr).version(&major, &minor, &patch);
-    PyObject *result = Py_BuildValue("{s(iii)sN}", "version", major, minor, patch, "functions", origins(addr));
+    PyObject *result = Py_BuildValue("{s(iii)sN}", "version", v[0], v[1], v[2], "functions", origins(addr));
     dlclose(handle);
     return result;
 }
@@ -98,20 +107,17 @@ static PyObject *bind_libzmq(PyObject *Py_UNUSED(module), PyObject *args)
 {
     const char *path;
     void *addr[ZABI_COUNT];
-    if (!PyArg_ParseTuple(args, "s", &path))
-        return NULL;
-    void *handle = resolve(path, addr);
+    int v[3] = {0, 0, 0};
+    void *handle = resolve_arg(args, &path, addr, v);
     if (!handle)
         return NULL;
-    struct zabi z = table(addr);
-    int major = 0, minor = 0, patch = 0;
-    z.version(&major, &minor, &patch);
-    if (major != ZABI_MAJOR) {
+    if (v[0] != ZABI_MAJOR) {
         dlclose(handle);
         PyErr_Format(PyExc_ImportError, "%s reaches libzmq %d.%d.%d, not the %d.x ABI this loop is written for",
-                     path, major, minor, patch, ZABI_MAJOR);
+                     path, v[0], v[1], v[2], ZABI_MAJOR);
         return NULL;
     }
+    struct zabi z = table(addr);
     if (bound) {
         /* The first binding holds its own reference. */
         dlclose(handle);
