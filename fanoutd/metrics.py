@@ -39,7 +39,7 @@ class Sources:
     auth_denied: Callable[[], Mapping[tuple[str, str], int]]
     config: Callable[[], Config]
     node_id: str = ""
-    slow_consumers: Callable[[], Mapping[str, int]] = dict
+    slow_consumers: Callable[[], Mapping[tuple[str, str], int]] = dict
     upstream_errors: Callable[[], Mapping[tuple[str, str], int]] = dict
 
 
@@ -89,8 +89,9 @@ class BrokerCollector:
         yield _filled(GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, "
                                         "per socket.", labels=["socket"]), src.peers())
         yield _filled(CounterMetricFamily("fanoutd_slow_consumers", "Subscribers disconnected for not keeping "
-                                          "up, per socket, by the slow-consumer guard.", labels=["socket"]),
-                      src.slow_consumers())
+                                          "up, per socket and by the slow-consumer guard's rule that cut them "
+                                          "(docs/concepts.md#slow-consumers says what each means).",
+                                          labels=["socket", "rule"]), src.slow_consumers())
         stalls = CounterMetricFamily("fanoutd_output_stalls", "Times the loop held all output because a "
                                      "subscriber's queue was full, per socket.", labels=["socket"])
         held = CounterMetricFamily("fanoutd_output_held_seconds", "Time the loop held all output for a full "

@@ -65,7 +65,8 @@ class Connection:
     peer: str
     since: float = field(default_factory=time.time)
     closed: float | None = None
-    reason: str = ""  # why it closed, where fanoutd knows: "slow consumer", "handshake failed (auth)", ...
+    reason: str = ""  # why it closed, where fanoutd knows: "slow consumer: ...", "handshake failed (auth)", ...
+    rule: str = ""  # the slow-consumer guard's rule that cut it (fanoutd.slowrules.RULES); "" if not cut by it
     handshaken: bool = False
     failed: str = ""  # the handshake failure libzmq reported for it, if any
 
@@ -142,9 +143,9 @@ class PeerTracker:
             greenlet.link_exception(on_crash)
             self._greenlets.append(greenlet)
 
-    def mark(self, conn: Connection, reason: str) -> None:
-        """Say why a connection is about to close (fanoutd closed it), for /peers."""
-        conn.reason = reason
+    def mark(self, conn: Connection, reason: str, rule: str = "") -> None:
+        """Say why a connection is about to close (fanoutd closed it) and, if the guard cut it, by which rule."""
+        conn.reason, conn.rule = reason, rule
 
     def _read(self, role: str, sock: zmq.Socket) -> None:
         conns = self.open[role]

@@ -124,7 +124,7 @@ configured has no terms."""
 
 def _sources() -> Any:
     """Sources of zeros that still name every label value, for a node with every socket."""
-    from . import auth, metrics, peers
+    from . import auth, metrics, peers, slowrules
     from .config import load
 
     ends = {role.name: [f"tcp://127.0.0.1:{5560 + i}"] for i, role in enumerate(ROLES)}
@@ -139,7 +139,7 @@ def _sources() -> Any:
         peers=lambda: dict.fromkeys(roles, 0), disconnects=lambda: dict.fromkeys(roles, 0),
         handshake_failures=lambda: {(r, why): 0 for r in roles for why in failures},
         auth_denied=lambda: {(r, why): 0 for r in POLICY_OWNERS for why in auth.DENIALS},
-        slow_consumers=lambda: {role.name: 0 for role in ROLES if role.fans_out},
+        slow_consumers=lambda: {(role.name, rule): 0 for role in ROLES if role.fans_out for rule in slowrules.RULES},
         upstream_errors=lambda: {("ENDPOINT", why): 0 for why in link_errors},
         config=lambda: config, node_id="NODE")
 

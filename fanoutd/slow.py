@@ -31,13 +31,14 @@ from .config import Config
 from .dataplane import kernel
 from .peers import Connection, PeerTracker
 from .roles import BY_NAME
-from .slowrules import Cut, Progress, Reading, Readings, StallLook, could_be_full, gone
+from .slowrules import RULES, Cut, Progress, Reading, Readings, StallLook, could_be_full, gone
 
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 1.0
 WINDOW_WAIT = 5.0  # how long the guard waits for libzmq to close a cut connection before it stops waiting
 STALL_LOOK = 0.004  # how long the guard watches a stalled output for acknowledgements (within the stall bound)
+REPORT_EVERY = 10.0  # at most one cut logged per rule this often; the next says how many by that rule were not
 
 
 class Outputs(Protocol):
@@ -79,7 +80,13 @@ class LiveKernel:
 
 
 class Guard:
-    """Watches the fanning-out sockets' connections; ``cut[role]`` counts the consumers it disconnected."""
+    """Watches the fanning-out sockets' connections; ``cut[role, rule]`` counts the consumers it disconnected.
+
+    Every cut is counted, a reader that reconnects and is cut again each
+    time. The log has at most one line per rule every REPORT_EVERY seconds,
+    each saying how many that rule cut since its last line: a storm of
+    reconnecting readers stays readable, and which rule cut them is not lost.
+    """
 
     def __init__(self, config: Config, peers: PeerTracker, outputs: Outputs, view: KernelView | None = None) -> None:
         self._config = config
@@ -87,10 +94,11 @@ class Guard:
         self._peers = peers
         self._view: KernelView = view or LiveKernel()
         self._roles = tuple(role for role in peers.open if BY_NAME[role].fans_out)
-        self.cut: Counter[str] = Counter(dict.fromkeys(self._roles, 0))
+        self.cut: Counter[tuple[str, str]] = Counter(
+            dict.fromkeys(((role, rule) for role in self._roles for rule in RULES), 0))
         self._progress = Progress()
         self._greenlets: list[gevent.Greenlet] = []
-        self._cuts = logs.Sparse(log)
+        self._cuts = {rule: logs.Sparse(log, REPORT_EVERY) for rule in RULES}
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
         if not self._roles:
@@ -176,21 +184,21 @@ class Guard:
             self._cut(decided, now)
 
     def _cut(self, decided: Cut, now: float) -> bool:
-        """Disconnect one connection (re-checked by inode), count it and log it, rate-limited."""
+        """Disconnect one connection (re-checked by inode), count it and log it, rate-limited per rule."""
         conn = decided.conn
         if not conn.still_open() or conn.reason:
             return False
-        self._peers.mark(conn, f"slow consumer: {decided.why}")
+        self._peers.mark(conn, f"slow consumer: {decided.why}", decided.rule)
         try:
             with socket.socket(fileno=os.dup(conn.fd)) as sock:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError as exc:
             log.debug("could not cut %s on %s: %s", conn.peer, conn.role, exc)
             return False
-        self.cut[conn.role] += 1
-        self._cuts.warning("slow consumer on %s: disconnected %s because %s (stalled %.1fs, %d bytes queued in the "
-                           "kernel and up to %s messages in fanoutd)", conn.role, conn.peer, decided.why,
-                           self._progress.stalled(conn, now), decided.queued,
-                           f"{getattr(self._config, BY_NAME[conn.role].hwm):,}",
-                           held="more disconnected since the last report")
+        self.cut[conn.role, decided.rule] += 1
+        self._cuts[decided.rule].warning(
+            "slow consumer on %s: disconnected %s (rule=%s) because %s (stalled %.1fs, %d bytes queued in the kernel "
+            "and up to %s messages in fanoutd)", conn.role, conn.peer, decided.rule, decided.why,
+            self._progress.stalled(conn, now), decided.queued, f"{getattr(self._config, BY_NAME[conn.role].hwm):,}",
+            held=f"more disconnected by rule={decided.rule} since its last report")
         return True

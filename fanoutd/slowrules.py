@@ -16,15 +16,21 @@ from .peers import Connection
 FULL_BYTES = 16 * 1024  # a send queue at least this full when output stalls is a full one (tcp_wmem's default)
 QUIET_PASSES = 3  # the loop read nothing between the first and the last of this many passes: it is quiet
 
-# Why a connection is cut: logged, and shown in /peers and `fanoutd top` (tests and operators match them).
-STOPPED = "its queue reached the high-water mark"
-FURTHEST_BEHIND = "it fell furthest behind when its queue reached the high-water mark"
-SKIPPED = "its queue was full when a message had to be sent without it"
-
-
-def read_nothing(seconds: float) -> str:
-    """Why the sampler cuts a connection that had data waiting and made no progress for ``seconds``."""
-    return f"it read nothing for {seconds:.1f}s"
+# The rules the guard cuts by, each a stable one-word name: logged as "(rule=NAME)", shown in /peers ("rule") and
+# a label of fanoutd_slow_consumers_total. Tests and operators match the name, never the prose, which says it for
+# a person after "because" (and, prefixed "slow consumer: ", is the /peers reason). What each means for an
+# operator: docs/concepts.md#slow-consumers. The pace policy (issue #25) adds max_pending and pace_bound here.
+STOPPED = "stopped"  # a full queue whose reader acknowledged nothing while the guard looked
+FURTHEST_BEHIND = "furthest_behind"  # none stopped: the fullest is cut, or libzmq would skip it silently
+TIMEOUT = "timeout"  # data waiting, nothing read for slow_consumer_timeout
+WINDOW = "window"  # the full subscriber a lossy send went out without
+BECAUSE = {
+    STOPPED: "its queue reached the high-water mark and it read nothing while the guard looked",
+    FURTHEST_BEHIND: "it fell furthest behind when its queue reached the high-water mark",
+    TIMEOUT: "it read nothing for {seconds:.1f}s",
+    WINDOW: "its queue was full when a message had to be sent without it",
+}
+RULES = tuple(BECAUSE)
 
 
 class Reading(NamedTuple):
@@ -39,11 +45,17 @@ Readings = dict[Connection, Reading]
 
 
 class Cut(NamedTuple):
-    """A decision to disconnect one connection, and why."""
+    """A decision to disconnect one connection, and by which rule."""
 
     conn: Connection
-    why: str
+    rule: str  # one of RULES
     queued: int  # bytes queued in the kernel when decided, for the log
+    seconds: float = 0.0  # for a rule that says how long (timeout): how long it read nothing
+
+    @property
+    def why(self) -> str:
+        """The rule in prose, for the log line and /peers."""
+        return BECAUSE[self.rule].format(seconds=self.seconds)
 
 
 def could_be_full(queued: int) -> bool:
@@ -134,7 +146,7 @@ class StallLook:
         if not candidates:
             return None
         queued, conn = max(candidates, key=lambda item: item[0])
-        return Cut(conn, SKIPPED, queued)
+        return Cut(conn, WINDOW, queued)
 
 
 def gone(waited: Iterable[Connection], open_now: Mapping[int, Connection]) -> bool:
@@ -187,6 +199,6 @@ class Progress:
             since = now if moving else last[0]
             seen[key] = (since, reading.queued, reading.acked)
             if timeout and not moving and now - since >= timeout:
-                cuts.append(Cut(conn, read_nothing(now - since), reading.queued))
+                cuts.append(Cut(conn, TIMEOUT, reading.queued, now - since))
         self._seen = seen
         return cuts

@@ -2,6 +2,13 @@
 
 It shows client addresses on the metrics port, so ``peers_view = false``
 turns it off (docs/security.md, the threat model, says so).
+
+Each closed connection has a ``reason`` in prose and a ``rule``: the
+slow-consumer guard's stable name for why it cut it (``stopped``,
+``furthest_behind``, ``timeout``, ``window``: fanoutd.slowrules.RULES), which
+is what scripts should match; ``null`` for a connection closed for any other
+cause (the peer left, a heartbeat, a refused handshake), so the key is
+always there.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = 
     elif live:
         entry["state"] = "closing"
     else:
-        entry.update(closed=round(conn.closed or 0.0, 3), reason=conn.reason)
+        entry.update(closed=round(conn.closed or 0.0, 3), reason=conn.reason, rule=conn.rule or None)
     return entry
 
 

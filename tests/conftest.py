@@ -185,6 +185,15 @@ class Daemon:
     def value(self, name: str, **labels: str) -> float:
         return self.metrics()[(name, tuple(sorted(labels.items())))]
 
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels`` (e.g. one socket over every rule); a family
+        with no such sample fails loudly, as ``value`` does."""
+        matched = [value for (n, have), value in self.metrics().items()
+                   if n == name and set(labels.items()) <= set(have)]
+        if not matched:
+            raise KeyError((name, labels))
+        return sum(matched)
+
     def wait_value(self, name: str, expected: float, timeout: float = 10.0, **labels: str) -> float:
         """Poll a metric until it equals ``expected`` (counters are batch-fresh, not instant); fail on timeout."""
         return wait_for(f"{name}{labels or ''} == {expected}", lambda: self.value(name, **labels),

@@ -14,6 +14,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import gevent
 import pytest
@@ -22,8 +23,9 @@ import zmq
 from fanoutd.config import Config, load
 from fanoutd.peers import Connection, PeerTracker
 from fanoutd.slow import Guard
-from fanoutd.slowrules import (FURTHEST_BEHIND, SKIPPED, STOPPED, Cut, Progress, Reading, StallLook, full, gone,
-                               read_nothing)
+from fanoutd import slow
+from fanoutd.slowrules import (BECAUSE, FURTHEST_BEHIND, RULES, STOPPED, TIMEOUT, WINDOW, Cut, Progress, Reading,
+                               StallLook, full, gone)
 
 BUF = 64 * 1024  # a send-buffer size: a queue of a quarter of it or more is a full one
 FULL = 60_000  # bytes queued: full in a BUF buffer
@@ -89,7 +91,7 @@ def test_the_most_queued_is_not_cut_when_its_buffer_is_not_full():
 
 
 def test_nobody_is_cut_as_furthest_behind_while_a_cut_connection_is_being_torn_down():
-    a, leaving = conn(5), conn(6, reason="slow consumer: its queue reached the high-water mark")
+    a, leaving = conn(5), conn(6, reason="slow consumer: being cut")
     look = StallLook({a: Reading(FULL, 1)}, {a: Reading(FULL, 2, BUF)})
     assert look.furthest_behind([a, leaving]) is None
     assert look.furthest_behind([a]) == Cut(a, FURTHEST_BEHIND, FULL)
@@ -120,7 +122,7 @@ def test_while_a_cut_is_under_way_on_an_output_it_holds_on():
     stuck, cutting = conn(5), conn(6)
     look = StallLook({stuck: Reading(FULL, 1), cutting: Reading(FULL, 1)},
                      {stuck: Reading(FULL, 2, BUF), cutting: Reading(FULL, 1, BUF)})
-    cutting.reason = "slow consumer: its queue reached the high-water mark"  # what cutting it at this look did
+    cutting.reason = "slow consumer: being cut"  # what cutting it at this look did
     assert look.stall_on("publish", [stuck, cutting])
     assert not look.stall_on("publish", [stuck]), "the cut one is gone and a full one is left: send lossy"
 
@@ -132,16 +134,16 @@ def test_after_a_lossy_send_the_fullest_connection_of_that_output_is_the_one_to_
     a, b, other = conn(5), conn(6), conn(7, "relay")
     second = {a: Reading(FULL, 2, BUF), b: Reading(FULL + 1, 2, BUF), other: Reading(FULL * 2, 2, BUF)}
     look = StallLook({}, second)
-    assert look.fullest("publish") == Cut(b, SKIPPED, FULL + 1)
-    assert look.fullest("relay") == Cut(other, SKIPPED, FULL * 2)
+    assert look.fullest("publish") == Cut(b, WINDOW, FULL + 1)
+    assert look.fullest("relay") == Cut(other, WINDOW, FULL * 2)
 
 
 def test_the_fullest_is_taken_among_full_buffers_first_then_among_any_with_data_waiting():
     big, full_one, waiting = conn(5), conn(6), conn(7)
     look = StallLook({}, {big: Reading(200_000, 2, 4 * 1024 * 1024), full_one: Reading(FULL, 2, BUF)})
-    assert look.fullest("publish") == Cut(full_one, SKIPPED, FULL)
+    assert look.fullest("publish") == Cut(full_one, WINDOW, FULL)
     look = StallLook({}, {waiting: Reading(BEHIND, 2, BUF), conn(8): Reading(BEHIND - 1, 2, BUF)})
-    assert look.fullest("publish") == Cut(waiting, SKIPPED, BEHIND)
+    assert look.fullest("publish") == Cut(waiting, WINDOW, BEHIND)
     assert StallLook({}, {}).fullest("publish") is None, "drained since: the next full send is refused again"
 
 
@@ -161,9 +163,9 @@ def test_data_waiting_with_no_progress_for_the_timeout_is_cut():
     assert progress.update(100.0, {stuck: Reading(BEHIND, 10)}, timeout=10) == []
     assert progress.update(105.0, {stuck: Reading(BEHIND, 10)}, timeout=10) == []
     assert progress.update(109.9, {stuck: Reading(BEHIND, 10)}, timeout=10) == []
-    assert progress.update(110.0, {stuck: Reading(BEHIND, 10)}, timeout=10) == [
-        Cut(stuck, read_nothing(10.0), BEHIND)]
-    assert read_nothing(10.0) == "it read nothing for 10.0s"  # tests/test_slow_consumers.py matches it in the log
+    [cut] = progress.update(110.0, {stuck: Reading(BEHIND, 10)}, timeout=10)
+    assert cut == Cut(stuck, TIMEOUT, BEHIND, 10.0)
+    assert cut.why == "it read nothing for 10.0s"
     assert progress.stalled(stuck, 110.0) == 10.0
 
 
@@ -174,8 +176,7 @@ def test_progress_restarts_the_timeout():
     progress.update(105.0, {reader: Reading(BEHIND, 11)}, timeout=10)  # acknowledged a byte
     assert progress.update(110.0, {reader: Reading(BEHIND, 11)}, timeout=10) == []
     assert progress.stalled(reader, 110.0) == 5.0
-    assert progress.update(115.0, {reader: Reading(BEHIND, 11)}, timeout=10) == [
-        Cut(reader, read_nothing(10.0), BEHIND)]
+    assert progress.update(115.0, {reader: Reading(BEHIND, 11)}, timeout=10) == [Cut(reader, TIMEOUT, BEHIND, 10.0)]
 
 
 def test_a_queue_that_emptied_between_passes_restarts_the_timeout():
@@ -194,7 +195,7 @@ def test_without_tcp_info_the_sampler_counts_a_shrinking_queue_as_progress():
     progress.update(100.0, {reader: Reading(BEHIND, -1), stuck: Reading(BEHIND, -1)}, timeout=10)
     progress.update(105.0, {reader: Reading(BEHIND - 1, -1), stuck: Reading(BEHIND, -1)}, timeout=10)
     assert progress.update(110.0, {reader: Reading(BEHIND - 1, -1), stuck: Reading(BEHIND, -1)}, timeout=10) == [
-        Cut(stuck, read_nothing(10.0), BEHIND)]
+        Cut(stuck, TIMEOUT, BEHIND, 10.0)]
 
 
 def test_a_timeout_of_0_cuts_nobody():
@@ -327,6 +328,28 @@ def wait_for(what: Callable[[], bool], timeout: float = 2.0) -> None:
         gevent.sleep(0.001)
 
 
+def counted(guard: Guard) -> dict[tuple[str, str], int]:
+    """The guard's cut counts that are not zero; every (socket, rule) is there from the start, at 0, so the
+    metric names each one before any cut."""
+    assert set(guard.cut) == {(role, rule) for role in ("publish", "relay") for rule in RULES}
+    return {key: n for key, n in guard.cut.items() if n}
+
+
+def test_each_rule_has_a_stable_one_word_name_and_its_prose():
+    """Logged as "(rule=NAME)", shown in /peers and a label of fanoutd_slow_consumers_total: what scripts match."""
+    assert RULES == (STOPPED, FURTHEST_BEHIND, TIMEOUT, WINDOW) == ("stopped", "furthest_behind", "timeout", "window")
+    assert Cut(conn(5), STOPPED, FULL).why == BECAUSE[STOPPED]
+    assert Cut(conn(5), TIMEOUT, FULL, 12.34).why == "it read nothing for 12.3s"
+
+
+def test_the_operators_table_of_rules_names_each_rule_once():
+    """docs/concepts.md tells operators what each rule means: a rule added here must be explained there."""
+    text = (Path(__file__).parent.parent / "docs" / "concepts.md").read_text()
+    table = text[text.index("| rule | what happened |"):]
+    table = table[:table.index("\n\n")]
+    assert re.findall(r"^\| `(\w+)` \|", table, re.M) == list(RULES), table
+
+
 def test_a_stall_wakes_the_guard_which_cuts_the_stopped_reader_and_holds_on_while_it_goes(rig, subscribers, caplog):
     crashed: list[gevent.Greenlet] = []
     view = MadeUpKernel({})
@@ -341,10 +364,10 @@ def test_a_stall_wakes_the_guard_which_cuts_the_stopped_reader_and_holds_on_whil
         wait_for(lambda: bool(outputs.answers))
     assert outputs.answers == [("publish", 3, True)]
     assert stopped.was_cut() and not reading.was_cut() and not other.was_cut()
-    assert stopped.conn.reason == "slow consumer: its queue reached the high-water mark"
-    assert guard.cut == {"publish": 1, "relay": 0}
-    assert re.search(r"slow consumer on publish: disconnected pid \d+ uid \d+ because its queue reached the "
-                     r"high-water mark", caplog.text), caplog.text
+    assert stopped.conn.rule == STOPPED and stopped.conn.reason == f"slow consumer: {BECAUSE[STOPPED]}"
+    assert counted(guard) == {("publish", STOPPED): 1}
+    assert re.search(r"slow consumer on publish: disconnected pid \d+ uid \d+ \(rule=stopped\) because ",
+                     caplog.text), caplog.text
     assert not crashed
 
 
@@ -356,7 +379,7 @@ def test_with_no_kernel_buffer_full_the_guard_cuts_nobody_and_the_stalled_output
     outputs.open_stalls = {"publish": 4}
     guard.look()
     assert outputs.answers == [("publish", 4, True)]
-    assert not any(sub.was_cut() for sub in behind) and guard.cut["publish"] == 0
+    assert not any(sub.was_cut() for sub in behind) and counted(guard) == {}
 
 
 def test_a_full_subscriber_that_cannot_be_cut_makes_its_output_send_lossy(rig, subscribers):
@@ -369,7 +392,7 @@ def test_a_full_subscriber_that_cannot_be_cut_makes_its_output_send_lossy(rig, s
     outputs.open_stalls = {"publish": 5, "relay": 2}
     guard.look()
     assert sorted(outputs.answers) == [("publish", 5, False), ("relay", 2, True)]
-    assert not reused.was_cut() and guard.cut["publish"] == 0 and not reused.conn.reason
+    assert not reused.was_cut() and counted(guard) == {} and not reused.conn.reason
 
 
 def test_while_a_cut_connection_is_torn_down_the_guard_cuts_nobody_else_and_holds_on(rig, subscribers):
@@ -377,13 +400,13 @@ def test_while_a_cut_connection_is_torn_down_the_guard_cuts_nobody_else_and_hold
     view = MadeUpKernel({})
     guard, peers, outputs = rig(view)
     leaving, behind = subscribers(peers), subscribers(peers)
-    leaving.conn.reason = "slow consumer: its queue reached the high-water mark"
+    leaving.conn.reason = "slow consumer: being cut"
     view.looks = [{leaving.conn.fd: (FULL, 10), behind.conn.fd: (FULL, 10)},
                   {leaving.conn.fd: (FULL, 10), behind.conn.fd: (FULL, 11)}]
     outputs.open_stalls = {"publish": 6}
     guard.look()
     assert outputs.answers == [("publish", 6, True)]
-    assert not leaving.was_cut() and not behind.was_cut() and guard.cut["publish"] == 0
+    assert not leaving.was_cut() and not behind.was_cut() and counted(guard) == {}
 
 
 def test_after_a_lossy_send_the_fullest_is_cut_and_the_window_closes_once_it_is_gone_and_not_before(rig, subscribers):
@@ -396,14 +419,14 @@ def test_after_a_lossy_send_the_fullest_is_cut_and_the_window_closes_once_it_is_
     looking = gevent.spawn(guard.look)
     wait_for(lambda: bool(fullest.conn.reason))
     assert fullest.was_cut() and not less.was_cut() and not elsewhere.was_cut()
-    assert fullest.conn.reason == "slow consumer: its queue was full when a message had to be sent without it"
+    assert fullest.conn.rule == WINDOW
     gevent.sleep(0.05)
     assert outputs.closed == [], "libzmq has not closed the cut connection yet: messages still skip it"
     del peers.open["publish"][fullest.conn.fd]  # what the monitor's disconnect event does
     looking.join(timeout=2.0)
     assert looking.successful(), looking.exception
     assert outputs.closed == [("publish", 9)]
-    assert guard.cut == {"publish": 1, "relay": 0}
+    assert counted(guard) == {("publish", WINDOW): 1}
 
 
 def test_the_sampler_pass_cuts_a_reader_that_read_nothing_for_the_timeout(rig, subscribers):
@@ -416,5 +439,37 @@ def test_the_sampler_pass_cuts_a_reader_that_read_nothing_for_the_timeout(rig, s
     time.sleep(0.06)
     guard.sample()
     assert stuck.was_cut() and not reading.was_cut()
+    assert stuck.conn.rule == TIMEOUT
     assert re.fullmatch(r"slow consumer: it read nothing for 0\.\ds", stuck.conn.reason), stuck.conn.reason
-    assert guard.cut["publish"] == 1
+    assert counted(guard) == {("publish", TIMEOUT): 1}
+
+
+def test_a_reader_cut_again_after_reconnecting_is_counted_each_time_and_logged_as_a_summary_per_rule(
+        rig, subscribers, caplog, monkeypatch):
+    """Each cut counts; the log has one line per rule per REPORT_EVERY, and the next line of that rule says how
+    many it held back, so a reader that reconnects and is cut again and again does not flood the log."""
+    monkeypatch.setattr(slow, "REPORT_EVERY", 1.0)
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view)
+
+    def stall(number: int, acked_after: int) -> Subscriber:
+        """The reader connects (again), fills its queue and stalls the output; acked_after 10: it read nothing."""
+        sub = subscribers(peers)
+        view.looks = [{sub.conn.fd: (FULL, 10)}, {sub.conn.fd: (FULL, acked_after)}]
+        outputs.open_stalls = {"publish": number}
+        guard.look()
+        assert sub.was_cut()
+        del peers.open["publish"][sub.conn.fd]  # libzmq closed it; its socket reconnects
+        return sub
+
+    with caplog.at_level(logging.WARNING, "fanoutd.slow"):
+        stall(1, 10)
+        stall(2, 10)  # within REPORT_EVERY of the first by the same rule: counted, not logged
+        stall(3, 11)  # it read a little: not stopped, but still the one with the full queue
+        time.sleep(1.05)
+        stall(4, 10)
+    assert counted(guard) == {("publish", STOPPED): 3, ("publish", FURTHEST_BEHIND): 1}
+    lines = [record.getMessage() for record in caplog.records]
+    assert [re.search(r"\(rule=(\w+)\)", line)[1] for line in lines] == [STOPPED, FURTHEST_BEHIND, STOPPED], lines
+    assert not lines[0].endswith("report") and not lines[1].endswith("report"), lines
+    assert lines[2].endswith("; 1 more disconnected by rule=stopped since its last report"), lines

@@ -13,6 +13,7 @@ import time
 import zmq
 
 from conftest import connected, ready_producer, settle, wait_for, warm_up
+from fanoutd.slowrules import RULES
 
 PAYLOAD = b"x" * 1024
 
@@ -75,21 +76,28 @@ def test_a_stalled_subscriber_is_cut_off_counted_and_named_while_a_fast_one_gets
                               [line for line in d.log().splitlines() if "WARNING" in line])
     total = probes + n
     assert d.wait_value("fanoutd_published_messages_total", total) == total
-    cut = d.value("fanoutd_slow_consumers_total", socket="publish")
+    cut = d.total("fanoutd_slow_consumers_total", socket="publish")
     lossy = d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm")
     assert got_slow == n or cut >= 1, (got_slow, cut, lossy)
     assert cut >= 1, "the stalled subscriber should have been disconnected"
     assert lossy == 0, "at the defaults the guard cuts the stalled subscriber before any message goes lossy"
-    assert re.search(r"slow consumer on publish: disconnected 127\.0\.0\.1:\d+ because its queue reached the "
-                     r"high-water mark", d.log()), d.log()
+    # It read nothing while the guard looked at its full queue: the rule is "stopped", in the metric and the log.
+    stopped = d.value("fanoutd_slow_consumers_total", socket="publish", rule="stopped")
+    assert stopped >= 1, d.metrics()
+    assert re.search(r"slow consumer on publish: disconnected 127\.0\.0\.1:\d+ \(rule=stopped\) because ", d.log()), (
+        d.log())
     top = subprocess.run([sys.executable, "-m", "fanoutd", "top", "--url", d.http + "/metrics", "--interval",
                           "0.2", "--once"], capture_output=True, text=True, timeout=30)
     assert re.search(r"slow consumers cut off \(newest first\):\n  \d\d:\d\d:\d\d publish 127\.0\.0\.1:\d+: "
-                     r"slow consumer: its queue reached the high-water mark", top.stdout), top.stdout
+                     r"slow consumer: ", top.stdout), top.stdout
     _, body = d.get("/peers")
     closed = json.loads(body)["closed"]
-    named = [c for c in closed if c["socket"] == "publish" and c["reason"].startswith("slow consumer")]
+    named = [c for c in closed if c["socket"] == "publish" and c["rule"] is not None]
     assert len(named) == cut, ("each cut-off is counted once and named once", cut, closed)
+    assert all(c["reason"].startswith("slow consumer: ") for c in named), named
+    by_rule = {rule: sum(c["rule"] == rule for c in named) for rule in RULES}
+    assert by_rule == {rule: d.value("fanoutd_slow_consumers_total", socket="publish", rule=rule) for rule in RULES}, (
+        "/peers names each cut by the rule the metric counts it under", by_rule, closed)
     assert d.get("/readyz")[0] == 200
 
 
@@ -106,7 +114,7 @@ def test_two_stalled_subscribers_are_both_cut_while_output_holds_and_nothing_goe
                              wait=20)
     assert got_fast == n
     assert d.wait_value("fanoutd_published_messages_total", probes + n) == probes + n
-    cut = d.value("fanoutd_slow_consumers_total", socket="publish")
+    cut = d.total("fanoutd_slow_consumers_total", socket="publish")
     lossy = d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm")
     # Each is cut at least once (a SUB reconnects by itself and, still paused, may fill and be cut again).
     assert cut >= 2 and lossy == 0, (cut, lossy, [line for line in d.log().splitlines() if "WARNING" in line])
@@ -128,7 +136,7 @@ def test_with_no_stall_allowed_a_full_subscriber_is_counted_and_still_cut(start_
     assert got == n
     assert d.wait_value("fanoutd_published_messages_total", probes + n) == probes + n
     assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") >= 1
-    assert d.value("fanoutd_slow_consumers_total", socket="publish") >= 1
+    assert d.total("fanoutd_slow_consumers_total", socket="publish") >= 1
     assert d.value("fanoutd_output_stalls_total", socket="publish") == 0  # no stall was allowed
 
 
@@ -140,8 +148,12 @@ def test_a_subscriber_that_reads_nothing_is_cut_after_the_timeout(start_daemon, 
     settle(d, "publish", 1)
     for _ in range(2000):  # 2 MiB: fills the kernel buffers, far below the high-water mark
         prod.send(b"t " + PAYLOAD)
-    d.wait_at_least("fanoutd_slow_consumers_total", 1, timeout=15, socket="publish")
-    assert re.search(r"disconnected 127\.0\.0\.1:\d+ because it read nothing for [2-9]\.\ds", d.log()), d.log()
+    d.wait_at_least("fanoutd_slow_consumers_total", 1, timeout=15, socket="publish", rule="timeout")
+    assert re.search(r"disconnected 127\.0\.0\.1:\d+ \(rule=timeout\) because it read nothing for [2-9]\.\ds",
+                     d.log()), d.log()
+    closed = wait_for("the cut subscriber among the closed in /peers",
+                      lambda: [c for c in json.loads(d.get("/peers")[1])["closed"] if c["socket"] == "publish"], bool)
+    assert [c["rule"] for c in closed] == ["timeout"], closed
     assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == 0
 
 
@@ -185,6 +197,7 @@ def test_peers_view_lists_each_connection_and_can_be_turned_off(start_daemon, so
     sub.close(linger=0)
     closed = wait_for("the closed subscriber in /peers", lambda: json.loads(d.get("/peers")[1])["closed"], bool)
     assert closed[0]["peer"] == entry["peer"]
+    assert closed[0]["rule"] is None, "closed by the peer, not cut by the guard: no rule"
     off = start_daemon("--no-peers-view")
     assert off.get("/peers")[0] == 404
 
@@ -203,7 +216,8 @@ def test_messages_libzmq_skips_for_a_full_subscriber_are_counted_until_it_is_cut
         prod.send(b"t %06d " % i + PAYLOAD)
         if i % 500 == 0:
             time.sleep(0.01)  # paced, so the guard sees it fall behind rather than one burst
-    d.wait_at_least("fanoutd_slow_consumers_total", 1, socket="publish")
+    wait_for("a cut", lambda: d.total("fanoutd_slow_consumers_total", socket="publish"), lambda cut: cut >= 1,
+             alive=d.proc)
     assert d.wait_value("fanoutd_connected_peers", 0, socket="publish") == 0
     got = 0
     while stalled.poll(200):
