@@ -96,12 +96,13 @@ def render_peers(view: dict[str, list[dict[str, object]]], most: int = 5) -> lis
     lines = ["", "slowest peers (bytes queued in the kernel):"]
     for entry in view.get("connected", [])[:most]:
         lines.append(f"  {entry.get('socket', '?'):10}{entry.get('peer', '?'):>28}{entry.get('queued_bytes', 0):>14,}")
-    cut = [e for e in view.get("closed", []) if str(e.get("reason", "")).startswith("slow consumer")][:most]
+    cut = [e for e in view.get("closed", []) if e.get("rule")][:most]  # the guard's cuts carry the rule that cut
     if cut:
         lines.append("slow consumers cut off (newest first):")
         for entry in cut:
             when = time.strftime("%H:%M:%S", time.localtime(float(str(entry.get("closed", 0)))))
-            lines.append(f"  {when} {entry.get('socket', '?')} {entry.get('peer', '?')}: {entry.get('reason')}")
+            lines.append(f"  {when} {entry.get('socket', '?')} {entry.get('peer', '?')} (rule={entry['rule']}): "
+                         f"{entry.get('reason')}")
     return lines
 
 

@@ -88,8 +88,8 @@ def test_a_stalled_subscriber_is_cut_off_counted_and_named_while_a_fast_one_gets
         d.log())
     top = subprocess.run([sys.executable, "-m", "fanoutd", "top", "--url", d.http + "/metrics", "--interval",
                           "0.2", "--once"], capture_output=True, text=True, timeout=30)
-    assert re.search(r"slow consumers cut off \(newest first\):\n  \d\d:\d\d:\d\d publish 127\.0\.0\.1:\d+: "
-                     r"slow consumer: ", top.stdout), top.stdout
+    assert re.search(r"slow consumers cut off \(newest first\):\n  \d\d:\d\d:\d\d publish 127\.0\.0\.1:\d+ "
+                     r"\(rule=stopped\): slow consumer: ", top.stdout), top.stdout
     _, body = d.get("/peers")
     closed = json.loads(body)["closed"]
     named = [c for c in closed if c["socket"] == "publish" and c["rule"] is not None]
