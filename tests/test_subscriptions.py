@@ -16,10 +16,10 @@ from conftest import connected, ready_producer, settle, wait_for, warm_up
 from fanoutd.sockets import LONGEST_PREFIX
 
 
-@pytest.mark.parametrize("output", ["publish", "stamped"])
+@pytest.mark.parametrize("output", ["publish", "stamped", "relay"])
 def test_a_huge_subscription_closes_only_its_connection(start_daemon, sockets, output):
-    d = start_daemon()
-    endpoint = d.publish if output == "publish" else d.stamped
+    d = start_daemon("--relay", "tcp://127.0.0.1:*")
+    endpoint = {"publish": d.publish, "stamped": d.stamped, "relay": d.bound()["relay"][0]}[output]
     producer = ready_producer(sockets, d.collector)
     reader = connected(sockets, zmq.SUB, endpoint)
     long_topic = b"L" * LONGEST_PREFIX  # the SUBSCRIBE command with this prefix is exactly the cap: allowed
