@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fanoutd_client import wire
+
 from . import files
 from .roles import POLICY_OWNERS, ROLES
 from .values import KIB, MIB, PARSERS, TYPES, ConfigError, any_port
@@ -215,6 +217,10 @@ def _check_whole(config: Config) -> None:
     if config.heartbeat_interval and not config.heartbeat_timeout:
         raise ConfigError("heartbeat_timeout must be more than 0 while heartbeat_interval is on "
                           "(0 would keep silent peers forever; set heartbeat_interval = 0 to turn heartbeats off)")
+    too_long = [t for t in config.collector_topics if len(t.encode()) > wire.LONGEST_PREFIX]
+    if config.upstream and too_long:  # an upstream relay would close the link at every subscription
+        raise ConfigError(f"collector_topics: a prefix of {len(too_long[0].encode())} bytes is longer than the "
+                          f"{wire.LONGEST_PREFIX} an upstream relay accepts")
     if config.upstream_server_key and not config.curve_secret_key:
         raise ConfigError("upstream_server_key needs curve_secret_key: this node's key pair for its upstream links")
     if config.upstream_server_key and not config.upstream:

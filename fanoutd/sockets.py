@@ -52,17 +52,6 @@ def frame_guard(config: Config) -> int:
     return 2 * config.max_message_size + 64 * 1024
 
 
-#: ZMQ_MAXMSGSIZE of the outputs: the most a subscriber (or a downstream node's relay link) may send us in
-#: one frame. What it sends is its handshake and its subscriptions: each the topic prefix after 1 byte
-#: (ZMTP 3.0) or, from libzmq 4.3's SUB, after the 10 bytes of a ZMTP 3.1 SUBSCRIBE command, and libzmq
-#: counts handshake frames against the cap too (libzmq #4436; a CURVE INITIATE with the usual metadata is
-#: a few hundred bytes). libzmq keeps a subscription in a trie at about 48 bytes per prefix byte, measured
-#: (one 1 MiB subscription grew the process by 49 MiB, 64 KiB by 3.5 MiB, 4 KiB by 0.5 MiB), and a frame
-#: over the cap closes only that connection. 8 KiB allows prefixes of LONGEST_PREFIX bytes, far beyond any
-#: topic in use, while one subscription costs at most about 0.4 MiB.
-OUTPUT_FRAME_MAX = 8 * 1024
-#: The longest topic prefix a subscriber can subscribe to on an output (the SUBSCRIBE command's 10 bytes less).
-LONGEST_PREFIX = OUTPUT_FRAME_MAX - len(b"\x09SUBSCRIBE")
 
 
 def client_security_options(secret_key: bytes | None,
@@ -180,8 +169,10 @@ def describe(config: Config, secret_key: bytes | None = None,
             options += ((zmq.RCVHWM, hwm), (zmq.MAXMSGSIZE, frame_guard(config)))
             if not role.connects:
                 options += ((zmq.METADATA, limits_metadata(config)),)
-        else:  # outputs read only subscriptions (and handshakes): one cannot be huge (OUTPUT_FRAME_MAX)
-            options += ((zmq.SNDHWM, hwm), (zmq.MAXMSGSIZE, OUTPUT_FRAME_MAX))
+        else:
+            # Outputs read only handshakes and subscriptions, which libzmq keeps in a trie at a cost growing with
+            # the prefix (bench/README.md, "Subscriptions"): a frame over the cap closes just that connection.
+            options += ((zmq.SNDHWM, hwm), (zmq.MAXMSGSIZE, wire.OUTPUT_FRAME_MAX))
         if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (dataplane/fanout.c)
             options += ((zmq.XPUB_NODROP, 1),)
         if role.name == "stamped":  # every subscription reaches the loop, which answers each (READY)

@@ -64,10 +64,17 @@ def test_empty_output_disables_it_but_not_all():
     ({"drain_timeout": "-1"}, "between 0 and 3600"),
     ({"push_strip_topic": "maybe"}, "expected true or false"),
     ({"heartbeat_interval": "10", "heartbeat_timeout": "0"}, "heartbeat_timeout must be more than 0"),
+    ({"upstream": ["tcp://127.0.0.1:5563"], "collector_topics": ["x" * 8183]},
+     "collector_topics: a prefix of 8183 bytes is longer than the 8182 an upstream relay accepts"),
 ])
 def test_bad_values_are_named(flags, message):
     with pytest.raises(ConfigError, match=message):
         load(flags, NO_ENV)
+
+
+def test_the_longest_prefix_an_upstream_accepts_is_allowed_and_without_upstream_any():
+    assert load({"upstream": ["tcp://127.0.0.1:5563"], "collector_topics": ["x" * 8182]}, NO_ENV)
+    assert load({"collector_topics": ["x" * 9000]}, NO_ENV)  # only a relay link carries them
 
 
 def test_bad_env_names_its_source():

@@ -1,4 +1,4 @@
-"""One subscription cannot be huge: the outputs cap what a subscriber may send (sockets.OUTPUT_FRAME_MAX).
+"""One subscription cannot be huge: the outputs cap what a subscriber may send (wire.OUTPUT_FRAME_MAX).
 
 libzmq keeps a subscription in a trie at about 48 bytes per prefix byte
 (docs/concepts.md, "What remains unbounded"), so a single 1 MiB subscription
@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from conftest import connected, ready_producer, settle, wait_for, warm_up
-from fanoutd.sockets import LONGEST_PREFIX
+from fanoutd_client.wire import LONGEST_PREFIX
 
 
 @pytest.mark.parametrize("output", ["publish", "stamped", "relay"])

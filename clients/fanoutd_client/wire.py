@@ -28,6 +28,10 @@ READY = 4   #: control, on the stamped output: "your subscription to this prefix
 NODE_ID_LEN = 8
 MAX_HOPS = 32            #: a route names at most this many nodes
 STREAM_KEY_CAP = 255     #: a stream key is cut here (the stamp says where)
+#: The largest frame an output accepts from a subscriber: a bigger one closes that connection.
+OUTPUT_FRAME_MAX = 8192
+#: The longest topic prefix a subscriber can subscribe to on an output (ZMTP 3.1's SUBSCRIBE takes 10 bytes).
+LONGEST_PREFIX = OUTPUT_FRAME_MAX - len(b"\x09SUBSCRIBE")
 #: The collector subscribes to this topic while the broker drains: fanoutd's producers hold their messages.
 DRAIN_TOPIC = b"\x00FDT-draining"
 #: A relay's ZMTP metadata property and its value: an edge accepts messages only from a relay.

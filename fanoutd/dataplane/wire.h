@@ -31,6 +31,10 @@
 #define WIRE_NODE_ID_LEN 8
 #define WIRE_MAX_HOPS 32          /* a route names at most this many nodes */
 #define WIRE_STREAM_KEY_CAP 255   /* a stream key is cut here (the stamp says where) */
+/* The largest frame an output accepts from a subscriber (ZMQ_MAXMSGSIZE): a bigger one, a subscription
+ * over WIRE_LONGEST_PREFIX bytes, closes that connection (docs/concepts.md, "Subscriptions"). */
+#define WIRE_OUTPUT_FRAME_MAX 8192
+#define WIRE_LONGEST_PREFIX (WIRE_OUTPUT_FRAME_MAX - 10)  /* ZMTP 3.1's SUBSCRIBE command takes 10 bytes */
 /* Draining: the collector subscribes to this topic to tell fanoutd's producers to hold their messages. */
 #define WIRE_DRAIN_TOPIC "\0FDT-draining"
 /* A relay's ZMTP metadata property (and its value): an edge accepts messages only from a relay. */
