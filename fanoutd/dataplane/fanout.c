@@ -100,8 +100,13 @@ static void wake_guard(Forwarder *f)
 /* Stall all output while the guard looks and answers "stall on": offer the
  * message again every STALL_RETRY_NS, and ask again after stall_ns, then
  * after twice as long each time up to STALL_ASK_MAX_NS (a long stall is the
- * broker catching up, and each look scans every connection). 1 sent, 0 the
- * guard answered "no" (the caller sends lossy), -1 error; an abort ends it too. */
+ * broker catching up, and each look scans every connection). Each "stall on"
+ * taken is a turn of the loop: it counts a tick and publishes the counters
+ * with the time held so far, so the watchdog is fed and /metrics moves while
+ * the guard keeps answering (at least once a second). A guard that stops
+ * answering stops the ticks, and so the watchdog's pings: the loop waits for
+ * an answer. 1 sent, 0 the guard answered "no" (the caller sends lossy), -1
+ * error; an abort ends it too. */
 static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
 {
     struct timespec pause = {0, STALL_RETRY_NS};
@@ -114,6 +119,10 @@ static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *ta
         if (now >= deadline) {
             uint64_t answer = LOAD(f->answer[out]);
             if (answer == (number << 1 | 1)) {
+                f->local[STALLED_NS[out]] += (uint64_t)(now - start);  /* held so far, measured afresh from here */
+                start = now;
+                f->local[C_TICKS]++;
+                publish_counters(f);
                 number = ++f->stalls_begun;  /* "stall on": a fresh look later */
                 STORE(f->stall[out], number);
                 wake_guard(f);
