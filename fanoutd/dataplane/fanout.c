@@ -112,6 +112,7 @@ static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *ta
     struct timespec pause = {0, STALL_RETRY_NS};
     uint64_t number = ++f->stalls_begun;
     STORE(f->stall[out], number);
+    wake_guard(f);  /* after the number: the guard reads stalls() once woken, and answers only what it read */
     int64_t start = now_ns(), period = f->stall_ns, deadline = start + period;
     int rc = 0;
     while (LOAD(f->mode) != MODE_ABORT) {
@@ -156,15 +157,12 @@ static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, i
             f->local[DROPPED[out]]++;  /* the full subscriber, out of libzmq's distribution, missed it */
         return rc < 0 ? -1 : 0;
     }
-    if (!window) {
-        wake_guard(f);
-        if (f->stall_ns > 0) {
-            f->local[STALLS[out]]++;
-            publish_counters(f);
-            rc = stall_output(f, out, frames, n, tail, consume);
-            if (rc != 0)
-                return rc < 0 ? -1 : 0;
-        }
+    if (!window && f->stall_ns > 0) {
+        f->local[STALLS[out]]++;
+        publish_counters(f);
+        rc = stall_output(f, out, frames, n, tail, consume);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
     }
     /* Each lossy send takes one more subscriber out of the distribution: (re)open the window with its number. */
     STORE(f->window[out], ++f->lossy_sends);
