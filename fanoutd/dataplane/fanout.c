@@ -100,13 +100,19 @@ static void wake_guard(Forwarder *f)
 /* Stall all output while the guard looks and answers "stall on": offer the
  * message again every STALL_RETRY_NS, and ask again after stall_ns, then
  * after twice as long each time up to STALL_ASK_MAX_NS (a long stall is the
- * broker catching up, and each look scans every connection). 1 sent, 0 the
- * guard answered "no" (the caller sends lossy), -1 error; an abort ends it too. */
+ * broker catching up, and each look scans every connection). Each "stall on"
+ * taken is a turn of the loop: it counts a tick and publishes the counters
+ * with the time held so far, so the watchdog is fed and /metrics moves while
+ * the guard keeps answering (at least once a second). A guard that stops
+ * answering stops the ticks, and so the watchdog's pings: the loop waits for
+ * an answer. 1 sent, 0 the guard answered "no" (the caller sends lossy), -1
+ * error; an abort ends it too. */
 static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
 {
     struct timespec pause = {0, STALL_RETRY_NS};
     uint64_t number = ++f->stalls_begun;
     STORE(f->stall[out], number);
+    wake_guard(f);  /* after the number: the guard reads stalls() once woken, and answers only what it read */
     int64_t start = now_ns(), period = f->stall_ns, deadline = start + period;
     int rc = 0;
     while (LOAD(f->mode) != MODE_ABORT) {
@@ -114,6 +120,10 @@ static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *ta
         if (now >= deadline) {
             uint64_t answer = LOAD(f->answer[out]);
             if (answer == (number << 1 | 1)) {
+                f->local[STALLED_NS[out]] += (uint64_t)(now - start);  /* held so far, measured afresh from here */
+                start = now;
+                f->local[C_TICKS]++;
+                publish_counters(f);
                 number = ++f->stalls_begun;  /* "stall on": a fresh look later */
                 STORE(f->stall[out], number);
                 wake_guard(f);
@@ -147,15 +157,12 @@ static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, i
             f->local[DROPPED[out]]++;  /* the full subscriber, out of libzmq's distribution, missed it */
         return rc < 0 ? -1 : 0;
     }
-    if (!window) {
-        wake_guard(f);
-        if (f->stall_ns > 0) {
-            f->local[STALLS[out]]++;
-            publish_counters(f);
-            rc = stall_output(f, out, frames, n, tail, consume);
-            if (rc != 0)
-                return rc < 0 ? -1 : 0;
-        }
+    if (!window && f->stall_ns > 0) {
+        f->local[STALLS[out]]++;
+        publish_counters(f);
+        rc = stall_output(f, out, frames, n, tail, consume);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
     }
     /* Each lossy send takes one more subscriber out of the distribution: (re)open the window with its number. */
     STORE(f->window[out], ++f->lossy_sends);

@@ -86,7 +86,7 @@ typedef struct {
     uint64_t answer[OUTS];
 
     /* --- Loop writes, hub reads: relaxed atomics. --- */
-    uint64_t shared[C_COUNT];              /* the counters, published once per batch or tick */
+    uint64_t shared[C_COUNT];              /* the counters, published once per batch, tick or "stall on" */
     uint64_t topic_shared[TOPICS_CAP + 1]; /* received per counted topic, then "other"; likewise */
     uint64_t stall[OUTS];                  /* the number of the stall the output is in; 0: none (stalls()) */
     /* And the stall_fd eventfd: written (a wake-up, value 1) by the loop when a stall begins or a window
@@ -122,8 +122,9 @@ typedef struct {
     zmsg_t scratch;
 } Forwarder;
 
-/* Publish the loop's counters to the hub: relaxed stores, once per batch or tick and when a stall begins,
- * so counting costs no locked instruction per message (the hub's view is at most that stale). */
+/* Publish the loop's counters to the hub: relaxed stores, once per batch or tick, when a stall begins and at
+ * each "stall on" the loop takes (a turn of the loop too: ticks and the time held move while the guard keeps
+ * answering), so counting costs no locked instruction per message (the hub's view is at most that stale). */
 static void publish_counters(Forwarder *f)
 {
     for (int i = 0; i < C_COUNT; i++)
