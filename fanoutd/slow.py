@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import gevent
@@ -31,7 +31,7 @@ from .config import Config
 from .dataplane import kernel
 from .peers import Connection, PeerTracker
 from .roles import BY_NAME
-from .slowrules import RULES, Cut, Progress, Reading, Readings, StallLook, could_be_full, gone
+from .slowrules import PACE, RULES, Cut, Pacing, Progress, Reading, Readings, StallLook, could_be_full, gone
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Outputs(Protocol):
     stall_fd: int  # an eventfd the forwarding loop writes when it stalls an output or opens a lossy window
 
     def received(self) -> int: ...  # messages the loop read: while unchanged, nothing was written for a subscriber
+    def counters(self) -> Mapping[str, int]: ...  # the loop's counters: "<output>_held_ns", the time it held each
     def stalls(self) -> dict[str, int]: ...  # output -> the number of the stall it is in
     def answer_stall(self, role: str, number: int, stall_on: bool) -> None: ...
     def windows(self) -> dict[str, int]: ...  # output -> the number of the lossy send that opened its window
@@ -97,6 +98,7 @@ class Guard:
         self.cut: Counter[tuple[str, str]] = Counter(
             dict.fromkeys(((role, rule) for role in self._roles for rule in RULES), 0))
         self._progress = Progress()
+        self._pacing = Pacing(config.slow_consumer_pace_share, config.slow_consumer_pace_window)
         self._greenlets: list[gevent.Greenlet] = []
         self._cuts = {rule: logs.Sparse(log, REPORT_EVERY) for rule in RULES}
 
@@ -128,14 +130,24 @@ class Guard:
         gevent.sleep(STALL_LOOK)
         now = time.monotonic()
         look = StallLook(first, self._readings(sized=True)[0])
-        cut = [decided.conn for decided in look.stopped() if self._cut(decided, now)]
-        furthest = look.furthest_behind(self._connections())
-        if furthest is not None and self._cut(furthest, now):
-            cut.append(furthest.conn)
+        if self._config.slow_consumer_policy == PACE:  # hold on while they read; Pacing bounds the waiting
+            decided = self._pacing.decide(now, look, self._held())
+            cut = [one.conn for one in decided if self._cut(one, now)]
+        else:
+            cut = [decided.conn for decided in look.stopped() if self._cut(decided, now)]
+            furthest = look.furthest_behind(self._connections())
+            if furthest is not None and self._cut(furthest, now):
+                cut.append(furthest.conn)
         for role, number in stalls.items():
-            self._outputs.answer_stall(role, number, look.stall_on(role, self._connections()))
+            stall_on = self._config.slow_consumer_policy == PACE or look.stall_on(role, self._connections())
+            self._outputs.answer_stall(role, number, stall_on)
         for role, number in windows.items():
             self._end_window(role, number, [conn for conn in cut if conn.role == role], look, now)
+
+    def _held(self) -> dict[str, float]:
+        """Each fanning-out output's seconds held so far, as the loop counts them."""
+        counters = self._outputs.counters()
+        return {role: counters[f"{role}_held_ns"] / 1e9 for role in self._roles}
 
     def _end_window(self, role: str, number: int, cut: list[Connection], look: StallLook, now: float) -> None:
         """Make sure the subscriber libzmq skips on ``role`` is cut, wait until it is gone, close the window."""
