@@ -6,7 +6,10 @@ outputs (publish, relay, stamped) through a KernelView: one wakes when the
 forwarding loop stalls an output or sends lossy (the stall protocol:
 docs/architecture.md), the other once a second. They hand the readings to
 the rules and carry out what the rules decide: answer each stall, cut
-connections, close a lossy window once its cut subscriber is gone. Cutting
+connections, close a lossy window once its cut subscriber is gone. Under
+``slow_consumer_policy = "pace"`` the answer is always "hold on" and the
+cuts are Pacing's (a reader still for STOPPED_AFTER, or past the pace
+bound); under "cut", StallLook's (stopped at once, else furthest behind). Cutting
 is ``shutdown()`` on libzmq's own fd (never ``close()``, which would abort
 libzmq), after re-checking by inode that the fd still is that connection;
 libzmq then tears down just that connection, and the subscriber's socket
@@ -123,7 +126,7 @@ class Guard:
             self.look()
 
     def look(self) -> None:
-        """An output stalled (or sent lossy): cut whoever stopped reading a full queue, answer, end the windows."""
+        """An output stalled (or sent lossy): cut by the policy's rules, answer, end the windows."""
         stalls = self._outputs.stalls()    # before looking: a stall begun later wakes us again,
         windows = self._outputs.windows()  # and so does a window opened later
         first, _ = self._readings()
