@@ -22,7 +22,7 @@ from fanoutd_client import wire
 
 from . import files
 from .roles import POLICY_OWNERS, ROLES
-from .values import KIB, MIB, PARSERS, TYPES, ConfigError, any_port
+from .values import KIB, MIB, PACE, PARSERS, TYPES, ConfigError, any_port
 
 __all__ = ["KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "load", "log_level"]
 
@@ -226,10 +226,10 @@ def _check_whole(config: Config) -> None:
             if ep in seen:
                 raise ConfigError(f"{role.name}: endpoint {ep} is also used by {seen[ep]}")
             seen[ep] = role.name
-    if config.slow_consumer_policy == "pace" and not config.slow_consumer_pace_window:
+    if config.slow_consumer_policy == PACE and not config.slow_consumer_pace_window:
         raise ConfigError("slow_consumer_pace_window must be more than 0 (slow_consumer_pace_share = 1 lifts "
                           "the bound)")
-    if config.slow_consumer_policy == "pace" and not config.slow_consumer_stall:
+    if config.slow_consumer_policy == PACE and not config.slow_consumer_stall:
         raise ConfigError("slow_consumer_policy = \"pace\" holds output, which slow_consumer_stall = 0 never does: "
                           "set slow_consumer_stall above 0, or slow_consumer_policy = \"cut\"")
     if config.heartbeat_interval and not config.heartbeat_timeout:

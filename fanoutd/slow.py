@@ -34,7 +34,8 @@ from .config import Config
 from .dataplane import kernel
 from .peers import Connection, PeerTracker
 from .roles import BY_NAME
-from .slowrules import PACE, RULES, Cut, Pacing, Progress, Reading, Readings, StallLook, could_be_full, gone
+from .slowrules import RULES, Cut, Pacing, Progress, Reading, Readings, StallLook, could_be_full, gone
+from .values import PACE
 
 log = logging.getLogger(__name__)
 

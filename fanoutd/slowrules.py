@@ -34,13 +34,12 @@ BECAUSE = {
 }
 RULES = tuple(BECAUSE)
 
-# The two slow_consumer_policy values: cut the full reader at once (latency first), or hold the producers back
-# while the full readers make progress (loss-free for live readers; Pacing below).
-PACE, CUT = "pace", "cut"
-# Under pace, how long a full connection must show no progress across the guard's looks before it is cut as
-# stopped. On a busy 2-core machine a live reader can go unscheduled for tens of milliseconds (a GC pause, the
-# broker and its neighbours sharing the cores), and a 4 ms look cannot tell that from a stopped one; half a second
-# is ten times such a pause, yet a twentieth of slow_consumer_timeout: how long a stopped reader freezes the fleet.
+# slow_consumer_policy "cut" cuts a full reader at once (latency first: StallLook); "pace" holds the producers back
+# while the full readers make progress (loss-free for live readers: Pacing below). Under pace, how long a full
+# connection must show no progress across the guard's looks before it is cut as stopped. On a busy 2-core machine
+# a live reader can go unscheduled for tens of milliseconds (a GC pause, the broker and its neighbours sharing the
+# cores), and a 4 ms look cannot tell that from a stopped one; half a second is ten times such a pause, yet a
+# twentieth of slow_consumer_timeout: about how long a stopped reader freezes the fleet.
 STOPPED_AFTER = 0.5
 
 

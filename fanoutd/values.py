@@ -165,10 +165,14 @@ def _share(raw: Any) -> float:
     return value
 
 
+# The slow_consumer_policy values (what each means: fanoutd.slowrules, docs/concepts.md "Pace or cut").
+PACE, CUT = "pace", "cut"
+
+
 def _policy(raw: Any) -> str:
     text = str(raw).strip().lower()
-    if text not in ("pace", "cut"):
-        raise ConfigError(f"expected pace or cut, got {raw!r}")
+    if text not in (PACE, CUT):
+        raise ConfigError(f"expected {PACE} or {CUT}, got {raw!r}")
     return text
 
 
