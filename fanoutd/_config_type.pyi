@@ -27,6 +27,9 @@ class Config:
     stamp_streams: int
     slow_consumer_stall: float
     slow_consumer_timeout: float
+    slow_consumer_policy: str
+    slow_consumer_pace_share: float
+    slow_consumer_pace_window: float
     peers_view: bool
     heartbeat_interval: float
     heartbeat_timeout: float

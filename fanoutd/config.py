@@ -22,7 +22,7 @@ from fanoutd_client import wire
 
 from . import files
 from .roles import POLICY_OWNERS, ROLES
-from .values import KIB, MIB, PARSERS, TYPES, ConfigError, any_port
+from .values import KIB, MIB, PACE, PARSERS, TYPES, ConfigError, any_port
 
 __all__ = ["KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "load", "log_level"]
 
@@ -80,6 +80,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slow_consumer_timeout", "seconds", 10.0,
             "a subscriber that has not read for this long while data waits for it is disconnected even before "
             "its queue is full (0: only at the high-water mark)"),
+    Setting("slow_consumer_policy", "policy", "cut",
+            "at a full subscriber queue: cut (disconnect the reader furthest behind at once: latency first) or "
+            "pace (hold producers back while every full reader makes progress, loss-free for live readers; one "
+            "that shows no progress for a short span is still cut); pace needs slow_consumer_stall above 0. "
+            "The default becomes pace once held bytes are bounded (slow_consumer_max_pending)"),
+    # Equal readers under overload take turns being furthest behind, each about 1/n of the time held: 0.5 would sit
+    # at the average of two of them; 0.75 still cuts a reader at a tenth of the others' rate (held ~90% for it).
+    Setting("slow_consumer_pace_share", "share", 0.75,
+            "under pace: the share of slow_consumer_pace_window one reader may hold its output back as the "
+            "furthest behind before it is cut (rule pace_bound); 1: no bound"),
+    Setting("slow_consumer_pace_window", "seconds", 10.0,
+            "under pace: the window slow_consumer_pace_share is a share of"),
     Setting("peers_view", "bool", True,
             "serve /peers: each connection's peer address, queued bytes and state, and why recent ones closed "
             "(reveals client addresses on the metrics port)"),
@@ -214,6 +226,12 @@ def _check_whole(config: Config) -> None:
             if ep in seen:
                 raise ConfigError(f"{role.name}: endpoint {ep} is also used by {seen[ep]}")
             seen[ep] = role.name
+    if config.slow_consumer_policy == PACE and not config.slow_consumer_pace_window:
+        raise ConfigError("slow_consumer_pace_window must be more than 0 (slow_consumer_pace_share = 1 lifts "
+                          "the bound)")
+    if config.slow_consumer_policy == PACE and not config.slow_consumer_stall:
+        raise ConfigError("slow_consumer_policy = \"pace\" holds output, which slow_consumer_stall = 0 never does: "
+                          "set slow_consumer_stall above 0, or slow_consumer_policy = \"cut\"")
     if config.heartbeat_interval and not config.heartbeat_timeout:
         raise ConfigError("heartbeat_timeout must be more than 0 while heartbeat_interval is on "
                           "(0 would keep silent peers forever; set heartbeat_interval = 0 to turn heartbeats off)")

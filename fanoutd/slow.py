@@ -6,7 +6,10 @@ outputs (publish, relay, stamped) through a KernelView: one wakes when the
 forwarding loop stalls an output or sends lossy (the stall protocol:
 docs/architecture.md), the other once a second. They hand the readings to
 the rules and carry out what the rules decide: answer each stall, cut
-connections, close a lossy window once its cut subscriber is gone. Cutting
+connections, close a lossy window once its cut subscriber is gone. Under
+``slow_consumer_policy = "pace"`` the answer is always "hold on" and the
+cuts are Pacing's (a reader still for STOPPED_AFTER, or past the pace
+bound); under "cut", StallLook's (stopped at once, else furthest behind). Cutting
 is ``shutdown()`` on libzmq's own fd (never ``close()``, which would abort
 libzmq), after re-checking by inode that the fd still is that connection;
 libzmq then tears down just that connection, and the subscriber's socket
@@ -20,7 +23,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import gevent
@@ -31,7 +34,8 @@ from .config import Config
 from .dataplane import kernel
 from .peers import Connection, PeerTracker
 from .roles import BY_NAME
-from .slowrules import RULES, Cut, Progress, Reading, Readings, StallLook, could_be_full, gone
+from .slowrules import RULES, Cut, Pacing, Progress, Reading, Readings, StallLook, could_be_full, gone
+from .values import PACE
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class Outputs(Protocol):
     stall_fd: int  # an eventfd the forwarding loop writes when it stalls an output or opens a lossy window
 
     def received(self) -> int: ...  # messages the loop read: while unchanged, nothing was written for a subscriber
+    def counters(self) -> Mapping[str, int]: ...  # the loop's counters: "<output>_held_ns", the time it held each
     def stalls(self) -> dict[str, int]: ...  # output -> the number of the stall it is in
     def answer_stall(self, role: str, number: int, stall_on: bool) -> None: ...
     def windows(self) -> dict[str, int]: ...  # output -> the number of the lossy send that opened its window
@@ -97,6 +102,7 @@ class Guard:
         self.cut: Counter[tuple[str, str]] = Counter(
             dict.fromkeys(((role, rule) for role in self._roles for rule in RULES), 0))
         self._progress = Progress()
+        self._pacing = Pacing(config.slow_consumer_pace_share, config.slow_consumer_pace_window)
         self._greenlets: list[gevent.Greenlet] = []
         self._cuts = {rule: logs.Sparse(log, REPORT_EVERY) for rule in RULES}
 
@@ -121,21 +127,31 @@ class Guard:
             self.look()
 
     def look(self) -> None:
-        """An output stalled (or sent lossy): cut whoever stopped reading a full queue, answer, end the windows."""
+        """An output stalled (or sent lossy): cut by the policy's rules, answer, end the windows."""
         stalls = self._outputs.stalls()    # before looking: a stall begun later wakes us again,
         windows = self._outputs.windows()  # and so does a window opened later
         first, _ = self._readings()
         gevent.sleep(STALL_LOOK)
         now = time.monotonic()
         look = StallLook(first, self._readings(sized=True)[0])
-        cut = [decided.conn for decided in look.stopped() if self._cut(decided, now)]
-        furthest = look.furthest_behind(self._connections())
-        if furthest is not None and self._cut(furthest, now):
-            cut.append(furthest.conn)
+        if self._config.slow_consumer_policy == PACE:  # hold on while they read; Pacing bounds the waiting
+            decided = self._pacing.decide(now, look, self._held())
+            cut = [one.conn for one in decided if self._cut(one, now)]
+        else:
+            cut = [decided.conn for decided in look.stopped() if self._cut(decided, now)]
+            furthest = look.furthest_behind(self._connections())
+            if furthest is not None and self._cut(furthest, now):
+                cut.append(furthest.conn)
         for role, number in stalls.items():
-            self._outputs.answer_stall(role, number, look.stall_on(role, self._connections()))
+            stall_on = self._config.slow_consumer_policy == PACE or look.stall_on(role, self._connections())
+            self._outputs.answer_stall(role, number, stall_on)
         for role, number in windows.items():
             self._end_window(role, number, [conn for conn in cut if conn.role == role], look, now)
+
+    def _held(self) -> dict[str, float]:
+        """Each fanning-out output's seconds held so far, as the loop counts them."""
+        counters = self._outputs.counters()
+        return {role: counters[f"{role}_held_ns"] / 1e9 for role in self._roles}
 
     def _end_window(self, role: str, number: int, cut: list[Connection], look: StallLook, now: float) -> None:
         """Make sure the subscriber libzmq skips on ``role`` is cut, wait until it is gone, close the window."""

@@ -19,18 +19,28 @@ QUIET_PASSES = 3  # the loop read nothing between the first and the last of this
 # The rules the guard cuts by, each a stable one-word name: logged as "(rule=NAME)", shown in /peers ("rule") and
 # a label of fanoutd_slow_consumers_total. Tests and operators match the name, never the prose, which says it for
 # a person after "because" (and, prefixed "slow consumer: ", is the /peers reason). What each means for an
-# operator: docs/concepts.md#slow-consumers. The pace policy (issue #25) adds max_pending and pace_bound here.
+# operator: docs/concepts.md#slow-consumers. Bounding held bytes (issue #25) adds max_pending here.
 STOPPED = "stopped"  # a full queue whose reader acknowledged nothing while the guard looked
 FURTHEST_BEHIND = "furthest_behind"  # none stopped: the fullest is cut, or libzmq would skip it silently
 TIMEOUT = "timeout"  # data waiting, nothing read for slow_consumer_timeout
 WINDOW = "window"  # the full subscriber a lossy send went out without
+PACE_BOUND = "pace_bound"  # under pace: furthest behind for more than its share of the window's held time
 BECAUSE = {
     STOPPED: "its queue reached the high-water mark and it read nothing while the guard looked",
     FURTHEST_BEHIND: "it fell furthest behind when its queue reached the high-water mark",
     TIMEOUT: "it read nothing for {seconds:.1f}s",
     WINDOW: "its queue was full when a message had to be sent without it",
+    PACE_BOUND: "it held the others back for {seconds:.1f}s, more than slow_consumer_pace_share of the window",
 }
 RULES = tuple(BECAUSE)
+
+# slow_consumer_policy "cut" cuts a full reader at once (latency first: StallLook); "pace" holds the producers back
+# while the full readers make progress (loss-free for live readers: Pacing below). Under pace, how long a full
+# connection must show no progress across the guard's looks before it is cut as stopped. On a busy 2-core machine
+# a live reader can go unscheduled for tens of milliseconds (a GC pause, the broker and its neighbours sharing the
+# cores), and a 4 ms look cannot tell that from a stopped one; half a second is ten times such a pause, yet a
+# twentieth of slow_consumer_timeout: about how long a stopped reader freezes the fleet.
+STOPPED_AFTER = 0.5
 
 
 class Reading(NamedTuple):
@@ -202,3 +212,66 @@ class Progress:
                 cuts.append(Cut(conn, TIMEOUT, reading.queued, now - since))
         self._seen = seen
         return cuts
+
+
+class Pacing:
+    """The pace policy's memory across the guard's looks, per connection by (fd, inode), and what it decides.
+
+    A stall's looks come every slow_consumer_stall, doubling up to 1 s, so
+    a full reader is judged over several of them: since when it has shown
+    no progress (cut as stopped after STOPPED_AFTER), and how long its
+    output was held while it was the furthest behind among the full ones
+    (cut as pace_bound past ``share`` of ``window``: one slow reader must
+    not set the fleet's pace forever, while equal readers that take turns
+    being furthest behind never reach it). Everyone else is waited for:
+    the answer under pace is always "hold on".
+    """
+
+    def __init__(self, share: float, window: float) -> None:
+        self._share = share
+        self._window = window
+        self._still: dict[tuple[int, int], tuple[float, Reading]] = {}  # since when no progress, last reading
+        self._held: dict[tuple[int, int], deque[tuple[float, float]]] = {}  # (when, seconds held) as furthest
+        self._outputs_held: dict[str, float] = {}  # output -> its held seconds at the last look
+
+    def decide(self, now: float, look: StallLook, held: Mapping[str, float]) -> list[Cut]:
+        """The cuts at this look: full connections still for STOPPED_AFTER, then past the pace bound.
+
+        ``held``: each output's seconds held so far (the loop's counter); what
+        it grew since the last look is charged to that output's furthest
+        behind at this look.
+        """
+        cuts, still = [], {}
+        for conn in look.behind:
+            key, reading = (conn.fd, conn.inode), look.second[conn]
+            last = self._still.get(key)
+            moving = (last is None or conn not in look.first or progressed(look.first[conn], reading)
+                      or progressed(last[1], reading))
+            since = now if moving else last[0]
+            still[key] = (since, reading)
+            if now - since >= STOPPED_AFTER:
+                cuts.append(Cut(conn, STOPPED, reading.queued, now - since))
+        self._still = still  # one not full at this look drained: whatever it does next starts afresh
+        for role, seconds in held.items():
+            grown = seconds - self._outputs_held.get(role, seconds)
+            self._outputs_held[role] = seconds
+            left = {conn: queued for conn, queued in look.behind.items()
+                    if conn.role == role and all(cut.conn is not conn for cut in cuts)}
+            if not left:
+                continue
+            conn = max(left, key=left.__getitem__)
+            charged = self._charge((conn.fd, conn.inode), now, grown)
+            if self._share < 1 and charged > self._share * self._window:
+                cuts.append(Cut(conn, PACE_BOUND, left[conn], charged))
+        for key in [key for key, spans in self._held.items() if not spans or spans[-1][0] <= now - self._window]:
+            del self._held[key]
+        return cuts
+
+    def _charge(self, key: tuple[int, int], now: float, seconds: float) -> float:
+        """Charge ``seconds`` held to one connection; what it was charged within the window."""
+        spans = self._held.setdefault(key, deque())
+        if seconds > 0:
+            spans.append((now, seconds))
+        while spans and spans[0][0] <= now - self._window:  # charged at t: held in the span just before t
+            spans.popleft()
+        return sum(seconds for _, seconds in spans)

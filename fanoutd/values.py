@@ -154,6 +154,28 @@ def _seconds(raw: Any) -> float:
     return value
 
 
+def _share(raw: Any) -> float:
+    """A share of time, 0 to 1."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected a share between 0 and 1, got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+# The slow_consumer_policy values (what each means: fanoutd.slowrules, docs/concepts.md "Pace or cut").
+PACE, CUT = "pace", "cut"
+
+
+def _policy(raw: Any) -> str:
+    text = str(raw).strip().lower()
+    if text not in (PACE, CUT):
+        raise ConfigError(f"expected {PACE} or {CUT}, got {raw!r}")
+    return text
+
+
 def _level(raw: Any) -> str:
     text = str(raw).strip().lower()
     if text not in ("debug", "info", "warning", "error"):
@@ -179,6 +201,8 @@ PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "threads": _bounded(1, 64, "a number of threads"),
     "streams": _bounded(1, 1 << 24, "a number of streams"),
     "seconds": _seconds,
+    "share": _share,
+    "policy": _policy,
     "level": _level,
 }
 
@@ -197,5 +221,7 @@ TYPES: Mapping[str, Any] = {
     "threads": int,
     "streams": int,
     "seconds": float,
+    "share": float,
+    "policy": str,
     "level": str,
 }

@@ -24,8 +24,9 @@ from fanoutd.config import Config, load
 from fanoutd.peers import Connection, PeerTracker
 from fanoutd.slow import Guard
 from fanoutd import slow
-from fanoutd.slowrules import (BECAUSE, FURTHEST_BEHIND, RULES, STOPPED, TIMEOUT, WINDOW, Cut, Progress, Reading,
-                               StallLook, full, gone)
+from fanoutd.config import ConfigError
+from fanoutd.slowrules import (BECAUSE, FURTHEST_BEHIND, PACE_BOUND, RULES, STOPPED, STOPPED_AFTER, TIMEOUT, WINDOW,
+                               Cut, Pacing, Progress, Reading, StallLook, full, gone)
 
 BUF = 64 * 1024  # a send-buffer size: a queue of a quarter of it or more is a full one
 FULL = 60_000  # bytes queued: full in a BUF buffer
@@ -218,6 +219,113 @@ def test_a_quiet_loop_limits_the_look_to_connections_seen_with_data_waiting():
     assert progress.among(received=9) is None, "traffic again: everyone"
 
 
+# (f) the pace policy: hold on while full readers read; cut one still for STOPPED_AFTER, or past the pace bound
+
+
+def paced_look(acked: dict[Connection, tuple[int, int]], queued: dict[Connection, int] | None = None) -> StallLook:
+    """A look at full connections: conn -> (acknowledged at the first reading, at the second 4 ms later)."""
+    queued = queued or {}
+    return StallLook({c: Reading(queued.get(c, FULL), first) for c, (first, _) in acked.items()},
+                     {c: Reading(queued.get(c, FULL), second, BUF) for c, (_, second) in acked.items()})
+
+
+LOOKS = (0.0, 0.02, 0.06, 0.14, 0.30, 0.62, 1.0, 2.0)  # a long stall's looks: slow_consumer_stall, doubling to 1 s
+
+
+def test_under_pace_a_full_reader_that_makes_progress_is_never_cut():
+    """Behind a burst, reading: under cut it is the furthest behind and goes; under pace the fleet waits for it."""
+    reader, fast = conn(5), conn(6)
+    pacing = Pacing(share=1.0, window=10.0)
+    for i, now in enumerate(LOOKS):
+        look = paced_look({reader: (10 * i, 10 * i + 1), fast: (10 * i, 10 * i + 5)}, {reader: FULL + 500})
+        assert look.furthest_behind([reader, fast]) == Cut(reader, FURTHEST_BEHIND, FULL + 500)  # what cut does
+        assert pacing.decide(100 + now, look, {"publish": now}) == []
+
+
+def test_under_pace_a_full_reader_with_no_progress_is_cut_as_stopped_only_after_STOPPED_AFTER():
+    """A live reader descheduled for a few milliseconds acknowledges nothing during one 4 ms look; one stopped
+    acknowledges nothing across looks for STOPPED_AFTER."""
+    stopped, reader = conn(5), conn(6)
+    pacing = Pacing(share=1.0, window=10.0)
+    for i, now in enumerate(LOOKS):
+        cuts = pacing.decide(100 + now, paced_look({stopped: (7, 7), reader: (i, i + 1)}), {"publish": now})
+        if now < STOPPED_AFTER:
+            assert cuts == [], f"cut at {now}s, before STOPPED_AFTER"
+        else:
+            assert cuts == [Cut(stopped, STOPPED, FULL, pytest.approx(now))]
+            return
+    pytest.fail("never cut")
+
+
+def test_under_pace_progress_across_looks_restarts_the_stopped_clock():
+    """It acknowledged nothing during either 4 ms look, but bytes between the looks: it reads."""
+    reader = conn(5)
+    pacing = Pacing(share=1.0, window=10.0)
+    assert pacing.decide(100.0, paced_look({reader: (7, 7)}), {}) == []
+    assert pacing.decide(100.4, paced_look({reader: (8, 8)}), {}) == []  # moved since the last look
+    assert pacing.decide(100.8, paced_look({reader: (8, 8)}), {}) == []  # still for 0.4 s only
+    [cut] = pacing.decide(100.9, paced_look({reader: (8, 8)}), {})
+    assert cut.rule == STOPPED and cut.seconds == pytest.approx(0.5)
+
+
+def test_under_pace_a_reader_that_drained_between_looks_starts_afresh():
+    """Not full at a look (its queue drained): it read; if it fills again, its clock starts then."""
+    reader, other = conn(5), conn(6)
+    pacing = Pacing(share=1.0, window=10.0)
+    pacing.decide(100.0, paced_look({reader: (7, 7), other: (1, 2)}), {})
+    pacing.decide(100.3, paced_look({other: (2, 3)}), {})
+    assert pacing.decide(100.6, paced_look({reader: (7, 7), other: (3, 4)}), {}) == []
+    assert pacing.decide(101.1, paced_look({reader: (7, 7), other: (4, 5)}), {})[0].conn is reader
+
+
+def test_the_pace_bound_cuts_the_reader_that_is_persistently_furthest_behind():
+    """Held one second between looks, always for the same slow reader: past half of 10 s it is cut.
+
+    The first look is the baseline of the output's held time; each later one charges what it grew since."""
+    slow, fast = conn(5), conn(6)
+    pacing = Pacing(share=0.5, window=10.0)
+    for second in range(12):
+        look = paced_look({slow: (second, second + 1), fast: (second, second + 9)}, {slow: FULL + 500})
+        cuts = pacing.decide(100.0 + second, look, {"publish": float(second), "relay": 0.0})
+        if second <= 5:
+            assert cuts == [], f"cut after {second}s held, within the bound"
+        else:
+            assert cuts == [Cut(slow, PACE_BOUND, FULL + 500, 6.0)]
+            assert cuts[0].why == ("it held the others back for 6.0s, more than slow_consumer_pace_share of the "
+                                   "window")
+            return
+    pytest.fail("never cut")
+
+
+def test_readers_that_take_turns_being_furthest_behind_are_never_cut_by_the_pace_bound():
+    """Equal readers under overload: the output is held all the time, but for each only part of it (here half:
+    at the bound, not past it)."""
+    a, b = conn(5), conn(6)
+    pacing = Pacing(share=0.5, window=10.0)
+    for second in range(1, 60):
+        queued = {a: FULL + 500, b: FULL} if second % 2 else {a: FULL, b: FULL + 500}
+        look = paced_look({a: (second, second + 1), b: (second, second + 1)}, queued)
+        assert pacing.decide(100.0 + second, look, {"publish": float(second)}) == [], f"cut at {second}s"
+
+
+def test_a_pace_share_of_1_never_cuts_by_the_pace_bound():
+    slow = conn(5)
+    pacing = Pacing(share=1.0, window=10.0)
+    for second in range(1, 30):
+        assert pacing.decide(100.0 + second, paced_look({slow: (second, second + 1)}), {"publish": second}) == []
+
+
+def test_pace_needs_a_stall_and_a_window():
+    """slow_consumer_stall = 0 never holds output, so there is nothing to pace with: refused, not ignored."""
+    with pytest.raises(ConfigError, match="slow_consumer_stall"):
+        load({"slow_consumer_policy": "pace", "slow_consumer_stall": "0"}, {})
+    with pytest.raises(ConfigError, match="slow_consumer_pace_window"):
+        load({"slow_consumer_policy": "pace", "slow_consumer_pace_window": "0"}, {})
+    with pytest.raises(ConfigError, match="pace or cut"):
+        load({"slow_consumer_policy": "wait"}, {})
+    assert load({"slow_consumer_stall": "0"}, {}).slow_consumer_policy == "cut"
+
+
 # The whole Guard, driven through a made-up kernel view and cutting real socketpairs.
 
 
@@ -242,6 +350,7 @@ class MadeUpOutputs:
     def __init__(self) -> None:
         self.stall_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.received_count = 0
+        self.held_ns = {"publish_held_ns": 0, "relay_held_ns": 0, "stamped_held_ns": 0}
         self.open_stalls: dict[str, int] = {}
         self.open_windows: dict[str, int] = {}
         self.answers: list[tuple[str, int, bool]] = []
@@ -249,6 +358,9 @@ class MadeUpOutputs:
 
     def received(self) -> int:
         return self.received_count
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.held_ns)
 
     def stalls(self) -> dict[str, int]:
         return dict(self.open_stalls)
@@ -337,7 +449,8 @@ def counted(guard: Guard) -> dict[tuple[str, str], int]:
 
 def test_each_rule_has_a_stable_one_word_name_and_its_prose():
     """Logged as "(rule=NAME)", shown in /peers and a label of fanoutd_slow_consumers_total: what scripts match."""
-    assert RULES == (STOPPED, FURTHEST_BEHIND, TIMEOUT, WINDOW) == ("stopped", "furthest_behind", "timeout", "window")
+    assert RULES == (STOPPED, FURTHEST_BEHIND, TIMEOUT, WINDOW, PACE_BOUND) == (
+        "stopped", "furthest_behind", "timeout", "window", "pace_bound")
     assert Cut(conn(5), STOPPED, FULL).why == BECAUSE[STOPPED]
     assert Cut(conn(5), TIMEOUT, FULL, 12.34).why == "it read nothing for 12.3s"
 
@@ -473,3 +586,44 @@ def test_a_reader_cut_again_after_reconnecting_is_counted_each_time_and_logged_a
     assert [re.search(r"\(rule=(\w+)\)", line)[1] for line in lines] == [STOPPED, FURTHEST_BEHIND, STOPPED], lines
     assert not lines[0].endswith("report") and not lines[1].endswith("report"), lines
     assert lines[2].endswith("; 1 more disconnected by rule=stopped since its last report"), lines
+
+
+def test_under_pace_the_guard_holds_on_for_a_full_reader_that_reads_and_cuts_a_stopped_one_only_after_a_while(
+        rig, subscribers):
+    """Under cut the reader would go as furthest behind at the first look; under pace nobody goes then, the
+    answer is hold on, and the stopped one goes once it has been still for STOPPED_AFTER."""
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view, load({"slow_consumer_policy": "pace"}, {}))
+    reader, stopped = subscribers(peers), subscribers(peers)
+
+    def stall(number: int, acked: int) -> None:
+        view.looks = [{reader.conn.fd: (FULL + 500, acked), stopped.conn.fd: (FULL, 10)},
+                      {reader.conn.fd: (FULL + 500, acked + 1), stopped.conn.fd: (FULL, 10)}]
+        outputs.open_stalls = {"publish": number}
+        guard.look()
+
+    stall(1, 100)
+    assert outputs.answers == [("publish", 1, True)]
+    assert not reader.was_cut() and not stopped.was_cut() and counted(guard) == {}
+    time.sleep(STOPPED_AFTER)
+    stall(2, 200)
+    assert outputs.answers[-1] == ("publish", 2, True)
+    assert stopped.was_cut() and stopped.conn.rule == STOPPED and not reader.was_cut()
+    assert counted(guard) == {("publish", STOPPED): 1}
+
+
+def test_under_pace_the_guard_charges_the_outputs_held_time_to_the_furthest_behind(rig, subscribers):
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view, load({"slow_consumer_policy": "pace", "slow_consumer_pace_share": "0.5",
+                                            "slow_consumer_pace_window": "2"}, {}))
+    slow_one, fast = subscribers(peers), subscribers(peers)
+    for number in range(1, 4):
+        outputs.held_ns["publish_held_ns"] = number * 600_000_000  # 0.6 s more held at each look
+        view.looks = [{slow_one.conn.fd: (FULL + 500, number), fast.conn.fd: (FULL, number)},
+                      {slow_one.conn.fd: (FULL + 500, number + 1), fast.conn.fd: (FULL, number + 9)}]
+        outputs.open_stalls = {"publish": number}
+        guard.look()
+    # Charged 0.6 s at the second look, 1.2 s at the third: past half of 2 s.
+    assert slow_one.was_cut() and slow_one.conn.rule == PACE_BOUND and not fast.was_cut()
+    assert outputs.answers == [("publish", n, True) for n in (1, 2, 3)]
+    assert counted(guard) == {("publish", PACE_BOUND): 1}
