@@ -52,6 +52,19 @@ def test_ab_compares_two_builds_side_by_side(tmp_path):
     assert 0 < float(a) < 100 and 0 < float(b) < 100 and 0.2 < float(ratio) < 5, rows
 
 
+@pytest.mark.timeout(120)
+def test_pace_runs_both_policies_on_one_cell(tmp_path):
+    """bench/pace.py runs the broker under each policy with the same clients and reports every delivery."""
+    out = tmp_path / "pace.md"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "pace.py"), "--repeats", "1", "--subs", "2",
+                        "--count", "2000", "--out", str(out)], capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| cut |", "| pace |"))]
+    assert [row.split("|")[1].strip() for row in rows] == ["cut", "pace"], rows
+    pace = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert pace[1] == "6,000 of 6,000" and pace[3] == "none", pace  # under the queue at this size: nothing cut
+
+
 def _msink(bins: dict[str, Path], mode: str, port: int, k: int, size: int, count: int,
            offset: int | None = None) -> Child:
     argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(size), "-n", str(count),
