@@ -72,6 +72,43 @@ sys.exit("still alive after 40 s" if alive() else 0)  # exiting lets the traced 
 """
 
 
+# Run in the box as a transient unit (systemd-run): a subscriber that keeps reading, slowly and steadily, and a
+# producer that sends 64 KiB messages flat out and waits when held back (drop=False), so that under pace the broker
+# holds its output (and the producer) to the reader's pace. 25 messages a second is deliberately slow: the loop
+# counts a turn once per batch of up to 512 messages (loop.c, BATCH), so at this pace a batch takes about 20 s,
+# twice WatchdogSec=10s, and only the ticks of the stall's "stall on" answers (fanout.c, stall_output) keep the
+# watchdog fed. The messages are large, and the reader's queues small (RCVHWM 4, a 256 KiB SO_RCVBUF), so that
+# its acknowledged bytes move every couple of messages, well within the guard's 0.5 s "stopped" span: on loopback
+# (MSS 64 KiB) 1 KiB messages at this rate leave TCP nothing to acknowledge for longer, and the reader is cut as
+# stopped.
+PACE = """\
+import sys, threading, time, zmq
+from fanoutd_client import Producer
+seconds = float(sys.argv[1])
+ctx = zmq.Context()
+sub = ctx.socket(zmq.SUB); sub.setsockopt(zmq.SUBSCRIBE, b""); sub.setsockopt(zmq.LINGER, 0)
+sub.setsockopt(zmq.RCVHWM, 4); sub.setsockopt(zmq.RCVBUF, 256 * 1024)
+sub.connect("tcp://127.0.0.1:5561")
+got = [0]
+def read():
+    while sub.poll(10_000):
+        sub.recv(); got[0] += 1
+        if got[0] % 10 == 0:
+            print("read", got[0], flush=True)
+        time.sleep(0.04)
+threading.Thread(target=read, daemon=True).start()
+producer = Producer("tcp://127.0.0.1:5560", wait=10, drop=False, send_timeout=seconds)
+payload = b"x" * 64 * 1024
+deadline = time.monotonic() + seconds
+sent = 0
+try:
+    while time.monotonic() < deadline:
+        producer.send(b"t", payload); sent += 1
+finally:
+    print("done: sent", sent, "read", got[0], "dropped", producer.dropped, flush=True)
+"""
+
+
 def dropin() -> str:
     paths = service_paths_dropin([sys.prefix, sys.base_prefix, str(REPO)]).replace("[Service]\n", "")
     return ("[Service]\n"
@@ -160,3 +197,79 @@ def test_start_after_ready_reload_watchdog_stop(box: SystemdBox) -> None:
     assert took < 30, f"stop took {took:.1f}s"
     assert listening(box) & set(PORTS) == set()
     assert box.run(["test", "-e", "/run/fanoutd"], check=False).returncode == 1, "RuntimeDirectory left behind"
+
+
+PACE_CONFIG = CONFIG + """\
+slow_consumer_policy = "pace"
+slow_consumer_pace_share = 1.0
+publish_hwm = 100
+collector_hwm = 100
+"""
+PACE_FOR = 16.0  # seconds of pacing watched, past WatchdogSec=10s with room for a watchdog interval of 5 s
+
+
+def metrics(box: SystemdBox) -> dict[str, float]:
+    """The daemon's /metrics (asked in the box, where its port is), as {'name{labels}': value}."""
+    text = box.run([sys.executable, "-c", "import urllib.request as u; "
+                    "print(u.urlopen('http://127.0.0.1:9560/metrics', timeout=5).read().decode())"]).stdout
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+HELD = 'fanoutd_output_held_seconds_total{socket="publish"}'
+
+
+def reads(box: SystemdBox) -> int:
+    """How many messages the pacer's reader has read, from its latest line in the journal."""
+    counts = [int(line.split()[1]) for line in box.journal("pacer.service", output="cat").splitlines()
+              if line.startswith("read ")]
+    return counts[-1] if counts else 0
+
+
+def cut(sample: dict[str, float]) -> float:
+    """Slow consumers cut, on every output and by every rule."""
+    return sum(v for k, v in sample.items() if k.startswith("fanoutd_slow_consumers_total"))
+
+
+@pytest.mark.timeout(90)
+def test_a_long_pace_keeps_the_watchdog_fed_and_a_stop_while_paced_is_bounded(box: SystemdBox) -> None:
+    """Issue #25: under pace, a reader that keeps reading slowly holds the output for longer than WatchdogSec,
+    and the service is neither killed by the watchdog nor slow to stop."""
+    box.write_file("/etc/fanoutd/fanoutd.toml", PACE_CONFIG)
+    box.systemctl("start", UNIT, timeout=45)
+    p = props(box)
+    assert (p["ActiveState"], p["NRestarts"]) == ("active", "0"), (p, box.journal(UNIT))
+
+    box.run(["systemd-run", "--unit=pacer", "--collect", "--setenv=PYTHONDONTWRITEBYTECODE=1",
+             sys.executable, "-c", PACE, str(PACE_FOR + 30)])
+    box.wait_for("the output to be held (the pace begins)",
+                 lambda: metrics(box).get(HELD, 0) > 0.5, timeout=20, interval=0.5)
+    before, t0, read0 = metrics(box), time.monotonic(), reads(box)
+    time.sleep(PACE_FOR)
+    after, took = metrics(box), time.monotonic() - t0
+    q = props(box)
+    pacer = box.journal("pacer.service", output="cat")
+    assert (q["ActiveState"], q["MainPID"], q["NRestarts"]) == ("active", p["MainPID"], "0"), \
+        (q, box.journal(UNIT), pacer)
+    held = after[HELD] - before[HELD]
+    assert held >= 12, (f"held {held:.1f}s of {took:.1f}s", pacer[-400:], box.journal(UNIT, output="cat")[-3000:],
+                        {k: v for k, v in after.items() if any(w in k for w in ("output", "dropped", "slow"))})
+    assert cut(after) == 0, ({k: v for k, v in after.items() if "slow_consumers" in k}, box.journal(UNIT))
+    assert after['fanoutd_dropped_messages_total{output="publish",reason="hwm"}'] == 0, box.journal(UNIT)
+    assert "Watchdog timeout" not in box.journal(UNIT), box.journal(UNIT)
+    assert "has not gone round" not in box.journal(UNIT, output="cat"), box.journal(UNIT)
+    # The reader kept reading at its pace all along (it was paced, not stopped), and still does.
+    assert reads(box) - read0 >= 10 * PACE_FOR, (read0, reads(box), pacer[-600:])
+    assert box.show("pacer.service", "ActiveState")["ActiveState"] == "active", pacer[-2000:]
+
+    # Stop while still paced: the drain gives up after drain_timeout (2 s), the stall ends, exit 0.
+    box.wait_for("the output still held (it moves at each of the guard's answers, at least once a second)",
+                 lambda: metrics(box)[HELD] > after[HELD], timeout=5, interval=0.2)
+    t0 = time.monotonic()
+    box.systemctl("stop", UNIT, timeout=45)
+    took = time.monotonic() - t0
+    q = props(box)
+    assert (q["ActiveState"], q["Result"], q["ExecMainStatus"]) == ("inactive", "success", "0"), \
+        (q, box.journal(UNIT))
+    assert took < 2.0 + 8, (f"stop took {took:.1f}s", box.journal(UNIT))
+    assert listening(box) & set(PORTS) == set()
