@@ -41,6 +41,17 @@ class Producer(ProducerProtocol):
     batch senders such as ``fanout pub < file``, where losing lines is worse
     than waiting.  ``close`` waits at most ``linger`` (default 1 s) to flush.
 
+    Held back by fanoutd (under ``slow_consumer_policy = "pace"`` while a
+    reader is behind, or while the broker is), the queue fills and ``drop``
+    decides.  The default stays ``drop=True`` because a producer in a
+    request handler must never stall on a slow reader downstream, and a
+    counted drop is not silent (delivered + ``dropped`` = sent); a stream
+    that must not lose passes ``drop=False`` and goes at fanoutd's pace, as
+    NATS and Redis clients do when the server slows them.  What is still
+    queued when ``close`` runs out of ``linger`` is discarded by libzmq
+    without a count: a producer that may exit while held back gives a
+    longer ``linger``.
+
     A message over the broker's limit (:attr:`max_message_size`, learnt
     from the collector by :meth:`wait_ready`) raises :class:`MessageTooLarge`
     and is not sent: fanoutd would drop it without telling anyone.
