@@ -13,11 +13,11 @@
 const zmq = require("zeromq");
 const { fail, parseCount, socketOptions } = require("./common");
 
-// Waiting for room at the high-water mark. zeromq.js waits for a socket to become writable by libzmq's
-// ZMQ_EVENTS, but an XPUB always reports itself writable (with XPUB_NODROP too), so a send with a sendTimeout
-// that finds the queue full waits out the whole timeout even after room appears: held back by fanoutd, the
-// producer stopped at its 1,000th message. So a full queue is retried every RETRY_MS, for at most SEND_WAIT_MS
-// without room; then the run ends with exit 1 and the number of the message that was not sent.
+// Waiting for room at the high-water mark. zeromq.js decides whether a send must wait by libzmq's ZMQ_EVENTS,
+// and an XPUB always reports itself writable (with XPUB_NODROP too), so zeromq.js never waits: sendTimeout is
+// ignored and a send to a full queue fails at once with EAGAIN (the example used to exit 1 at its 1,001st
+// message, discarding what was queued). So a refused send is retried every RETRY_MS, for at most SEND_WAIT_MS;
+// then the run ends with exit 1 and the number of the message that was not sent.
 const RETRY_MS = 5;
 const SEND_WAIT_MS = 5000;
 
