@@ -189,3 +189,30 @@ def test_plain_pub_without_the_fix_loses_messages_that_nobody_counts(start_daemo
     assert len(numbers) < N, "nothing was lost: the PUB was not held back"
     assert numbers == sorted(set(numbers))
     assert_no_loss_in_fanoutd(d)  # the loss is nowhere in fanoutd's counters
+
+
+def test_asyncio_producer_that_waits_delivers_everything(start_daemon, sockets):
+    """fanoutd_client.aio.Producer(drop=False) on zmq.asyncio: the same wait at a full queue, from a coroutine.
+    Awaiting zmq.asyncio's send_multipart instead raised TimeoutError at the first full queue (an XPUB always says
+    it is writable, so zmq.asyncio never waits)."""
+    import asyncio
+
+    from fanoutd_client import aio
+
+    d, sub = held_back_daemon(start_daemon, sockets)
+    reader = Reader(sub, N)
+
+    async def produce() -> int:
+        producer = aio.Producer(d.collector, hwm=10, drop=False, send_timeout=30)
+        try:
+            await producer.wait_ready(5)
+            for n in range(1, N + 1):
+                await producer.send(b"t", f"{PAYLOAD}-{n}".encode())
+            return producer.dropped
+        finally:
+            await asyncio.to_thread(reader.join)
+            producer.close()
+
+    assert asyncio.run(produce()) == 0
+    assert_all_in_order(reader.numbers)
+    assert_held_back_without_loss(d)
