@@ -124,6 +124,26 @@ def test_python_producer_that_waits_delivers_everything(start_daemon, sockets):
     assert_held_back_without_loss(d)
 
 
+def test_fanout_pub_says_so_when_the_collector_did_not_take_its_last_lines_before_exit(start_daemon, sockets):
+    """Held back until after its last line, `fanout pub` would close with 10,000 lines and more still queued (its
+    hwm, plus the kernel's buffers) for a reader that takes at most 2,000 a second: its 5 s linger runs out and
+    libzmq discards the rest unseen. It exits 1 saying the last lines may be lost, never 0."""
+    d, sub = held_back_daemon(start_daemon, sockets)
+    done = threading.Event()
+    reader = Reader(sub, N, fast=done)  # slow until fanout pub has exited
+    lines = b"".join(f"{PAYLOAD}-{n}\n".encode() for n in range(1, N + 1))
+    try:
+        result = subprocess.run([sys.executable, "-m", "fanoutd_client.tool", "pub", "-e", d.collector, "t"],
+                                input=lines, capture_output=True, timeout=120, check=False)
+    finally:
+        done.set()
+    numbers = reader.join()
+    assert result.returncode == 1, (result.returncode, result.stderr.decode(), len(numbers))
+    assert b"did not take the last messages within 5s" in result.stderr, result.stderr.decode()
+    assert numbers == sorted(set(numbers))
+    assert_held_back_without_loss(d)
+
+
 def test_fanout_pub_from_stdin_delivers_every_line(start_daemon, sockets):
     """`fanout pub` reads lines from stdin and waits when held back (drop=False): every line arrives, exit 0."""
     d, sub = held_back_daemon(start_daemon, sockets)
