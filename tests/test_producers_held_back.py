@@ -171,6 +171,26 @@ def test_example_producer_delivers_everything(lang, request, start_daemon, socke
     assert_held_back_without_loss(d)
 
 
+def test_c_example_says_so_when_the_collector_did_not_take_its_last_messages_before_exit(
+        c_examples, start_daemon, sockets, run):  # noqa: F811
+    """Held back until after its last send, the C producer closes with its queue full (1,000 messages, which a
+    reader at 2,000 a second takes in no less than 0.5 s, after the kernel's buffers): its linger (200 ms here)
+    runs out and libzmq discards the rest unseen. It exits 1 saying the last messages may be lost, never 0."""
+    d, sub = held_back_daemon(start_daemon, sockets)
+    done = threading.Event()
+    reader = Reader(sub, N, fast=done)  # slow until the producer has exited
+    try:
+        status, _, err = run([*c_examples["producer"], d.collector, "t", str(N), PAYLOAD],
+                             env={"FANOUT_LINGER_MS": "200"}).finish(timeout=120)
+    finally:
+        done.set()
+    numbers = reader.join()
+    assert status == 1, (status, err, len(numbers))
+    assert "did not take the last messages within 200 ms" in err, err
+    assert numbers == sorted(set(numbers))
+    assert_held_back_without_loss(d)
+
+
 def plain_pub(sockets, endpoint: str, fixed: bool) -> zmq.Socket:
     """A plain PUB as any language makes one; ``fixed``: the two lines of clients/README.md (XPUB_NODROP, and a
     blocking send, pyzmq's default)."""
