@@ -119,8 +119,27 @@ def test_python_producer_that_waits_delivers_everything(start_daemon, sockets):
         numbers = reader.join()
     finally:
         producer.close()
-    assert producer.dropped == 0
+    assert producer.dropped == 0 and producer.flushed is True
     assert_all_in_order(numbers)
+    assert_held_back_without_loss(d)
+
+
+def test_python_producer_closed_while_held_back_says_it_may_not_have_flushed(start_daemon, sockets, caplog):
+    """Closed with its queue full (1,000 messages: a reader at 2,000 a second needs 0.5 s for them, after the
+    kernel's buffers) and a 200 ms linger, the Producer cannot know what libzmq discards: it warns and sets
+    ``flushed`` to False rather than let the loss pass unseen."""
+    d, sub = held_back_daemon(start_daemon, sockets)
+    done = threading.Event()
+    reader = Reader(sub, N, fast=done)  # slow until the producer is closed
+    producer = Producer(d.collector, wait=5, hwm=1_000, drop=False, send_timeout=30, linger=0.2)
+    try:
+        send_all(producer)
+    finally:
+        producer.close()
+        done.set()
+    reader.join()
+    assert producer.flushed is False
+    assert "did not take everything queued within the 0.2s linger" in caplog.text
     assert_held_back_without_loss(d)
 
 
@@ -242,17 +261,18 @@ def test_asyncio_producer_that_waits_delivers_everything(start_daemon, sockets):
     d, sub = held_back_daemon(start_daemon, sockets)
     reader = Reader(sub, N)
 
-    async def produce() -> int:
+    async def produce() -> aio.Producer:
         producer = aio.Producer(d.collector, hwm=10, drop=False, send_timeout=30)
         try:
             await producer.wait_ready(5)
             for n in range(1, N + 1):
                 await producer.send(b"t", f"{PAYLOAD}-{n}".encode())
-            return producer.dropped
+            return producer
         finally:
             await asyncio.to_thread(reader.join)
-            producer.close()
+            await producer.aclose()
 
-    assert asyncio.run(produce()) == 0
+    producer = asyncio.run(produce())
+    assert producer.dropped == 0 and producer.flushed is True
     assert_all_in_order(reader.numbers)
     assert_held_back_without_loss(d)

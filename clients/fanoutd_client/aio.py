@@ -174,17 +174,24 @@ class Producer(ProducerProtocol, _AsyncClient):
 
     async def aclose(self) -> None:
         """Send what is held for a collector that has come back, count the rest as dropped, then close."""
-        if not self.closed and self._held:
+        if self.closed:
+            return
+        if self._held:
             self._drain()
             await self._send(None)
             self._abandon_held()
+        started = time.monotonic()
         await super().aclose()
+        self._note_flush(time.monotonic() - started)
 
     def close(self) -> None:
         """Close at once; messages still held for a draining collector are counted in ``dropped``."""
-        if not self.closed:
-            self._abandon_held()
+        if self.closed:
+            return
+        self._abandon_held()
+        started = time.monotonic()
         super().close()
+        self._note_flush(time.monotonic() - started)
 
 
 class Subscriber(SubscriberProtocol, _AsyncClient):

@@ -7,6 +7,7 @@ twin is :class:`fanoutd_client.aio.Producer`.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Unpack
 
 import zmq
@@ -49,8 +50,9 @@ class Producer(ProducerProtocol):
     that must not lose passes ``drop=False`` and goes at fanoutd's pace, as
     NATS and Redis clients do when the server slows them.  What is still
     queued when ``close`` runs out of ``linger`` is discarded by libzmq
-    without a count: a producer that may exit while held back gives a
-    longer ``linger``.
+    without a count; ``close`` then warns and sets :attr:`flushed` to False,
+    so a producer that may exit while held back gives a longer ``linger``
+    or checks ``flushed``.
 
     A message over the broker's limit (:attr:`max_message_size`, learnt
     from the collector by :meth:`wait_ready`) raises :class:`MessageTooLarge`
@@ -97,8 +99,12 @@ class Producer(ProducerProtocol):
 
     def close(self) -> None:
         """Send what is held for a collector that has come back, count the rest as dropped, then close."""
-        if not self.closed and self._held:
+        if self.closed:
+            return
+        if self._held:
             self._drain()
             self._send(None)
             self._abandon_held()
+        started = time.monotonic()
         super().close()
+        self._note_flush(time.monotonic() - started)
