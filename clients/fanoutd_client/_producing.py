@@ -90,6 +90,10 @@ class ProducerProtocol(Client):
         self._drop = drop
         #: Messages not sent because the collector's queue was full (``drop=True`` only): counted, never silent.
         self.dropped = 0
+        #: After ``close``: False if its linger ran out, so messages still queued may have been discarded
+        #: (libzmq counts nothing); True if everything was taken; None if unknown (not closed yet, or an
+        #: injected context, which flushes in the background).
+        self.flushed: bool | None = None
         self._send_timeout_ms = -1 if send_timeout is None else ms(send_timeout, "send_timeout")
         self._max_override = max_message_size
         self._paused = False  # a collector said it is draining: hold messages until one subscribes anew
@@ -240,6 +244,16 @@ class ProducerProtocol(Client):
         if frames is not None:
             out.append(frames)
         return out
+
+    def _note_flush(self, seconds: float) -> None:
+        """Set :attr:`flushed` from how long closing a private context took: it returns early once all was taken."""
+        if not self._owns_context:
+            return
+        self.flushed = self._sends == 0 or seconds < self._linger_ms / 1000 * 0.98
+        if not self.flushed:
+            log.warning("closing: the collector at %s did not take everything queued within the %gs linger "
+                        "(fanoutd holding its producers back, or gone?); what was left is discarded, uncounted "
+                        "(Producer.flushed is False)", ", ".join(self.endpoints), self._linger_ms / 1000)
 
     def _abandon_held(self) -> None:
         """At close: messages still held for a collector that never came back are counted as dropped."""

@@ -32,6 +32,7 @@ task.  A client belongs to one task at a time.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack, cast
@@ -142,24 +143,55 @@ class Producer(ProducerProtocol, _AsyncClient):
         if frames is not None and self._must_wait():
             await self._wait(self._until_resumed())
         for message in self._release(frames):
+            if self._drop:
+                try:
+                    await self._io.send_multipart(message, zmq.DONTWAIT)
+                except zmq.Again:
+                    self._refused()
+            else:
+                await self._send_waiting(message)
+
+    async def _send_waiting(self, message: list[bytes]) -> None:
+        """Send, waiting up to send_timeout for room at a full queue by retrying (1 ms, doubling to 20 ms).
+
+        Not ``await send_multipart``: zmq.asyncio decides whether to wait by
+        ZMQ_EVENTS, which an XPUB always reports writable (XPUB_NODROP too),
+        so a send to a full queue raised Again at once, however long
+        send_timeout was, and a producer that fanoutd held back failed instead
+        of waiting (tests/test_producers_held_back.py).
+        """
+        deadline = None if self._send_timeout_ms < 0 else time.monotonic() + self._send_timeout_ms / 1000
+        pause = 0.001
+        while True:
             try:
-                await self._io.send_multipart(message, self._send_flags)
-            except zmq.Again:  # a collector's queue is full (for send_timeout, with drop=False)
-                self._refused()
+                await self._io.send_multipart(message, zmq.DONTWAIT)  # done at once: sent, or Again
+                return
+            except zmq.Again:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._refused()  # raises TimeoutError (drop=False)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
     async def aclose(self) -> None:
         """Send what is held for a collector that has come back, count the rest as dropped, then close."""
-        if not self.closed and self._held:
+        if self.closed:
+            return
+        if self._held:
             self._drain()
             await self._send(None)
             self._abandon_held()
+        started = time.monotonic()
         await super().aclose()
+        self._note_flush(time.monotonic() - started)
 
     def close(self) -> None:
         """Close at once; messages still held for a draining collector are counted in ``dropped``."""
-        if not self.closed:
-            self._abandon_held()
+        if self.closed:
+            return
+        self._abandon_held()
+        started = time.monotonic()
         super().close()
+        self._note_flush(time.monotonic() - started)
 
 
 class Subscriber(SubscriberProtocol, _AsyncClient):

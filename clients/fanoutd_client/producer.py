@@ -7,6 +7,7 @@ twin is :class:`fanoutd_client.aio.Producer`.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Unpack
 
 import zmq
@@ -40,6 +41,18 @@ class Producer(ProducerProtocol):
     (None: no limit; heartbeats still end a dead connection): right for
     batch senders such as ``fanout pub < file``, where losing lines is worse
     than waiting.  ``close`` waits at most ``linger`` (default 1 s) to flush.
+
+    Held back by fanoutd (under ``slow_consumer_policy = "pace"`` while a
+    reader is behind, or while the broker is), the queue fills and ``drop``
+    decides.  The default stays ``drop=True`` because a producer in a
+    request handler must never stall on a slow reader downstream, and a
+    counted drop is not silent (delivered + ``dropped`` = sent); a stream
+    that must not lose passes ``drop=False`` and goes at fanoutd's pace, as
+    NATS and Redis clients do when the server slows them.  What is still
+    queued when ``close`` runs out of ``linger`` is discarded by libzmq
+    without a count; ``close`` then warns and sets :attr:`flushed` to False,
+    so a producer that may exit while held back gives a longer ``linger``
+    or checks ``flushed``.
 
     A message over the broker's limit (:attr:`max_message_size`, learnt
     from the collector by :meth:`wait_ready`) raises :class:`MessageTooLarge`
@@ -86,8 +99,12 @@ class Producer(ProducerProtocol):
 
     def close(self) -> None:
         """Send what is held for a collector that has come back, count the rest as dropped, then close."""
-        if not self.closed and self._held:
+        if self.closed:
+            return
+        if self._held:
             self._drain()
             self._send(None)
             self._abandon_held()
+        started = time.monotonic()
         super().close()
+        self._note_flush(time.monotonic() - started)

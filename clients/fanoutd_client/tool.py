@@ -50,7 +50,8 @@ exit status:
   0    did its job: pub sent every message; sub/pull printed --count messages,
        or at least one before --timeout
   1    it could not: nothing arrived within --timeout, the collector never
-       answered (pub --wait), a message was refused locally (over the
+       answered (pub --wait), the collector did not take the last messages
+       before exit (pub: some may be lost), a message was refused locally (over the
        broker's max_message_size; with --json, a stdin line that is not JSON),
        or another error at run time
   2    bad arguments (the reason is one line on stderr, as for 1)
@@ -231,7 +232,24 @@ def _pub(args: argparse.Namespace) -> int:
                     raise Failure(f"fanout pub: MESSAGE: {exc}") from None
                 raise Failure(f"fanout pub: stdin line {number}: {exc}; {sent} messages before it were sent") from None
             sent += 1
+        _flush(producer, sent)
     return EXIT_OK
+
+
+def _flush(producer: Producer, sent: int) -> None:
+    """Close, waiting up to PUB_LINGER for the collector to take what is queued; say so if it may not have.
+
+    libzmq discards what is still queued when the linger runs out, without a
+    count (``Producer.flushed`` is False then): the last messages may be
+    lost, so exit 1 rather than claim they were sent.
+    """
+    producer.close()
+    if producer.dropped:
+        raise Failure(f"fanout pub: {producer.dropped} of {sent} messages were not sent: the collector drained "
+                      "(fanoutd stopping) and none came back")
+    if producer.flushed is False:
+        raise Failure(f"fanout pub: the collector did not take the last messages within {PUB_LINGER:g}s "
+                      f"(is fanoutd holding its producers back, or gone?): some of the {sent} sent may be lost")
 
 
 def _receive(args: argparse.Namespace, recv: Callable[[float | None], bytes | None]) -> int:

@@ -13,6 +13,31 @@
 const zmq = require("zeromq");
 const { fail, parseCount, socketOptions } = require("./common");
 
+// Waiting for room at the high-water mark. zeromq.js decides whether a send must wait by libzmq's ZMQ_EVENTS,
+// and an XPUB always reports itself writable (with XPUB_NODROP too), so zeromq.js never waits: sendTimeout is
+// ignored and a send to a full queue fails at once with EAGAIN (the example used to exit 1 at its 1,001st
+// message, discarding what was queued). So a refused send is retried every RETRY_MS, for at most SEND_WAIT_MS;
+// then the run ends with exit 1 and the number of the message that was not sent.
+const RETRY_MS = 5;
+const SEND_WAIT_MS = 5000;
+
+async function send(sock, message, n) {
+  const deadline = Date.now() + SEND_WAIT_MS;
+  for (;;) {
+    try {
+      await sock.send(message);
+      return;
+    } catch (err) {
+      if (err.code !== "EAGAIN") fail(`send ${n} failed: ${err.message}`);
+      if (Date.now() >= deadline) {
+        fail(`send ${n} failed: the collector took nothing for ${SEND_WAIT_MS} ms (its queue is full; ` +
+          `messages 1 to ${n - 1} were queued)`, 1);
+      }
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+    }
+  }
+}
+
 async function main() {
   const args = process.argv.slice(2);
   if (args.length < 3 || args.length > 4) fail("usage: node producer.js ENDPOINT TOPIC COUNT [PAYLOAD]");
@@ -23,8 +48,8 @@ async function main() {
 
   const sock = new zmq.XPublisher({
     ...socketOptions(),
-    noDrop: true, // at the high-water mark, wait (up to sendTimeout) instead of dropping
-    sendTimeout: 5000,
+    noDrop: true, // at the high-water mark, refuse (EAGAIN) instead of dropping: send() below waits and retries
+    sendTimeout: 0,
     receiveTimeout: readyMs,
   });
   sock.verbosity = "allSubs";
@@ -39,9 +64,7 @@ async function main() {
       if (sub.length > 0 && sub[0] === 1) break;
     }
     for (let n = 1; n <= count; n++) {
-      await sock.send(`${topic} ${payload}-${n}`).catch((err) => {
-        fail(`send ${n} failed: ${err.message}`, err.code === "EAGAIN" ? 1 : 2);
-      });
+      await send(sock, `${topic} ${payload}-${n}`, n);
     }
   } finally {
     sock.close(); // queued messages are flushed at exit, for at most `linger` ms
