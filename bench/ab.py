@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fobench import fleet, fleetmodes, matrix
+from fobench import fleet, fleetmodes, matrix, report
 from fobench.build import BUILD_DIR, build_all
 from fobench.trial import TrialSpec
 
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells] if costs else ():
         a, b = (_median(costs.get((size, subs, rate, side), [])) for side in "AB")
         lines.append(f"| CPU {size} B x{subs} @ {rate:,}/s, µs/delivery | {_cpu(a)} | {_cpu(b)} | {_ratio(a, b)} |")
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    report.write_table(lines, args.out)
     return 0
 
 

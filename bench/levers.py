@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fobench import fleet, matrix
+from fobench import fleet, matrix, report
 from fobench.build import BENCH_DIR, BUILD_DIR, build_all
 from fobench.trial import TrialSpec
 
@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             change = "n/a" if not ma or not mb else \
                 f"{((mb / ma - 1) if higher_is_better else (ma / mb - 1)) * 100:+.1f}%"
             lines.append(f"| `{lever}` | {name} | {_fmt(ma)} | {_fmt(mb)} | {change} |")
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    report.write_table(lines, args.out)
     return 0
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from fobench import fleet
+from fobench import fleet, report
 from fobench.build import BENCH_DIR, BUILD_DIR, build_all
 
 POLICIES = ("cut", "pace")
@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {policy} | {r.received:,} of {expected:,} | {r.received_min:,} | {cuts} | "
                          f"{stalls:,.0f} | {seconds:.1f} |")
             print(lines[-1], file=sys.stderr, flush=True)
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    report.write_table(lines, args.out)
     return 0
 
 

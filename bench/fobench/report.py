@@ -198,3 +198,11 @@ def write_plot(path: Path, cells: Sequence[Cell], systems: Sequence[str]) -> boo
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def write_table(lines: Sequence[str], out: Path) -> None:
+    """A script's table, one markdown line each, written to ``out`` (its folder made) and printed."""
+    text = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
