@@ -138,6 +138,18 @@ def listening(box: SystemdBox) -> set[int]:
     return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
 
 
+def stop_cleanly(box: SystemdBox) -> float:
+    """systemctl stop: the unit ends inactive, successful, exit 0, its ports closed; returns the seconds it took."""
+    t0 = time.monotonic()
+    box.systemctl("stop", UNIT, timeout=45)
+    took = time.monotonic() - t0
+    q = props(box)
+    assert (q["ActiveState"], q["Result"], q["ExecMainStatus"]) == ("inactive", "success", "0"), \
+        (q, box.journal(UNIT))
+    assert listening(box) & set(PORTS) == set()
+    return took
+
+
 @pytest.mark.timeout(120)
 def test_start_after_ready_reload_watchdog_stop(box: SystemdBox) -> None:
     assert listening(box) & set(PORTS) == set(), "ports already taken in a fresh box"
@@ -188,14 +200,8 @@ def test_start_after_ready_reload_watchdog_stop(box: SystemdBox) -> None:
     assert trip.returncode == 0, (trip.stdout, trip.stderr, box.journal(UNIT))
 
     # Stop: SIGTERM, drain, exit 0 well within TimeoutStopSec=30s.
-    t0 = time.monotonic()
-    box.systemctl("stop", UNIT, timeout=45)
-    took = time.monotonic() - t0
-    q = props(box)
-    assert (q["ActiveState"], q["Result"], q["ExecMainStatus"]) == ("inactive", "success", "0"), \
-        (q, box.journal(UNIT))
+    took = stop_cleanly(box)
     assert took < 30, f"stop took {took:.1f}s"
-    assert listening(box) & set(PORTS) == set()
     assert box.run(["test", "-e", "/run/fanoutd"], check=False).returncode == 1, "RuntimeDirectory left behind"
 
 
@@ -265,11 +271,5 @@ def test_a_long_pace_keeps_the_watchdog_fed_and_a_stop_while_paced_is_bounded(bo
     # Stop while still paced: the drain gives up after drain_timeout (2 s), the stall ends, exit 0.
     box.wait_for("the output still held (it moves at each of the guard's answers, at least once a second)",
                  lambda: metrics(box)[HELD] > after[HELD], timeout=5, interval=0.2)
-    t0 = time.monotonic()
-    box.systemctl("stop", UNIT, timeout=45)
-    took = time.monotonic() - t0
-    q = props(box)
-    assert (q["ActiveState"], q["Result"], q["ExecMainStatus"]) == ("inactive", "success", "0"), \
-        (q, box.journal(UNIT))
+    took = stop_cleanly(box)
     assert took < 2.0 + 8, (f"stop took {took:.1f}s", box.journal(UNIT))
-    assert listening(box) & set(PORTS) == set()
