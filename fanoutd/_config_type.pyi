@@ -28,6 +28,7 @@ class Config:
     slow_consumer_stall: float
     slow_consumer_timeout: float
     slow_consumer_policy: str
+    slow_consumer_max_pending: int
     slow_consumer_pace_share: float
     slow_consumer_pace_window: float
     peers_view: bool

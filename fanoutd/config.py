@@ -80,11 +80,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("slow_consumer_timeout", "seconds", 10.0,
             "a subscriber that has not read for this long while data waits for it is disconnected even before "
             "its queue is full (0: only at the high-water mark)"),
-    Setting("slow_consumer_policy", "policy", "cut",
-            "at a full subscriber queue: cut (disconnect the reader furthest behind at once: latency first) or "
-            "pace (hold producers back while every full reader makes progress, loss-free for live readers; one "
-            "that shows no progress for a short span is still cut); pace needs slow_consumer_stall above 0. "
-            "The default becomes pace once held bytes are bounded (slow_consumer_max_pending)"),
+    Setting("slow_consumer_policy", "policy", "pace",
+            "at a full subscriber queue: pace (hold producers back while every full reader makes progress, "
+            "loss-free for live readers; one that shows no progress for a short span is still cut) or cut "
+            "(disconnect the reader furthest behind at once: latency first); pace needs slow_consumer_stall "
+            "above 0"),
+    # Like NATS's max_pending (64 MiB, producers stalled at 3/4 of it); what an output holds is shared by its
+    # readers (libzmq shares a message's bytes), so this bounds the furthest-behind reader's backlog in bytes.
+    Setting("slow_consumer_max_pending", "budget", 64 * MIB,
+            "message bytes an output (publish, relay, stamped) may hold for its readers, counted exactly "
+            "(fanoutd_pending_bytes); under pace producers are held back from 3/4 of it, under cut the output "
+            "stalls at it; past it the reader furthest behind is cut (rule max_pending); 0: no byte bound "
+            "(the high-water marks only)", live=True),
     # Equal readers under overload take turns being furthest behind, each about 1/n of the time held: 0.5 would sit
     # at the average of two of them; 0.75 still cuts a reader at a tenth of the others' rate (held ~90% for it).
     Setting("slow_consumer_pace_share", "share", 0.75,
@@ -229,6 +236,9 @@ def _check_whole(config: Config) -> None:
     if config.slow_consumer_policy == PACE and not config.slow_consumer_pace_window:
         raise ConfigError("slow_consumer_pace_window must be more than 0 (slow_consumer_pace_share = 1 lifts "
                           "the bound)")
+    if 0 < config.slow_consumer_max_pending < config.max_message_size:
+        raise ConfigError(f"slow_consumer_max_pending ({config.slow_consumer_max_pending}) must be 0 or at least "
+                          f"max_message_size ({config.max_message_size}): an output must be able to hold one message")
     if config.slow_consumer_policy == PACE and not config.slow_consumer_stall:
         raise ConfigError("slow_consumer_policy = \"pace\" holds output, which slow_consumer_stall = 0 never does: "
                           "set slow_consumer_stall above 0, or slow_consumer_policy = \"cut\"")

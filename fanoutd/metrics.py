@@ -40,6 +40,7 @@ class Sources:
     config: Callable[[], Config]
     node_id: str = ""
     slow_consumers: Callable[[], Mapping[tuple[str, str], int]] = dict
+    pending: Callable[[], Mapping[str, int]] = dict
     upstream_errors: Callable[[], Mapping[tuple[str, str], int]] = dict
 
 
@@ -92,6 +93,10 @@ class BrokerCollector:
                                           "up, per socket and by the slow-consumer guard's rule that cut them "
                                           "(docs/concepts.md#slow-consumers says what each means).",
                                           labels=["socket", "rule"]), src.slow_consumers())
+        yield _filled(GaugeMetricFamily("fanoutd_pending_bytes", "Message bytes fanoutd holds for an output's "
+                                        "readers, per socket, exactly (shared among its readers: the furthest "
+                                        "behind one's backlog); bounded by slow_consumer_max_pending.",
+                                        labels=["socket"]), src.pending())
         stalls = CounterMetricFamily("fanoutd_output_stalls", "Times the loop held all output because a "
                                      "subscriber's queue was full, per socket.", labels=["socket"])
         held = CounterMetricFamily("fanoutd_output_held_seconds", "Time the loop held all output for a full "
@@ -154,6 +159,8 @@ def _limits(config: Config) -> Iterable[Metric]:
     yield GaugeMetricFamily("fanoutd_max_message_size_bytes", "Configured max_message_size.",
                             value=config.max_message_size)
     yield GaugeMetricFamily("fanoutd_max_frames", "Configured max_frames.", value=config.max_frames)
+    yield GaugeMetricFamily("fanoutd_max_pending_bytes", "Configured slow_consumer_max_pending (0: no byte bound).",
+                            value=config.slow_consumer_max_pending)
     hwm = GaugeMetricFamily("fanoutd_high_water_mark_messages",
                             "Configured high-water mark per socket (per peer on outputs).", labels=["socket"])
     for role in ROLES:

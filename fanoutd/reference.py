@@ -141,6 +141,7 @@ def _sources() -> Any:
         auth_denied=lambda: {(r, why): 0 for r in POLICY_OWNERS for why in auth.DENIALS},
         slow_consumers=lambda: {(role.name, rule): 0 for role in ROLES if role.fans_out for rule in slowrules.RULES},
         upstream_errors=lambda: {("ENDPOINT", why): 0 for why in link_errors},
+        pending=lambda: {role.name: 0 for role in ROLES if role.fans_out},
         config=lambda: config, node_id="NODE")
 
 

@@ -57,9 +57,10 @@ class Runtime:
             counters=self.engine.counters, topics=self.engine.topic_counters, peers=self.peers.counts,
             handshake_failures=lambda: self.peers.handshake_failures, disconnects=lambda: self.peers.disconnects,
             auth_denied=lambda: self.zap.denied, config=lambda: self.config, node_id=node_id.hex(),
-            slow_consumers=lambda: self.guard.cut, upstream_errors=lambda: self.upstreams.errors)
+            slow_consumers=lambda: self.guard.cut, upstream_errors=lambda: self.upstreams.errors,
+            pending=self.engine.held_bytes)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
-        peers_view = (lambda: view.peers(self.peers)) if config.peers_view else None
+        peers_view = (lambda: view.peers(self.peers, self.engine.held_bytes())) if config.peers_view else None
         self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view,
                                                                            self.endpoints))
 

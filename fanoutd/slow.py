@@ -34,7 +34,8 @@ from .config import Config
 from .dataplane import kernel
 from .peers import Connection, PeerTracker
 from .roles import BY_NAME
-from .slowrules import RULES, Cut, Pacing, Progress, Reading, Readings, StallLook, could_be_full, gone
+from .slowrules import (RULES, Cut, Pacing, Progress, Reading, Readings, StallLook, could_be_full, full, gone,
+                        over_max_pending)
 from .values import PACE
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Outputs(Protocol):
     def received(self) -> int: ...  # messages the loop read: while unchanged, nothing was written for a subscriber
     def counters(self) -> Mapping[str, int]: ...  # the loop's counters: "<output>_held_ns", the time it held each
     def stalls(self) -> dict[str, int]: ...  # output -> the number of the stall it is in
+    def held_bytes(self) -> Mapping[str, int]: ...  # output -> message bytes libzmq holds for its readers, exactly
     def answer_stall(self, role: str, number: int, stall_on: bool) -> None: ...
     def windows(self) -> dict[str, int]: ...  # output -> the number of the lossy send that opened its window
     def close_window(self, role: str, number: int) -> bool: ...
@@ -137,8 +139,10 @@ class Guard:
         if self._config.slow_consumer_policy == PACE:  # hold on while they read; Pacing bounds the waiting
             decided = self._pacing.decide(now, look, self._held())
             cut = [one.conn for one in decided if self._cut(one, now)]
+            cut += self._cut_over_max_pending(look.behind, now)
         else:
             cut = [decided.conn for decided in look.stopped() if self._cut(decided, now)]
+            cut += self._cut_over_max_pending(look.behind, now)
             furthest = look.furthest_behind(self._connections())
             if furthest is not None and self._cut(furthest, now):
                 cut.append(furthest.conn)
@@ -147,6 +151,21 @@ class Guard:
             self._outputs.answer_stall(role, number, stall_on)
         for role, number in windows.items():
             self._end_window(role, number, [conn for conn in cut if conn.role == role], look, now)
+
+    def _over_max_pending(self) -> list[str]:
+        """The outputs holding more message bytes for their readers than slow_consumer_max_pending."""
+        limit = self._config.slow_consumer_max_pending
+        held = self._outputs.held_bytes()
+        return [role for role in self._roles if limit and held.get(role, 0) > limit]
+
+    def _cut_over_max_pending(self, behind: Mapping[Connection, int], now: float) -> list[Connection]:
+        """Cut the furthest behind of each output past slow_consumer_max_pending (rule max_pending)."""
+        cut = []
+        for role in self._over_max_pending():
+            decided = over_max_pending(behind, role, self._connections())
+            if decided is not None and self._cut(decided, now):
+                cut.append(decided.conn)
+        return cut
 
     def _held(self) -> dict[str, float]:
         """Each fanning-out output's seconds held so far, as the loop counts them."""
@@ -198,6 +217,9 @@ class Guard:
                   len(readings), (time.monotonic() - now) * 1000)
         for decided in self._progress.update(now, readings, self._config.slow_consumer_timeout):
             self._cut(decided, now)
+        if self._over_max_pending():  # past the bound outside a stall (slow_consumer_stall = 0, or one huge message)
+            sized, _ = self._readings(sized=True)
+            self._cut_over_max_pending({conn: r.queued for conn, r in sized.items() if full(r)}, now)
 
     def _cut(self, decided: Cut, now: float) -> bool:
         """Disconnect one connection (re-checked by inode), count it and log it, rate-limited per rule."""
@@ -213,8 +235,9 @@ class Guard:
             return False
         self.cut[conn.role, decided.rule] += 1
         self._cuts[decided.rule].warning(
-            "slow consumer on %s: disconnected %s (rule=%s) because %s (stalled %.1fs, %d bytes queued in the kernel "
-            "and up to %s messages in fanoutd)", conn.role, conn.peer, decided.rule, decided.why,
-            self._progress.stalled(conn, now), decided.queued, f"{getattr(self._config, BY_NAME[conn.role].hwm):,}",
+            "slow consumer on %s: disconnected %s (rule=%s) because %s (stalled %.1fs, %d bytes queued in the kernel; "
+            "%s held by fanoutd for %s's readers)", conn.role, conn.peer, decided.rule, decided.why,
+            self._progress.stalled(conn, now), decided.queued,
+            f"{self._outputs.held_bytes().get(conn.role, 0):,} bytes", conn.role,
             held=f"more disconnected by rule={decided.rule} since its last report")
         return True

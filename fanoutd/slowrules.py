@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import NamedTuple
 
 from .peers import Connection
+from .values import PACE
 
 FULL_BYTES = 16 * 1024  # a send queue at least this full when output stalls is a full one (tcp_wmem's default)
 QUIET_PASSES = 3  # the loop read nothing between the first and the last of this many passes: it is quiet
@@ -19,18 +20,20 @@ QUIET_PASSES = 3  # the loop read nothing between the first and the last of this
 # The rules the guard cuts by, each a stable one-word name: logged as "(rule=NAME)", shown in /peers ("rule") and
 # a label of fanoutd_slow_consumers_total. Tests and operators match the name, never the prose, which says it for
 # a person after "because" (and, prefixed "slow consumer: ", is the /peers reason). What each means for an
-# operator: docs/concepts.md#slow-consumers. Bounding held bytes (issue #25) adds max_pending here.
+# operator: docs/concepts.md#slow-consumers.
 STOPPED = "stopped"  # a full queue whose reader acknowledged nothing while the guard looked
 FURTHEST_BEHIND = "furthest_behind"  # none stopped: the fullest is cut, or libzmq would skip it silently
 TIMEOUT = "timeout"  # data waiting, nothing read for slow_consumer_timeout
 WINDOW = "window"  # the full subscriber a lossy send went out without
 PACE_BOUND = "pace_bound"  # under pace: furthest behind for more than its share of the window's held time
+MAX_PENDING = "max_pending"  # its output held more bytes than slow_consumer_max_pending: the furthest behind
 BECAUSE = {
     STOPPED: "its queue reached the high-water mark and it read nothing while the guard looked",
     FURTHEST_BEHIND: "it fell furthest behind when its queue reached the high-water mark",
     TIMEOUT: "it read nothing for {seconds:.1f}s",
     WINDOW: "its queue was full when a message had to be sent without it",
     PACE_BOUND: "it held the others back for {seconds:.1f}s, more than slow_consumer_pace_share of the window",
+    MAX_PENDING: "it was furthest behind when its output held more than slow_consumer_max_pending",
 }
 RULES = tuple(BECAUSE)
 
@@ -41,6 +44,16 @@ RULES = tuple(BECAUSE)
 # cores), and a 4 ms look cannot tell that from a stopped one; half a second is ten times such a pause, yet a
 # twentieth of slow_consumer_timeout: about how long a stopped reader freezes the fleet.
 STOPPED_AFTER = 0.5
+
+# Under pace, the share of slow_consumer_max_pending at which the loop holds an output (and so the producers)
+# back: NATS stalls a producer at 3/4 of a consumer's max_pending, leaving the last quarter for a burst already
+# under way; past the whole of it the furthest behind is cut. Under cut, the output stalls only at the whole.
+PACE_FROM = 0.75
+
+
+def stall_above(policy: str, max_pending: int) -> int:
+    """The held bytes past which the loop stalls an output for the guard (0: no byte bound)."""
+    return int(max_pending * PACE_FROM) if policy == PACE else max_pending
 
 
 class Reading(NamedTuple):
@@ -157,6 +170,25 @@ class StallLook:
             return None
         queued, conn = max(candidates, key=lambda item: item[0])
         return Cut(conn, WINDOW, queued)
+
+
+def over_max_pending(behind: Mapping[Connection, int], role: str, conns: Iterable[Connection]) -> Cut | None:
+    """Whom to cut when ``role``'s output holds more bytes than slow_consumer_max_pending, if anyone.
+
+    ``behind``: the connections whose kernel send buffer is full, with their
+    bytes queued. libzmq queues for a reader only once its kernel buffer is
+    full, so the bytes held are the full ones' backlog, and the fullest has
+    the oldest of them. None while a connection of ``role`` is being cut (its
+    teardown gives its bytes back) or none is full (libzmq's own I/O threads
+    are behind: holding the producers back is the answer).
+    """
+    if being_cut(role, conns):
+        return None
+    candidates = {conn: queued for conn, queued in behind.items() if conn.role == role}
+    if not candidates:
+        return None
+    conn = max(candidates, key=candidates.__getitem__)
+    return Cut(conn, MAX_PENDING, candidates[conn])
 
 
 def gone(waited: Iterable[Connection], open_now: Mapping[int, Connection]) -> bool:

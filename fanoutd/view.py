@@ -1,5 +1,12 @@
 """/peers: who is connected to each socket now, with what waiting for them, and why recent connections closed.
 
+Each open connection has ``queued_bytes`` (its kernel send queue, exact) and
+``pending_bytes``, an estimate of all that waits for it: libzmq does not say
+what it queues per connection, so a connection whose kernel buffer is full
+is given its output's whole held bytes (exact for the furthest behind, too
+high for the others) and any other only its kernel queue
+(docs/concepts.md, "Held bytes").
+
 It shows client addresses on the metrics port, so ``peers_view = false``
 turns it off (docs/security.md, the threat model, says so).
 
@@ -14,19 +21,33 @@ always there.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .dataplane import kernel
 from .peers import Connection, PeerTracker
+from .slow import LiveKernel
+from .slowrules import Reading, could_be_full, full
 
 
-def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = False) -> dict[str, Any]:
+def _pending(conn: Connection, queued: int, held: Mapping[str, int]) -> int:
+    """An upper bound on the bytes waiting for one connection: its kernel queue, plus its output's held bytes
+    when its kernel buffer is full (libzmq queues for no other reader); exact for the furthest behind."""
+    if not held.get(conn.role) or not could_be_full(queued):
+        return queued
+    sndbuf = LiveKernel().send_buffer(conn.fd)
+    return queued + held[conn.role] if full(Reading(queued, -1, sndbuf)) else queued
+
+
+def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = False,
+           held: Mapping[str, int] | None = None) -> dict[str, Any]:
     """One connection; ``state`` is its kernel state (queued, acknowledged), None once its fd is gone."""
     entry: dict[str, Any] = {"socket": conn.role, "peer": conn.peer, "connected_since": round(conn.since, 3)}
     if live:
         entry["handshaken"] = conn.handshaken  # past the ZMTP handshake: messages can reach it
     if live and state is not None:
         entry["queued_bytes"], entry["state"] = state[0], "connected"
+        entry["pending_bytes"] = _pending(conn, state[0], held or {})
     elif live:
         entry["state"] = "closing"
     else:
@@ -34,11 +55,14 @@ def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = 
     return entry
 
 
-def peers(tracker: PeerTracker) -> bytes:
-    """The JSON body: open connections (largest kernel queue first) and the last closed ones (newest first)."""
+def peers(tracker: PeerTracker, held: Mapping[str, int] | None = None) -> bytes:
+    """The JSON body: open connections (largest kernel queue first) and the last closed ones (newest first).
+
+    ``held``: each fanning-out output's held bytes (Engine.held_bytes), for each connection's ``pending_bytes``.
+    """
     live = [c for conns in tracker.open.values() for c in list(conns.values())]
     states = kernel.states([c.fd for c in live])  # one call for all, as the guard reads them
-    connected = [_entry(c, state, live=True) for c, state in zip(live, states)]
+    connected = [_entry(c, state, live=True, held=held) for c, state in zip(live, states)]
     connected.sort(key=lambda e: -e.get("queued_bytes", 0))
     closed = [_entry(c) for c in reversed(tracker.closed)]
     return json.dumps({"connected": connected, "closed": closed}, indent=1).encode() + b"\n"

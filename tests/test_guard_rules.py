@@ -25,8 +25,9 @@ from fanoutd.peers import Connection, PeerTracker
 from fanoutd.slow import Guard
 from fanoutd import slow
 from fanoutd.config import ConfigError
-from fanoutd.slowrules import (BECAUSE, FURTHEST_BEHIND, PACE_BOUND, RULES, STOPPED, STOPPED_AFTER, TIMEOUT, WINDOW,
-                               Cut, Pacing, Progress, Reading, StallLook, full, gone)
+from fanoutd.slowrules import (BECAUSE, FURTHEST_BEHIND, MAX_PENDING, PACE_BOUND, RULES, STOPPED, STOPPED_AFTER,
+                               TIMEOUT, WINDOW, Cut, Pacing, Progress, Reading, StallLook, full, gone,
+                               over_max_pending, stall_above)
 
 BUF = 64 * 1024  # a send-buffer size: a queue of a quarter of it or more is a full one
 FULL = 60_000  # bytes queued: full in a BUF buffer
@@ -323,7 +324,37 @@ def test_pace_needs_a_stall_and_a_window():
         load({"slow_consumer_policy": "pace", "slow_consumer_pace_window": "0"}, {})
     with pytest.raises(ConfigError, match="pace or cut"):
         load({"slow_consumer_policy": "wait"}, {})
-    assert load({"slow_consumer_stall": "0"}, {}).slow_consumer_policy == "cut"
+    with pytest.raises(ConfigError, match="slow_consumer_stall"):  # pace is the default
+        load({"slow_consumer_stall": "0"}, {})
+    assert load({"slow_consumer_stall": "0", "slow_consumer_policy": "cut"}, {}).slow_consumer_stall == 0
+
+
+# (g) held bytes past slow_consumer_max_pending
+
+MIB = 1024 * 1024
+
+
+def test_the_loop_stalls_at_three_quarters_of_max_pending_under_pace_and_at_all_of_it_under_cut():
+    assert stall_above("pace", 64 * MIB) == 48 * MIB
+    assert stall_above("cut", 64 * MIB) == 64 * MIB
+    assert stall_above("pace", 0) == stall_above("cut", 0) == 0  # no byte bound
+    assert load({}, {}).slow_consumer_max_pending == 64 * MIB and load({}, {}).slow_consumer_policy == "pace"
+
+
+def test_max_pending_must_hold_one_message_or_be_off():
+    with pytest.raises(ConfigError, match="slow_consumer_max_pending .* max_message_size"):
+        load({"slow_consumer_max_pending": "512KiB", "max_message_size": "1MiB"}, {})
+    assert load({"slow_consumer_max_pending": "0"}, {}).slow_consumer_max_pending == 0
+    assert load({"slow_consumer_max_pending": "1MiB"}, {}).slow_consumer_max_pending == MIB
+
+
+def test_past_max_pending_the_fullest_full_connection_of_that_output_is_cut():
+    a, b, c, other = conn(5), conn(6), conn(7), conn(8, "relay")
+    behind = {a: FULL, b: FULL + 10, other: FULL + 99}
+    assert over_max_pending(behind, "publish", [a, b, c, other]) == Cut(b, MAX_PENDING, FULL + 10)
+    assert over_max_pending({}, "publish", [a, b, c]) is None, "none full: libzmq's I/O is behind, hold on"
+    cutting = conn(7, reason="slow consumer: ...")
+    assert over_max_pending(behind, "publish", [a, b, cutting]) is None, "a cut under way gives bytes back"
 
 
 # The whole Guard, driven through a made-up kernel view and cutting real socketpairs.
@@ -352,6 +383,7 @@ class MadeUpOutputs:
         self.received_count = 0
         self.held_ns = {"publish_held_ns": 0, "relay_held_ns": 0, "stamped_held_ns": 0}
         self.open_stalls: dict[str, int] = {}
+        self.held: dict[str, int] = {}  # output -> bytes held for its readers
         self.open_windows: dict[str, int] = {}
         self.answers: list[tuple[str, int, bool]] = []
         self.closed: list[tuple[str, int]] = []
@@ -364,6 +396,9 @@ class MadeUpOutputs:
 
     def stalls(self) -> dict[str, int]:
         return dict(self.open_stalls)
+
+    def held_bytes(self) -> dict[str, int]:
+        return dict(self.held)
 
     def answer_stall(self, role: str, number: int, stall_on: bool) -> None:
         self.answers.append((role, number, stall_on))
@@ -407,7 +442,7 @@ def rig() -> Iterator[Callable[..., tuple[Guard, PeerTracker, MadeUpOutputs]]]:
         context = zmq.Context()
         peers = PeerTracker(context, ("publish", "relay", "push"))
         outputs = MadeUpOutputs()
-        guard = Guard(config or load({}, {}), peers, outputs, view)
+        guard = Guard(config or load({"slow_consumer_policy": "cut"}, {}), peers, outputs, view)
         made.append((context, peers, outputs, guard))
         return guard, peers, outputs
 
@@ -449,8 +484,8 @@ def counted(guard: Guard) -> dict[tuple[str, str], int]:
 
 def test_each_rule_has_a_stable_one_word_name_and_its_prose():
     """Logged as "(rule=NAME)", shown in /peers and a label of fanoutd_slow_consumers_total: what scripts match."""
-    assert RULES == (STOPPED, FURTHEST_BEHIND, TIMEOUT, WINDOW, PACE_BOUND) == (
-        "stopped", "furthest_behind", "timeout", "window", "pace_bound")
+    assert RULES == (STOPPED, FURTHEST_BEHIND, TIMEOUT, WINDOW, PACE_BOUND, MAX_PENDING) == (
+        "stopped", "furthest_behind", "timeout", "window", "pace_bound", "max_pending")
     assert Cut(conn(5), STOPPED, FULL).why == BECAUSE[STOPPED]
     assert Cut(conn(5), TIMEOUT, FULL, 12.34).why == "it read nothing for 12.3s"
 
@@ -627,3 +662,38 @@ def test_under_pace_the_guard_charges_the_outputs_held_time_to_the_furthest_behi
     assert slow_one.was_cut() and slow_one.conn.rule == PACE_BOUND and not fast.was_cut()
     assert outputs.answers == [("publish", n, True) for n in (1, 2, 3)]
     assert counted(guard) == {("publish", PACE_BOUND): 1}
+
+
+@pytest.mark.parametrize("policy", ["pace", "cut"])
+def test_an_output_past_max_pending_has_its_furthest_behind_cut_by_that_rule_even_while_it_reads(
+        rig, subscribers, policy):
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view, load({"slow_consumer_policy": policy, "slow_consumer_max_pending": "4MiB"}, {}))
+    behind, reading = subscribers(peers), subscribers(peers)
+    view.looks = [{behind.conn.fd: (FULL + 500, 1), reading.conn.fd: (FULL, 1)},
+                  {behind.conn.fd: (FULL + 500, 2), reading.conn.fd: (FULL, 2)}]  # both read
+    outputs.held = {"publish": 4 * MIB}  # at the bound, not past it: under pace, hold on; nobody is cut
+    outputs.open_stalls = {"publish": 1}
+    if policy == "pace":
+        guard.look()
+        assert outputs.answers == [("publish", 1, True)] and counted(guard) == {}
+    outputs.held = {"publish": 4 * MIB + 1}
+    outputs.open_stalls = {"publish": 2}
+    guard.look()
+    assert behind.was_cut() and behind.conn.rule == MAX_PENDING and not reading.was_cut()
+    assert outputs.answers[-1] == ("publish", 2, True), "hold on while the cut connection goes"
+    assert counted(guard) == {("publish", MAX_PENDING): 1}
+
+
+def test_the_sampler_cuts_past_max_pending_without_a_stall(rig, subscribers):
+    """With slow_consumer_stall = 0 (cut) the loop never stalls: the once-a-second pass enforces the bound."""
+    view = MadeUpKernel({})
+    guard, peers, outputs = rig(view, load({"slow_consumer_policy": "cut", "slow_consumer_stall": "0",
+                                            "slow_consumer_max_pending": "4MiB"}, {}))
+    behind, reading = subscribers(peers), subscribers(peers)
+    view.looks = [{behind.conn.fd: (FULL + 500, 1), reading.conn.fd: (BEHIND, 1)}]
+    guard.sample()
+    assert counted(guard) == {}, "within the bound: nobody"
+    outputs.held = {"publish": 5 * MIB}
+    guard.sample()
+    assert behind.was_cut() and behind.conn.rule == MAX_PENDING and not reading.was_cut()

@@ -10,6 +10,7 @@
  * it includes (none is compiled alone):
  *   forwarder.h   the Forwarder's fields and the hub-loop contract
  *   libzmq.c      binding the loop to the libzmq pyzmq uses (zmq_abi.h)
+ *   held.c        the held-bytes ledger: what libzmq holds for each output
  *   fanout.c      sending to the XPUB outputs, and the stall protocol
  *   trailer.c     the trailer codec (wire.h)
  *   stamps.c      stamp streams and upstream gaps (_streams.h)
@@ -25,6 +26,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
 #include <linux/sockios.h>
@@ -41,6 +43,7 @@
 #include "forwarder.h"
 
 #include "libzmq.c"
+#include "held.c"
 #include "fanout.c"
 #include "trailer.c"
 #include "stamps.c"
@@ -56,6 +59,9 @@ static PyMethodDef module_methods[] = {
     {"kernel_waiting", kernel_waiting, METH_O,
      "kernel_waiting(fds) -> [(index into fds, queued bytes, acknowledged bytes or -1)]: kernel_states for "
      "only the connections with bytes in their send queue."},
+    {"held_ledgers", held_ledgers, METH_NOARGS,
+     "How many held-bytes ledgers are alive in this process: one per output of each Forwarder, and one "
+     "outliving its Forwarder until libzmq has released the last frame it counts."},
     {"bind_libzmq", bind_libzmq, METH_VARARGS,
      "bind_libzmq(path): make the loop call the libzmq that the loaded object at path (pyzmq's extension) "
      "reaches. Idempotent; refuses a libzmq other than 4.x or a second, different binding."},

@@ -6,13 +6,14 @@
  */
 
 #define FORWARDER_DOC \
-    "Forwarder(sockets, *, max_message_size=1 MiB, max_frames=16, strip_topic=True, topics=(), " \
+    "Forwarder(sockets, *, max_message_size=1 MiB, max_frames=16, strip_topic=True, stall_above=0, topics=(), " \
     "upstream_topics=(), stall_ns=0, stall_fd=-1, node_id=b'', epoch=0, stamp_streams=65536)\n\n" \
     "The forwarding loop between the data sockets. sockets maps a role to a pyzmq Socket.underlying " \
     "address (a missing role or 0: no such socket): 'collector' (required), 'ingress' (a PULL input read " \
     "like the collector) and 'upstream' (the federation link in) are read; 'publish', 'relay' (the " \
     "federation link out) and 'stamped' are XPUB sockets with ZMQ_XPUB_NODROP set, and 'push' a PUSH.\n" \
-    "Limits (set_limits changes them live): max_message_size, max_frames, strip_topic.\n" \
+    "Limits (set_limits changes them live): max_message_size, max_frames, strip_topic, and stall_above: an " \
+    "output holding more message bytes for its readers than this stalls (0: no bound; held_bytes()).\n" \
     "Counting: topics, an allowlist of topics to count received messages for; upstream_topics, the " \
     "upstream link's subscriptions (its gaps are counted for what they cover).\n" \
     "Stalls: stall_ns bounds how long output stalls for a full subscriber before the guard is asked " \
@@ -88,7 +89,8 @@ static int copy_topics(PyObject *topics, char **data, size_t *lens, int *count)
     return PyErr_Occurred() ? -1 : 0;
 }
 
-static int set_limits(Forwarder *f, unsigned long long max_size, int max_frames, int strip)
+static int set_limits(Forwarder *f, unsigned long long max_size, int max_frames, int strip,
+                      unsigned long long stall_above)
 {
     if (max_frames < 1 || max_frames > FRAMES_CAP) {
         PyErr_Format(PyExc_ValueError, "max_frames must be between 1 and %d", FRAMES_CAP);
@@ -97,6 +99,7 @@ static int set_limits(Forwarder *f, unsigned long long max_size, int max_frames,
     STORE(f->max_size, (uint64_t)max_size);
     STORE(f->max_frames, max_frames);
     STORE(f->strip_topic, strip);
+    STORE(f->stall_above, (uint64_t)stall_above);
     return 0;
 }
 
@@ -111,19 +114,19 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {
         "sockets",
-        "max_message_size", "max_frames", "strip_topic",  /* limits */
+        "max_message_size", "max_frames", "strip_topic", "stall_above",  /* limits */
         "topics", "upstream_topics",                      /* counting */
         "stall_ns", "stall_fd",                           /* stalls */
         "node_id", "epoch", "stamp_streams",              /* stamping and federation */
         NULL};
     PyObject *sockets, *topics = NULL, *up_topics = NULL;
-    unsigned long long max_size = 1 << 20, epoch = 0;
+    unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0;
     int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
     long long stall_ns = 0;
     const char *node_id = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "Kip" "OO" "Li" "y#Ki", names, &PyDict_Type, &sockets,
-                                     &max_size, &max_frames, &strip,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipK" "OO" "Li" "y#Ki", names, &PyDict_Type, &sockets,
+                                     &max_size, &max_frames, &strip, &stall_above,
                                      &topics, &up_topics,
                                      &stall_ns, &stall_fd,
                                      &node_id, &node_id_len, &epoch, &stamp_streams))
@@ -175,5 +178,10 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     f->relay = f->outs[OUT_RELAY] = s[S_RELAY];
     f->outs[OUT_STAMPED] = s[S_STAMPED];
     f->push = s[S_PUSH];
-    return set_limits(f, max_size, max_frames, strip);
+    for (int o = 0; o < OUTS; o++)
+        if (f->outs[o] && !(f->held[o] = ledger_new())) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    return set_limits(f, max_size, max_frames, strip, stall_above);
 }

@@ -22,6 +22,7 @@ from . import _forward, zmqlib
 from ..config import Config
 from ..counters import RECEIVED, RECEIVED_UPSTREAM
 from ..roles import INPUTS, ROLES
+from ..slowrules import stall_above
 from ..sockets import BindError, SocketSpec, describe, monitor_address, open_socket
 
 __all__ = ["BindError", "Engine", "OTHER_TOPIC"]
@@ -97,7 +98,7 @@ class Engine:
         self._forwarder = _forward.Forwarder(
             {role: sock.underlying for role, sock in self._sockets.items()},
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
-            topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
+            stall_above=stall_above(c.slow_consumer_policy, c.slow_consumer_max_pending), topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
             node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams)
         return None
@@ -175,6 +176,17 @@ class Engine:
         values = self._forwarder.topic_counters()
         return dict(zip((*self._config.metrics_topics, OTHER_TOPIC), values))
 
+    def held_bytes(self) -> dict[str, int]:
+        """Each fanning-out output this node has -> the message bytes libzmq holds for its readers, exactly.
+
+        Counted by the loop's held-bytes ledger (held.c): every frame of more
+        than 33 bytes, once however many readers share it, until libzmq has
+        written it to the last of them or dropped it with its connection.
+        """
+        if self._forwarder is None:
+            return {}
+        return {role: n for role, n in zip(_forward.OUTPUTS, self._forwarder.held_bytes()) if self.spec(role)}
+
     def stalls(self) -> dict[str, int]:
         """Fanning-out outputs the loop has stalled (a full subscriber queue) -> the number of that stall."""
         if self._forwarder is None:
@@ -219,7 +231,9 @@ class Engine:
         if self._forwarder is not None:
             self._forwarder.set_limits(max_message_size=config.max_message_size,
                                        max_frames=config.max_frames,
-                                       strip_topic=config.push_strip_topic)
+                                       strip_topic=config.push_strip_topic,
+                                       stall_above=stall_above(config.slow_consumer_policy,
+                                                               config.slow_consumer_max_pending))
 
     def terminate(self, timeout: float) -> bool:
         """Terminate the context in the worker thread; False if it did not finish in time."""

@@ -60,29 +60,33 @@ static int send_now(zmsg_t *msg, void *sock, int flags)
     return -1;
 }
 
-/* Offer a message to an XPUB output: frames[0..n) (copies of them unless
- * consume), then tail if given (consumed). Only the first frame can be
- * refused: once it is queued, libzmq keeps the rest on the same pipes.
- * 1 sent, 0 refused (EAGAIN: a matching subscriber is full), -1 error. */
-static int offer(void *sock, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+/* Have a socket process the commands libzmq's I/O threads sent it (asking for ZMQ_EVENTS does), as a send
+ * would. Among them is each cut connection's pipe termination: until the socket takes it, libzmq keeps what
+ * that pipe holds, so an output stalled on held bytes must take them while it sends nothing. */
+static void take_commands(void *sock)
 {
-    zmsg_t copy;
-    int last = n - 1 + (tail != NULL);
-    for (int i = 0; i <= last; i++) {
-        zmsg_t *m = i < n ? &frames[i] : tail;
-        if (i < n && !consume) {
-            if (copy_part(&copy, m) < 0)
-                return -1;
-            m = &copy;
-        }
-        if (send_now(m, sock, Z_DONTWAIT | (i < last ? Z_SNDMORE : 0)) < 0) {
-            int err = Z.errno_();
-            if (m == &copy)
-                Z.msg_close(&copy);
-            return i == 0 && err == EAGAIN ? 0 : -1;
-        }
-    }
+    int events = 0;
+    size_t len = sizeof events;
+    (void)!Z.getsockopt(sock, Z_EVENTS, &events, &len);  /* a failure (ETERM) shows at the next send */
+}
+
+/* Offer a message to an XPUB output: msgs[0..n), each consumed as it is queued. Only the first frame can
+ * be refused: once it is queued, libzmq keeps the rest on the same pipes. 1 sent, 0 refused (EAGAIN: a
+ * matching subscriber is full), -1 error (the frames not queued are still the caller's). */
+static int offer(void *sock, zmsg_t *msgs, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (send_now(&msgs[i], sock, Z_DONTWAIT | (i < n - 1 ? Z_SNDMORE : 0)) < 0)
+            return i == 0 && Z.errno_() == EAGAIN ? 0 : -1;
     return 1;
+}
+
+/* Whether output out holds more bytes for its readers than the bound (stall_above), leaving out mine: the
+ * message being offered, already counted as it is wrapped. */
+static int over_bound(Forwarder *f, int out, uint64_t mine)
+{
+    uint64_t above = LOAD(f->stall_above), held = ledger_bytes(f->held[out]);
+    return above && held > mine && held - mine > above;
 }
 
 static int set_nodrop(void *sock, int on)
@@ -107,7 +111,7 @@ static void wake_guard(Forwarder *f)
  * answering stops the ticks, and so the watchdog's pings: the loop waits for
  * an answer. 1 sent, 0 the guard answered "no" (the caller sends lossy), -1
  * error; an abort ends it too. */
-static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+static int stall_output(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine)
 {
     struct timespec pause = {0, STALL_RETRY_NS};
     uint64_t number = ++f->stalls_begun;
@@ -136,7 +140,9 @@ static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *ta
             }
         }
         nanosleep(&pause, NULL);
-        if ((rc = offer(f->outs[out], frames, n, tail, consume)) != 0)
+        if (over_bound(f, out, mine))
+            take_commands(f->outs[out]);
+        else if ((rc = offer(f->outs[out], msgs, n)) != 0)
             break;
     }
     STORE(f->stall[out], 0);
@@ -144,14 +150,14 @@ static int stall_output(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *ta
     return rc;
 }
 
-/* Deliver to a fanning-out output, stalling within the bound for the guard to
- * cut a slow consumer; a message sent lossy, or while a window is open, is
- * counted. 0 done, -1 error. */
-static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+/* Deliver a wrapped message to a fanning-out output, stalling within the bound for the guard to cut a
+ * slow consumer, or while the output holds more bytes than stall_above (the guard paces or cuts); a message
+ * sent lossy, or while a window is open, is counted. 0 done, -1 error. */
+static int deliver(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine)
 {
     void *sock = f->outs[out];
     int window = LOAD(f->window[out]) != 0;
-    int rc = offer(sock, frames, n, tail, consume);
+    int rc = !window && f->stall_ns > 0 && over_bound(f, out, mine) ? 0 : offer(sock, msgs, n);
     if (rc != 0) {
         if (rc > 0 && window)
             f->local[DROPPED[out]]++;  /* the full subscriber, out of libzmq's distribution, missed it */
@@ -160,7 +166,10 @@ static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, i
     if (!window && f->stall_ns > 0) {
         f->local[STALLS[out]]++;
         publish_counters(f);
-        rc = stall_output(f, out, frames, n, tail, consume);
+        rc = stall_output(f, out, msgs, n, mine);
+        /* "no" lets a message held back by the byte bound alone go to everyone: nobody misses it */
+        if (rc == 0)
+            rc = offer(sock, msgs, n);
         if (rc != 0)
             return rc < 0 ? -1 : 0;
     }
@@ -169,9 +178,28 @@ static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, i
     wake_guard(f);
     if (set_nodrop(sock, 0) < 0)
         return -1;
-    rc = offer(sock, frames, n, tail, consume);
+    rc = offer(sock, msgs, n);
     if (set_nodrop(sock, 1) < 0 || rc < 0)
         return -1;
     f->local[DROPPED[out]]++;  /* at least one subscriber missed this message */
     return 0;
+}
+
+/* Send frames[0..n) (moved when consume, else shared) and then tail if given (consumed) to a fanning-out
+ * output, each frame as a wrapper counted in the output's ledger while libzmq holds it (held.c). 0 done,
+ * -1 error. */
+static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
+{
+    zmsg_t msgs[FRAMES_CAP + 2];
+    uint64_t mine = 0;
+    int count = 0, rc = 0;
+    for (; rc == 0 && count < n + (tail != NULL); count++)
+        rc = held_wrap(f->held[out], &msgs[count], count < n ? &frames[count] : tail, count < n ? consume : 1, &mine);
+    if (rc == 0)
+        rc = deliver(f, out, msgs, count, mine);
+    else
+        count--;  /* the one that failed is not a message */
+    for (int i = 0; i < count; i++)
+        Z.msg_close(&msgs[i]);  /* the queued ones are empty now; one not queued gives its bytes back */
+    return rc;
 }

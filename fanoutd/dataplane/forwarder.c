@@ -45,12 +45,12 @@ static PyObject *Forwarder_stop(Forwarder *f, PyObject *args)
 
 static PyObject *Forwarder_set_limits(Forwarder *f, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"max_message_size", "max_frames", "strip_topic", NULL};
-    unsigned long long max_size;
+    static char *names[] = {"max_message_size", "max_frames", "strip_topic", "stall_above", NULL};
+    unsigned long long max_size, stall_above;
     int max_frames, strip;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "$Kip", names, &max_size, &max_frames, &strip))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "$KipK", names, &max_size, &max_frames, &strip, &stall_above))
         return NULL;
-    if (set_limits(f, max_size, max_frames, strip) < 0)
+    if (set_limits(f, max_size, max_frames, strip, stall_above) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -117,6 +117,13 @@ static int output_index(int out)
 static PyObject *Forwarder_windows(Forwarder *f, PyObject *Py_UNUSED(ignored))
 {
     return per_output(f->window);
+}
+
+static PyObject *Forwarder_held_bytes(Forwarder *f, PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(KKK)", (unsigned long long)ledger_bytes(f->held[OUT_PUBLISH]),
+                         (unsigned long long)ledger_bytes(f->held[OUT_RELAY]),
+                         (unsigned long long)ledger_bytes(f->held[OUT_STAMPED]));
 }
 
 static PyObject *Forwarder_stalls(Forwarder *f, PyObject *Py_UNUSED(ignored))
@@ -186,6 +193,8 @@ static void Forwarder_dealloc(Forwarder *f)
         PyMem_Free(f->up_topic_data[i]);
     streams_free(&f->stamps);
     streams_free(&f->seen);
+    for (int o = 0; o < OUTS; o++)
+        ledger_drop(f->held[o]);  /* freed now, or by the free callback of the last frame libzmq still holds */
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 
@@ -195,7 +204,7 @@ static PyMethodDef Forwarder_methods[] = {
     {"stop", (PyCFunction)Forwarder_stop, METH_VARARGS,
      "stop(abort=False): drain the collector then return, or return at once. Thread-safe."},
     {"set_limits", (PyCFunction)(void (*)(void))Forwarder_set_limits, METH_VARARGS | METH_KEYWORDS,
-     "Change max_message_size, max_frames and strip_topic live. Thread-safe."},
+     "Change max_message_size, max_frames, strip_topic and stall_above live. Thread-safe."},
     {"set_push_peers", (PyCFunction)Forwarder_set_push_peers, METH_O,
      "Tell the loop how many pullers are connected, to label push drops. Thread-safe."},
     {"set_stamped_peers", (PyCFunction)Forwarder_set_stamped_peers, METH_O,
@@ -206,6 +215,9 @@ static PyMethodDef Forwarder_methods[] = {
      "tick); False if the previous request is still pending. Thread-safe."},
     {"windows", (PyCFunction)Forwarder_windows, METH_NOARGS,
      "Per output (OUTPUTS order): the number of the lossy send whose window is open, or 0. Thread-safe."},
+    {"held_bytes", (PyCFunction)Forwarder_held_bytes, METH_NOARGS,
+     "Per output (OUTPUTS order): the message bytes libzmq holds for its readers, exactly (frames of more "
+     "than 33 bytes: libzmq copies shorter ones into each queue entry). Thread-safe."},
     {"stalls", (PyCFunction)Forwarder_stalls, METH_NOARGS,
      "Per output (OUTPUTS order): the number of the stall it is in (a full subscriber queue), or 0. "
      "Thread-safe."},

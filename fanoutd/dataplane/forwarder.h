@@ -54,6 +54,7 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 #define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 
 typedef struct { uint64_t epoch, stream, seq; uint16_t keylen; } stamp_t;
+typedef struct ledger ledger_t;  /* bytes libzmq holds for one output's readers (held.c) */
 
 typedef struct {
     PyObject_HEAD
@@ -67,6 +68,10 @@ typedef struct {
     int stamping;                  /* a stamped or relay output: each message gets a stamp */
     uint64_t epoch;
     int stall_fd;                  /* the eventfd the loop writes when a stall begins; -1: none */
+    /* One ledger per fanning-out output (NULL: no such output). Its own allocation, outliving the
+     * Forwarder while libzmq holds wrapped frames: their free callbacks (any thread, even inside
+     * zmq_ctx_term) update it with atomics (held.c). */
+    ledger_t *held[OUTS];
     int64_t stall_ns;              /* how long a stall lasts before the loop asks the guard again; 0: lossy at once */
     int ntopics;                   /* per-topic counting (off when 0): the allowlist */
     char *topic_data[TOPICS_CAP];
@@ -81,6 +86,7 @@ typedef struct {
     int max_frames, strip_topic;
     int push_peers;                /* set_push_peers(): labels a refused push (no puller, or high-water mark) */
     int stamped_peers;             /* set_stamped_peers(): with none, the stamped output's sends are skipped */
+    uint64_t stall_above;          /* set_limits(): an output holding more bytes than this stalls; 0: no bound */
     /* The guard's answer to stall number n: n << 1 | 1 "stall on", n << 1 "no" (send lossy). The number
      * ties the answer to the stall it was given for; the loop ignores an answer to an earlier one. */
     uint64_t answer[OUTS];

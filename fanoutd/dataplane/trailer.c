@@ -110,18 +110,17 @@ static int answer_subscription(void *sock, zmsg_t *sub)
     size_t len = Z.msg_size(sub);
     if (len < 1 || d[0] != 1)
         return 0;  /* an unsubscription */
-    zmsg_t parts[1], trailer;
+    zmsg_t parts[2];  /* the prefix, then the trailer: control, not counted as held bytes */
     if (Z.msg_init_size(&parts[0], len - 1) < 0)
         return -1;
     memcpy(Z.msg_data(&parts[0]), d + 1, len - 1);
-    if (!trailer_head(&trailer, WIRE_HEAD_LEN, WIRE_READY)) {
+    if (!trailer_head(&parts[1], WIRE_HEAD_LEN, WIRE_READY)) {
         Z.msg_close(&parts[0]);
         return -1;
     }
-    int rc = offer(sock, parts, 1, &trailer, 1);
-    if (rc <= 0) {
-        Z.msg_close(&parts[0]);
-        Z.msg_close(&trailer);
-    }
-    return rc < 0 && Z.errno_() != EAGAIN ? -1 : 0;
+    int rc = offer(sock, parts, 2);
+    int err = rc < 0 ? Z.errno_() : 0;
+    Z.msg_close(&parts[0]);  /* empty once queued */
+    Z.msg_close(&parts[1]);
+    return rc < 0 && err != EAGAIN ? -1 : 0;
 }

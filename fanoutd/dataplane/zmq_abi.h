@@ -18,6 +18,8 @@
 /* Stand-ins for zmq_msg_t and zmq_pollitem_t (non-Windows layout). */
 typedef struct { unsigned char _[64] __attribute__((aligned(sizeof(void *)))); } zmsg_t;
 typedef struct { void *socket; int fd; short events; short revents; } zpollitem_t;
+/* zmq_free_fn: what zmq_msg_init_data calls once libzmq no longer holds the message (any thread). */
+typedef void(zfree_fn)(void *data, void *hint);
 
 #define Z_DONTWAIT 1
 #define Z_SNDMORE 2
@@ -44,6 +46,8 @@ typedef struct { void *socket; int fd; short events; short revents; } zpollitem_
     X(int, msg_send, zmq_msg_send, (MSG *, void *, int))   \
     X(int, msg_close, zmq_msg_close, (MSG *))              \
     X(int, msg_copy, zmq_msg_copy, (MSG *, MSG *))         \
+    X(int, msg_move, zmq_msg_move, (MSG *, MSG *))         \
+    X(int, msg_init_data, zmq_msg_init_data, (MSG *, void *, size_t, zfree_fn *, void *)) \
     X(const char *, msg_gets, zmq_msg_gets, (const MSG *, const char *)) \
     X(int, poll, zmq_poll, (POLLITEM *, int, long))        \
     X(int, errno_, zmq_errno, (void))                      \
