@@ -123,7 +123,7 @@ def test_two_stalled_subscribers_are_both_cut_while_output_holds_and_nothing_goe
 def test_with_no_stall_allowed_a_full_subscriber_is_counted_and_still_cut(start_daemon, sockets):
     """slow_consumer_stall = 0: the message that met the full queue goes out at once without that subscriber,
     counted, and the subscriber is disconnected (left connected, libzmq would skip it silently)."""
-    d = start_daemon("--publish-hwm", "1000", "--push", "", "--slow-consumer-stall", "0")
+    d = start_daemon("--publish-hwm", "1000", "--push", "", "--slow-consumer-stall", "0", "--slow-consumer-policy", "cut")
     stalled = connected(sockets, zmq.SUB, d.publish, rcvhwm=100, rcvbuf=16 * 1024)
     live = connected(sockets, zmq.SUB, d.publish, rcvhwm=0)
     prod = ready_producer(sockets, d.collector)
@@ -206,7 +206,7 @@ def test_messages_libzmq_skips_for_a_full_subscriber_are_counted_until_it_is_cut
     """slow_consumer_stall = 0: after the lossy send libzmq leaves the full subscriber out of its distribution
     without refusing anything; every message sent meanwhile is counted as missed by it, none that it got, and
     once it is cut off and gone the counting stops."""
-    d = start_daemon("--publish-hwm", "100", "--push", "", "--slow-consumer-stall", "0")
+    d = start_daemon("--publish-hwm", "100", "--push", "", "--slow-consumer-stall", "0", "--slow-consumer-policy", "cut")
     stalled = connected(sockets, zmq.SUB, d.publish, rcvhwm=100, rcvbuf=16 * 1024, reconnect_ivl=-1)
     prod = ready_producer(sockets, d.collector)
     probes = warm_up(prod, stalled)
