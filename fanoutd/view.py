@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from .dataplane import kernel
-from .peers import Connection, PeerTracker
+from .peers import PRODUCER_ROLES, Connection, PeerTracker
 
 
 def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = False) -> dict[str, Any]:
@@ -25,6 +25,8 @@ def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = 
     entry: dict[str, Any] = {"socket": conn.role, "peer": conn.peer, "connected_since": round(conn.since, 3)}
     if live:
         entry["handshaken"] = conn.handshaken  # past the ZMTP handshake: messages can reach it
+    if conn.role in PRODUCER_ROLES:
+        entry["type"] = conn.kind or None  # its ZMTP Socket-Type once it has sent (fanoutd.senders)
     if live and state is not None:
         entry["queued_bytes"], entry["state"] = state[0], "connected"
     elif live:

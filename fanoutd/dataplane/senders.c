@@ -3,12 +3,13 @@
  * is, learnt from the messages it sends, reported to the hub once per
  * connection (senders.h has the why and the box's contract).
  *
- * The cost per message is one zmq_msg_gets (a lookup in the connection's
- * small metadata map) and a compare; a message whose metadata the loop has
- * reported also costs a probe of a set when another connection's message
- * came between. Only a sighting (a connection not reported yet) does more:
- * its fd (the metadata's "__fd", which is what libzmq's zmq_msg_get(msg,
- * ZMQ_SRCFD) reads), one fstat for the fd's inode and a slot in the ring.
+ * The cost per message is a few loads and compares while one connection
+ * sends (the message's first word, the hub's count of closed producers, the
+ * check countdown), and a probe of a small set when another connection's
+ * message came between. Only a sighting (a connection not reported yet)
+ * does more: zmq_msg_gets for its Socket-Type and its fd (the metadata's
+ * "__fd", which is what libzmq's zmq_msg_get(msg, ZMQ_SRCFD) reads), one
+ * fstat for the fd's inode and a slot in the ring.
  *
  * Part of the _forward.c translation unit (included there, not compiled alone).
  */
@@ -16,17 +17,19 @@
 #define SENDERS_TYPE_PROPERTY "Socket-Type"
 #define SENDERS_FD_PROPERTY "__fd"
 
-/* Where a Socket-Type pointer's probe starts in the set (Fibonacci hashing of the address). */
-static uint32_t senders_slot(const char *type)
+/* The slot holding hint in the set, or the empty one where it would go (Fibonacci hashing of the address). */
+static uint32_t senders_find(const senders_box *b, const void *hint)
 {
-    return (uint32_t)((((uintptr_t)type >> 4) * 0x9E3779B97F4A7C15ULL) >> 52) & (SENDERS_SET - 1);
+    uint32_t i = (uint32_t)((((uintptr_t)hint >> 4) * 0x9E3779B97F4A7C15ULL) >> 53) & (SENDERS_SET - 1);
+    while (b->keys[i] && b->keys[i] != hint)
+        i = (i + 1) & (SENDERS_SET - 1);
+    return i;
 }
 
 static void senders_forget(senders_box *b)
 {
-    memset(b->set, 0, sizeof b->set);
+    memset(b->keys, 0, sizeof b->keys);
     b->used = 0;
-    b->last = NULL;
 }
 
 /* Post a sighting of the connection that sent m: 0, or -1 when the ring is full (the hub has not read it). */
@@ -47,43 +50,55 @@ static int senders_post(senders_box *b, const zmsg_t *m, const char *type)
     return 0;
 }
 
-/* The message's metadata differs from the last one's (or the hub has seen a producer leave): report its
- * connection unless it has been already. Out of line: the per-message path stays a load and a compare. */
-static __attribute__((noinline)) void senders_check(senders_box *b, const zmsg_t *m, const char *type)
+/* The message's first word is not the last one's, a check is due, or the hub has seen a producer leave:
+ * report its connection unless it has been already. Out of line: the per-message path stays a few loads. */
+static __attribute__((noinline)) void senders_check(senders_box *b, const zmsg_t *m, const void *hint)
 {
     uint64_t closed = LOAD(b->closed);
     if (closed != b->forgot) {
         senders_forget(b);
         b->forgot = closed;
     }
-    b->last = NULL;
+    b->hint = NULL;
+    uint32_t i = senders_find(b, hint);
+    int known = hint && b->keys[i] == hint;
+    if (known && b->until_check) {
+        b->until_check--;
+        b->hint = hint;
+        return;
+    }
+    b->until_check = SENDERS_CHECK_EVERY;
+    const char *type = Z.msg_gets(m, SENDERS_TYPE_PROPERTY);
     if (!type)
         return;  /* no metadata: not a ZMTP 3 connection's message */
-    uint32_t i = senders_slot(type);
-    for (; b->set[i]; i = (i + 1) & (SENDERS_SET - 1)) {
-        if (b->set[i] == type) {
-            b->last = type;
-            return;
-        }
+    if (known && b->types[i] == type) {
+        b->hint = hint;
+        return;
     }
     if (senders_post(b, m, type) < 0)
-        return;
-    if (b->used >= SENDERS_FULL) {
+        return;  /* the ring is full: the connection's next message tries again */
+    if (!known && b->used >= SENDERS_FULL) {
         senders_forget(b);
-        i = senders_slot(type);
+        i = senders_find(b, hint);
     }
-    b->set[i] = type;
-    b->used++;
-    b->last = type;
+    if (!known)
+        b->used++;
+    b->keys[i] = hint;
+    b->types[i] = type;
+    b->hint = hint;
 }
 
 /* Called by forward_one for each message read from a producer input (not the upstream link). */
 static inline void note_sender(Forwarder *f, const zmsg_t *m)
 {
     senders_box *b = &f->senders;
-    const char *type = Z.msg_gets(m, SENDERS_TYPE_PROPERTY);
-    if (type != b->last || LOAD(b->closed) != b->forgot)
-        senders_check(b, m, type);
+    const void *hint;
+    memcpy(&hint, m, sizeof hint);  /* libzmq 4.1-4.3: the message's metadata address (a hint: senders.h) */
+    if (hint && hint == b->hint && b->until_check && LOAD(b->closed) == b->forgot) {
+        b->until_check--;
+        return;
+    }
+    senders_check(b, m, hint);
 }
 
 /* --- The hub's side (methods of the Forwarder, under the GIL). --- */
