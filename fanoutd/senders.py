@@ -42,6 +42,11 @@ PLAIN_PUB = "PUB"
 PEER_TYPES = {"SUB": ("PUB", "XPUB"), "PULL": ("PUSH",)}
 
 
+def types_of(role: str) -> tuple[str, ...]:
+    """The ``type`` label values of ``role``'s connections: the Socket-Types that may connect to it, and unknown."""
+    return (*PEER_TYPES.get(BY_NAME[role].pattern, ()), UNKNOWN)
+
+
 class Sightings(Protocol):
     """The loop's side (the Engine): connections seen since the last call, and a producer-closed notice."""
 
@@ -101,17 +106,17 @@ class Senders:
         conn.kind = kind
         if kind == PLAIN_PUB:
             self._plain.warning(
-                "%s: producer %s is a plain PUB socket: while fanoutd holds its producers back (a full output; "
-                "under slow_consumer_policy = pace, a reader behind) it drops messages at its own high-water mark, "
-                "where no fanoutd counter sees them; set ZMQ_XPUB_NODROP on it and send blocking, or use the PULL "
-                "ingress (clients/README.md, \"Producing while fanoutd holds back\")", conn.role, conn.peer,
+                "%s: producer %s is a plain PUB socket: unless it sets ZMQ_XPUB_NODROP and sends blocking (options "
+                "fanoutd cannot see), it drops messages at its own high-water mark while fanoutd holds producers "
+                "back, where no fanoutd counter sees them; the fix, or the PULL ingress: clients/README.md, "
+                "\"Producing while fanoutd holds back\"", conn.role, conn.peer,
                 held="more plain PUB producer connections not logged (fanoutd_producer_peers{type=\"PUB\"})")
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(socket, type) -> open connections: every type its pattern admits, and ``unknown``."""
         counts: dict[tuple[str, str], int] = {}
         for role in self._roles:
-            kinds = Counter(dict.fromkeys((*PEER_TYPES.get(BY_NAME[role].pattern, ()), UNKNOWN), 0))
+            kinds = Counter(dict.fromkeys(types_of(role), 0))
             kinds.update(conn.kind or UNKNOWN for conn in list(self._peers.open[role].values()))
             counts.update({(role, kind): n for kind, n in kinds.items()})
         return counts
