@@ -8,7 +8,9 @@ slow-consumer guard's stable name for why it cut it (``stopped``,
 ``furthest_behind``, ``timeout``, ``window``: fanoutd.slowrules.RULES), which
 is what scripts should match; ``null`` for a connection closed for any other
 cause (the peer left, a heartbeat, a refused handshake), so the key is
-always there.
+always there. A producer connection (collector, ingress) also has a
+``type``: its ZMTP Socket-Type (``PUB``, ``XPUB``, ``PUSH``) once it has
+sent a message, ``null`` before (fanoutd.senders).
 """
 
 from __future__ import annotations
