@@ -42,6 +42,7 @@ class Sources:
     slow_consumers: Callable[[], Mapping[tuple[str, str], int]] = dict
     pending: Callable[[], Mapping[str, int]] = dict
     upstream_errors: Callable[[], Mapping[tuple[str, str], int]] = dict
+    producer_peers: Callable[[], Mapping[tuple[str, str], int]] = dict
 
 
 class BrokerCollector:
@@ -89,6 +90,11 @@ class BrokerCollector:
             yield family
         yield _filled(GaugeMetricFamily("fanoutd_connected_peers", "Connections accepted and not yet closed, "
                                         "per socket.", labels=["socket"]), src.peers())
+        yield _filled(GaugeMetricFamily("fanoutd_producer_peers", "Producer connections open now, per input "
+                                        "socket and by the ZMTP Socket-Type they send with: PUB (a plain PUB drops "
+                                        "at its own high-water mark, unseen, while fanoutd holds producers back), "
+                                        "XPUB, PUSH; unknown until the connection's first message is read.",
+                                        labels=["socket", "type"]), src.producer_peers())
         yield _filled(CounterMetricFamily("fanoutd_slow_consumers", "Subscribers disconnected for not keeping "
                                           "up, per socket and by the slow-consumer guard's rule that cut them "
                                           "(docs/concepts.md#slow-consumers says what each means).",

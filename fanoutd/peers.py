@@ -69,6 +69,7 @@ class Connection:
     rule: str = ""  # the slow-consumer guard's rule that cut it (fanoutd.slowrules.RULES); "" if not cut by it
     handshaken: bool = False
     failed: str = ""  # the handshake failure libzmq reported for it, if any
+    kind: str = ""  # a producer's ZMTP Socket-Type (PUB, XPUB, PUSH) once the loop read from it (fanoutd.senders)
 
     def still_open(self) -> bool:
         """True while the fd still names this very connection (fds are reused as soon as libzmq closes one)."""

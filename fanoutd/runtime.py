@@ -23,6 +23,7 @@ from .config import Config, log_level
 from .dataplane.engine import BindError, Engine
 from .keys import Keys
 from .peers import PeerTracker
+from .senders import Senders
 from .reload import Plan
 from .links import UpstreamWatch
 from .slow import Guard
@@ -50,6 +51,7 @@ class Runtime:
         self.engine = Engine(config, self.context, keys.secret, node_id=node_id, upstream_server=keys.upstream_server)
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
         self.guard = Guard(config, self.peers, self.engine)
+        self.senders = Senders(self.engine, self.peers)
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         self.upstreams.heal_with(self.engine.reconnect, zmq.curve_public(keys.secret) if keys.secret else None)
         self.peers.on_refused, self.peers.on_linked = self.upstreams.refused, self.upstreams.linked
@@ -58,7 +60,8 @@ class Runtime:
             handshake_failures=lambda: self.peers.handshake_failures, disconnects=lambda: self.peers.disconnects,
             auth_denied=lambda: self.zap.denied, config=lambda: self.config, node_id=node_id.hex(),
             slow_consumers=lambda: self.guard.cut, upstream_errors=lambda: self.upstreams.errors,
-            pending=self.engine.held_bytes)
+            pending=self.engine.held_bytes,
+            producer_peers=self.senders.counts)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         peers_view = (lambda: view.peers(self.peers, self.engine.held_bytes())) if config.peers_view else None
         self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view,
@@ -89,6 +92,7 @@ class Runtime:
             self.peers.start(self._on_crash)
             library = self.engine.open()
             self.guard.start(self._on_crash)
+            self.senders.start(self._on_crash)
             self.upstreams.start(self._on_crash)
             self._serve_http()
             result = self.engine.start()
@@ -127,6 +131,7 @@ class Runtime:
         steps: list[tuple[str, Callable[[], bool | None]]] = [
             ("the HTTP server", lambda: self.server.stop(timeout=1.0) if self.server.started else None),
             ("the slow-consumer guard", self.guard.close),
+            ("the producer types", self.senders.close),
             ("the upstream watch", self.upstreams.close),
             ("the forwarding loop", lambda: self.engine.close(timeout=remaining())),
             ("the socket monitors", self.peers.close),

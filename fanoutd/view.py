@@ -15,7 +15,9 @@ slow-consumer guard's stable name for why it cut it (``stopped``,
 ``furthest_behind``, ``timeout``, ``window``: fanoutd.slowrules.RULES), which
 is what scripts should match; ``null`` for a connection closed for any other
 cause (the peer left, a heartbeat, a refused handshake), so the key is
-always there.
+always there. A producer connection (collector, ingress) also has a
+``type``: its ZMTP Socket-Type (``PUB``, ``XPUB``, ``PUSH``) once it has
+sent a message, ``null`` before (fanoutd.senders).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .dataplane import kernel
-from .peers import Connection, PeerTracker
+from .peers import PRODUCER_ROLES, Connection, PeerTracker
 from .slow import LiveKernel
 from .slowrules import Reading, could_be_full, full
 
@@ -45,6 +47,8 @@ def _entry(conn: Connection, state: tuple[int, int] | None = None, live: bool = 
     entry: dict[str, Any] = {"socket": conn.role, "peer": conn.peer, "connected_since": round(conn.since, 3)}
     if live:
         entry["handshaken"] = conn.handshaken  # past the ZMTP handshake: messages can reach it
+    if conn.role in PRODUCER_ROLES:
+        entry["type"] = conn.kind or None  # its ZMTP Socket-Type once it has sent (fanoutd.senders)
     if live and state is not None:
         entry["queued_bytes"], entry["state"] = state[0], "connected"
         entry["pending_bytes"] = _pending(conn, state[0], held or {})

@@ -14,6 +14,7 @@
  *   fanout.c      sending to the XPUB outputs, and the stall protocol
  *   trailer.c     the trailer codec (wire.h)
  *   stamps.c      stamp streams and upstream gaps (_streams.h)
+ *   senders.c     producer connections by Socket-Type, for the hub (senders.h)
  *   loop.c        the loop: read, check, count and hand each message out
  *   kernel.c      the kernel's view of connections, for the guard
  *   construct.c   Forwarder(sockets, *, settings)
@@ -34,12 +35,14 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "zmq_abi.h"
 #include "wire.h"
 #include "_streams.h"
+#include "senders.h"
 #include "forwarder.h"
 
 #include "libzmq.c"
@@ -47,6 +50,7 @@
 #include "fanout.c"
 #include "trailer.c"
 #include "stamps.c"
+#include "senders.c"
 #include "loop.c"
 #include "kernel.c"
 #include "construct.c"

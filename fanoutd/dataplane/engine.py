@@ -193,6 +193,17 @@ class Engine:
             return {}
         return _by_output(self._forwarder.stalls())
 
+    def senders(self) -> list[tuple[int, int, str]]:
+        """Producer connections the loop read from for the first time since the last call: (fd, inode, Socket-Type)."""
+        if self._forwarder is None:
+            return []
+        return [(fd, inode, kind.decode(errors="replace")) for fd, inode, kind in self._forwarder.senders()]
+
+    def forget_senders(self) -> None:
+        """A producer connection closed: the loop reports each connection again at its next message."""
+        if self._forwarder is not None:
+            self._forwarder.forget_senders()
+
     def answer_stall(self, role: str, number: int, stall_on: bool) -> None:
         """The guard has looked at stall ``number``: stall on for another stall period, or send lossy."""
         if self._forwarder is not None:

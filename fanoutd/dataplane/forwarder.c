@@ -227,6 +227,12 @@ static PyMethodDef Forwarder_methods[] = {
     {"close_window", (PyCFunction)Forwarder_close_window, METH_VARARGS,
      "close_window(output, number): close that output's window if no later lossy send reopened it "
      "(the guard has cut the full subscriber); True if closed. Thread-safe."},
+    {"senders", (PyCFunction)Forwarder_senders, METH_NOARGS,
+     "Producer connections seen since the last call: [(fd or -1, its inode or 0, Socket-Type as bytes)]. "
+     "Hub only (one reader)."},
+    {"forget_senders", (PyCFunction)Forwarder_forget_senders, METH_NOARGS,
+     "A producer connection has closed: the loop reports every connection again at its next message. "
+     "Hub only."},
     {"counters", (PyCFunction)Forwarder_counters, METH_NOARGS,
      "A snapshot of the counters, at most one batch or one tick stale."},
     {"topic_counters", (PyCFunction)Forwarder_topic_counters, METH_NOARGS,

@@ -9,8 +9,8 @@
  * two are ordered. Fields set at construction are written before the loop
  * thread is started (starting the thread orders them) and never again.
  *
- * Included by _forward.c only, after <Python.h>, zmq_abi.h, wire.h and
- * _streams.h.
+ * Included by _forward.c only, after <Python.h>, zmq_abi.h, wire.h,
+ * _streams.h and senders.h.
  */
 #ifndef FANOUTD_FORWARDER_H
 #define FANOUTD_FORWARDER_H
@@ -110,6 +110,9 @@ typedef struct {
      * (release); the loop loads 1 (acquire), reads reconnect_to, connects, and stores 0 (release). */
     char reconnect_to[512];
     int reconnect_pending;
+
+    /* --- The senders' box: producer connections by Socket-Type; each field's contract is in senders.h. --- */
+    senders_box senders;
 
     /* --- Under the GIL: run() sets and clears it while holding the GIL, never inside the loop. --- */
     int running;                   /* run() refuses to start twice */

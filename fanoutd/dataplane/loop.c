@@ -166,6 +166,8 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
         Z.msg_close(&p[0]);
         return err == EAGAIN ? 0 : -1;
     }
+    if (!from_upstream)
+        note_sender(f, &p[0]);  /* which kind of producer sent it (senders.c) */
     int n = 1, overflow = 0, max_frames = LOAD(f->max_frames) + from_upstream;
     uint64_t total = Z.msg_size(&p[0]);
     int more = Z.msg_more(&p[0]);
