@@ -1,0 +1,84 @@
+"""Issue #25's "done when", at the defaults and at sizes that fit the suite, with the bench's C clients.
+
+``rawpub`` writes ZMTP to the collector's TCP connection (held back by
+fanoutd, it is slowed and loses nothing); one ``msink`` process holds every
+subscriber. The full-size cells, side by side with NATS and Redis, are
+``bench/overload.py``'s (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from fobench.build import build_all  # noqa: E402  (the bench's own package, beside the tests)
+from fobench.procs import Child  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+SIZE = 1024
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def _deliver(daemon, subs: int, count: int, rate: float = 0) -> tuple[dict, dict]:
+    """rawpub sends count x SIZE (rate msg/s, 0 flat out) to subs msink subscribers: (producer's, sink's) results."""
+    bins = build_all()
+    sink = Child([str(bins["msink"]), "-m", "zmtp", "-p", str(_port(daemon.publish)), "-k", str(subs),
+                  "-L", str(SIZE), "-n", str(count), "-w", "60000"], "msink")
+    producer = None
+    try:
+        sink.expect("connected", 60)
+        argv = [str(bins["rawpub"]), "-m", "zmtp", "-p", str(_port(daemon.collector)), "-s", str(SIZE),
+                "-n", str(count)]
+        producer = Child(argv + (["-r", str(rate)] if rate else []), "rawpub", stdin=True)
+        producer.expect("subscribed", 15)
+        sink.expect("ready", 60)  # every connection has had a warm-up message
+        producer.send_line("go")
+        return producer.result(120), sink.result(120)
+    finally:
+        for child in (producer, sink):
+            if child is not None:
+                child.stop()
+
+
+def _everyone_got_everything(sent: dict, out: dict, subs: int, count: int) -> None:
+    assert sent["sent"] == count, sent
+    assert out["conns"] == out["ready_conns"] == subs and out["closed"] == 0 and out["bad"] == 0, out
+    assert out["received_min"] == out["received_max"] == count and out["received"] == subs * count, out
+
+
+def test_ten_readers_flat_out_get_every_message_and_nobody_is_cut_at_the_defaults(start_daemon):
+    """The issue's first cell (10 x 300,000 x 1 KiB flat out: fanoutd used to cut 1 to 3 readers that kept
+    reading) at a tenth of its length, at the defaults."""
+    d = start_daemon()
+    sent, out = _deliver(d, 10, 30_000)
+    _everyone_got_everything(sent, out, 10, 30_000)
+    assert d.total("fanoutd_slow_consumers_total") == 0, d.log()
+    assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == 0
+
+
+def test_ten_readers_flat_out_held_back_by_the_byte_bound_get_every_message(start_daemon):
+    """The same with a byte bound small enough to be reached at this size: the output stalls on held bytes,
+    the producer is slowed, and still nobody is cut and every reader gets everything."""
+    d = start_daemon("--max-message-size", "64KiB", "--slow-consumer-max-pending", "256KiB")
+    sent, out = _deliver(d, 10, 30_000)
+    _everyone_got_everything(sent, out, 10, 30_000)
+    assert d.value("fanoutd_output_stalls_total", socket="publish") > 0, "the bound was never reached"
+    assert d.total("fanoutd_slow_consumers_total") == 0, d.log()
+    assert d.value("fanoutd_pending_bytes", socket="publish") == 0
+
+
+def test_a_thousand_readers_offered_more_than_the_machine_carries_slow_the_producer_and_lose_nothing(
+        start_daemon):
+    """The issue's overload cell (1,000 x 50,000 x 1 KiB offered at 5,000 msg/s, --publish-hwm 1000: fanoutd
+    delivered 13 %, with 3,000 cuts) at a twentieth of its length: every reader gets every message."""
+    d = start_daemon("--publish-hwm", "1000")
+    sent, out = _deliver(d, 1000, 2_500, rate=5000)
+    _everyone_got_everything(sent, out, 1000, 2_500)
+    assert d.total("fanoutd_slow_consumers_total") == 0, d.log()
+    assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == 0
