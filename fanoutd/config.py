@@ -29,9 +29,9 @@ __all__ = ["INPUT_HWM_FLOOR", "KIB", "MIB", "SETTINGS", "Config", "ConfigError",
 
 
 #: The fewest messages an input queues per producer connection, whatever collector_max_pending says. libzmq's reader
-#: wakes the I/O thread every half high-water mark (below 2048 messages), and a queue of 32 cost 40-67 % of flat-out
-#: throughput at 100 B and 1 KiB (bench/README.md, "The input bound").
-INPUT_HWM_FLOOR = 256
+#: wakes the I/O thread every half high-water mark read (libzmq 4.3): a queue of 32 cost 40-67 % of flat-out
+#: throughput at 100 B and 1 KiB, one of 256 about 15 % at 100 B x 4 subscribers (bench/README.md, "The input bound").
+INPUT_HWM_FLOOR = 512
 
 
 @dataclass(frozen=True)

@@ -34,24 +34,25 @@ def rcvhwm(**flags: str) -> dict[str, int]:
 
 
 def test_every_input_queues_collector_max_pending_over_max_message_size_messages_never_under_the_floor():
-    # The defaults: 32 MiB over 1 MiB is 32 messages, under the floor: 256 (16 MiB at 64 KiB a message).
-    assert rcvhwm() == dict.fromkeys(INPUTS, INPUT_HWM_FLOOR) == dict.fromkeys(INPUTS, 256)
+    # The defaults: 32 MiB over 1 MiB is 32 messages, under the floor: 512 (32 MiB at 64 KiB a message).
+    assert rcvhwm() == dict.fromkeys(INPUTS, INPUT_HWM_FLOOR) == dict.fromkeys(INPUTS, 512)
     assert rcvhwm(max_message_size="64KiB") == dict.fromkeys(INPUTS, 512)
+    assert rcvhwm(max_message_size="16KiB") == dict.fromkeys(INPUTS, 2048)
     assert rcvhwm(max_message_size="1KiB") == dict.fromkeys(INPUTS, 32 * 1024)
     assert rcvhwm(max_message_size="1KiB", collector_max_pending="1024MiB") == dict.fromkeys(INPUTS, 100_000)
-    assert rcvhwm(collector_max_pending=str(512 * MIB)) == dict.fromkeys(INPUTS, 512)
+    assert rcvhwm(collector_max_pending="1024MiB") == dict.fromkeys(INPUTS, 1024)
 
 
 def test_a_collector_hwm_under_the_budget_is_the_depth_and_one_over_it_is_refused_in_one_line():
     assert rcvhwm(collector_hwm="10") == dict.fromkeys(INPUTS, 10)
-    assert rcvhwm(collector_hwm="256") == dict.fromkeys(INPUTS, 256)
+    assert rcvhwm(collector_hwm="512") == dict.fromkeys(INPUTS, 512)
     with pytest.raises(ConfigError) as refused:
-        cfg.load({"collector_hwm": "257"}, environ={})
+        cfg.load({"collector_hwm": "513"}, environ={})
     assert str(refused.value) == (
-        "collector_hwm = 257 messages of up to max_message_size (1048576 bytes) per producer connection is more "
-        "than collector_max_pending (33554432 bytes) allows (256): lower it, or raise collector_max_pending")
+        "collector_hwm = 513 messages of up to max_message_size (1048576 bytes) per producer connection is more "
+        "than collector_max_pending (33554432 bytes) allows (512): lower it, or raise collector_max_pending")
     # The default written out is the default: the depth is left to collector_max_pending.
-    assert rcvhwm(collector_hwm="100000") == dict.fromkeys(INPUTS, 256)
+    assert rcvhwm(collector_hwm="100000") == dict.fromkeys(INPUTS, 512)
     # Where the budget allows it, it stands: 2,000 x 16 KiB is 31.25 MiB.
     assert rcvhwm(collector_hwm="2000", max_message_size="16KiB") == dict.fromkeys(INPUTS, 2000)
 
@@ -63,13 +64,13 @@ def test_the_output_high_water_marks_are_left_as_set():
 
 
 SIZE = 64 * 1024
-DEPTH = 256  # the input queue at the defaults, messages per producer connection (the first test checks it)
+DEPTH = 512  # the input queue at the defaults, messages per producer connection (the first test checks it)
 HELD_FOR = 6.0  # seconds of flat-out sending into a held-back broker: the input queue fills in well under 1 s
-# What the daemon may hold besides the input queue (one producer connection: 256 x 64 KiB = 16 MiB): the publish
+# What the daemon may hold besides the input queue (one producer connection: 512 x 64 KiB = 32 MiB): the publish
 # queue (--publish-hwm 100: 6.25 MiB), the message the stalled loop retries and the one libzmq's decoder is filling
 # (64 KiB each), and glibc's arenas keeping freed 64 KiB chunks of two threads (the I/O thread allocates messages,
-# the loop frees them) instead of reusing them at once. Measured here: a growth of about 20-24 MiB all told. Without
-# the bound (collector_hwm 100,000) the input queue alone grows by about a GiB a second, past this within 0.1 s.
+# the loop frees them) instead of reusing them at once. Measured here: 37 MiB all told, the two queues' worth. Without
+# the bound (the queue at collector_hwm, 100,000) the input queue alone passes this within 0.1 s.
 MARGIN = 16 * MIB
 
 
@@ -84,7 +85,7 @@ def test_a_producer_that_never_drops_holds_at_most_the_input_queue_in_the_daemon
         start_daemon, sockets):
     """Pace, a reader at about 200 msg/s that keeps reading (so it is waited for, never cut: pace share 1), and
     Producer(drop=False) sending 64 KiB flat out for 6 s: the daemon's RSS grows by at most the input queue
-    (256 x 64 KiB, the default) plus the publish queue and MARGIN, while it is held back most of that time."""
+    (512 x 64 KiB, the default) plus the publish queue and MARGIN, while it is held back most of that time."""
     d = start_daemon("--slow-consumer-policy", "pace", "--slow-consumer-pace-share", "1", "--publish-hwm", "100",
                      "--push", "")
     reader = connected(sockets, zmq.SUB, d.publish, rcvhwm=10, rcvbuf=64 * 1024)
