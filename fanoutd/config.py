@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from fanoutd_client import wire
 
 from . import files
-from .roles import POLICY_OWNERS, ROLES
+from .roles import POLICY_OWNERS, ROLES, Role
 from .values import KIB, MIB, PACE, PARSERS, TYPES, ConfigError, any_port
 
 __all__ = ["INPUT_HWM_FLOOR", "KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "budget_depth",
-           "input_hwm", "load", "log_level"]
+           "input_hwm", "load", "log_level", "queue_hwm"]
 
 
 #: The fewest messages an input queues per producer connection, whatever collector_max_pending says. libzmq's reader
@@ -74,8 +74,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collector_hwm", "count", 100_000,
             "most messages queued per producer connection on the collector, the ingress and the upstream link; "
             "the default leaves it to collector_max_pending, and another value above what that allows is refused"),
-    # What a producer connection can make the broker hold while it reads nothing (an output held): docs/concepts.md,
-    # "Where the memory goes while held back".
     Setting("collector_max_pending", "size", 32 * MIB,
             "bytes of messages the broker may queue per producer connection (collector, ingress, upstream link) "
             "while it holds its input back: their queues are this over max_message_size messages deep, never under "
@@ -248,8 +246,7 @@ def _check_whole(config: Config) -> None:
     if config.slow_consumer_policy == PACE and not config.slow_consumer_stall:
         raise ConfigError("slow_consumer_policy = \"pace\" holds output, which slow_consumer_stall = 0 never does: "
                           "set slow_consumer_stall above 0, or slow_consumer_policy = \"cut\"")
-    # Its default leaves the depth to collector_max_pending (so writing it out changes nothing); any other value is
-    # a cap the operator chose, and one the byte budget would silently override is refused instead.
+    # Its default (written out or not) leaves the depth to the budget; another value the budget would override: refused.
     if config.collector_hwm != BY_NAME["collector_hwm"].default and config.collector_hwm > budget_depth(config):
         raise ConfigError(f"collector_hwm = {config.collector_hwm} messages of up to max_message_size "
                           f"({config.max_message_size} bytes) per producer connection is more than "
@@ -288,6 +285,11 @@ def input_hwm(config: Config) -> int:
     collector_max_pending / INPUT_HWM_FLOOR). Computed at start: a reload of max_message_size leaves it.
     """
     return min(config.collector_hwm, budget_depth(config))
+
+
+def queue_hwm(config: Config, role: Role) -> int:
+    """The high-water mark a role's socket gets: :func:`input_hwm` on inputs, its own setting on outputs (per peer)."""
+    return input_hwm(config) if role.is_input else int(getattr(config, role.hwm))
 
 
 def log_level(config: Config) -> int:

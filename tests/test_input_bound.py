@@ -57,6 +57,13 @@ def test_a_collector_hwm_under_the_budget_is_the_depth_and_one_over_it_is_refuse
     assert rcvhwm(collector_hwm="2000", max_message_size="16KiB") == dict.fromkeys(INPUTS, 2000)
 
 
+def test_the_high_water_mark_gauge_shows_the_depth_the_inputs_get(start_daemon):
+    d = start_daemon("--ingress", "tcp://127.0.0.1:*", "--max-message-size", "16KiB")
+    assert {role: d.value("fanoutd_high_water_mark_messages", socket=role) for role in ("collector", "ingress")} \
+        == {"collector": 2048, "ingress": 2048}
+    assert d.value("fanoutd_high_water_mark_messages", socket="publish") == 250_000
+
+
 def test_the_output_high_water_marks_are_left_as_set():
     specs = describe(cfg.load({"publish_hwm": "100", "push_hwm": "7"}, environ={}))
     hwms = {s.role: dict(s.options)[zmq.SNDHWM] for s in specs if zmq.SNDHWM in dict(s.options)}
