@@ -32,7 +32,9 @@ from fobench.trial import TrialSpec
 LEVERS = ("io_threads=1", "io_threads=3", "affinity=0", "buffers=4194304", "sockaffinity=1:2")
 
 
-def _measures(bins: dict[str, Path], python: str, seconds: float) -> list[tuple[str, bool, Callable[[], float | None]]]:
+def _measures(bins: dict[str, Path], python: str, seconds: float,
+              cells: list[tuple[int, int]] | None = None) -> list[tuple[str, bool, Callable[[], float | None]]]:
+    """The five measures, or with ``cells`` only flat-out throughput at those (size, subscribers)."""
     runner = matrix.Runner(bins, python)
 
     def tput(size: int, subs: int) -> Callable[[], float | None]:
@@ -52,6 +54,8 @@ def _measures(bins: dict[str, Path], python: str, seconds: float) -> list[tuple[
                       bins, python)
         return r.latency_us.get("p99") if r.ok else None
 
+    if cells:
+        return [(f"throughput {size} B x{subs}, msg/s", True, tput(size, subs)) for size, subs in cells]
     return [("throughput 100 B x1, msg/s", True, tput(100, 1)),
             ("throughput 1 KiB x4, msg/s", True, tput(1024, 4)),
             ("CPU 100 B x4 @ 40k/s, µs/delivery", False, cost(100, 40_000)),
@@ -82,13 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levers", default=",".join(LEVERS), help=f"comma list (default: {','.join(LEVERS)})")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0, help="length of each fixed-rate run")
+    p.add_argument("--throughput", default="",
+                   help="only flat-out throughput, at these SIZExSUBS cells (e.g. 100x1,1024x4)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--out", type=Path, default=BUILD_DIR / "levers.md")
     args = p.parse_args(argv)
     site = str(BENCH_DIR / "levers")
     os.environ["PYTHONPATH"] = site + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     bins = build_all()
-    measures = _measures(bins, args.python, args.seconds)
+    cells = [(int(size), int(subs)) for size, _, subs in (c.partition("x") for c in args.throughput.split(",") if c)]
+    measures = _measures(bins, args.python, args.seconds, cells)
     lines = ["| lever | measure | defaults (A) | with the lever (B) | B vs A (+: better) |", "|---|---|---|---|---|"]
     for lever in args.levers.split(","):
         for name, higher_is_better, go in measures:

@@ -22,6 +22,7 @@ class Config:
     max_message_size: int
     max_frames: int
     collector_hwm: int
+    collector_max_pending: int
     publish_hwm: int
     push_hwm: int
     stamp_streams: int

@@ -21,10 +21,17 @@ from typing import TYPE_CHECKING, Any
 from fanoutd_client import wire
 
 from . import files
-from .roles import POLICY_OWNERS, ROLES
+from .roles import POLICY_OWNERS, ROLES, Role
 from .values import KIB, MIB, PACE, PARSERS, TYPES, ConfigError, any_port
 
-__all__ = ["KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "load", "log_level"]
+__all__ = ["INPUT_HWM_FLOOR", "KIB", "MIB", "SETTINGS", "Config", "ConfigError", "Setting", "as_dict", "budget_depth",
+           "input_hwm", "load", "log_level", "queue_hwm"]
+
+
+#: The fewest messages an input queues per producer connection, whatever collector_max_pending says. libzmq's reader
+#: wakes the I/O thread every half high-water mark read (libzmq 4.3): a queue of 32 cost 40-67 % of flat-out
+#: throughput at 100 B and 1 KiB, one of 256 about 15 % at 100 B x 4 subscribers (bench/README.md, "The input bound").
+INPUT_HWM_FLOOR = 512
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,14 @@ SETTINGS: tuple[Setting, ...] = (
             live=True),
     Setting("max_frames", "frames", 16,
             "most frames a message may have; more are rejected and counted", live=True),
-    Setting("collector_hwm", "count", 100_000, "high-water mark of the collector, in messages"),
+    Setting("collector_hwm", "count", 100_000,
+            "most messages queued per producer connection on the collector, the ingress and the upstream link; "
+            "the default leaves it to collector_max_pending, and another value above what that allows is refused"),
+    Setting("collector_max_pending", "size", 32 * MIB,
+            "bytes of messages the broker may queue per producer connection (collector, ingress, upstream link) "
+            "while it holds its input back: their queues are this over max_message_size messages deep, never under "
+            f"{INPUT_HWM_FLOOR} (shallower costs throughput), so messages over this / {INPUT_HWM_FLOOR} may hold "
+            "more (docs/concepts.md)"),
     # Output HWMs are sized so a burst of several hundred thousand messages flat out is absorbed
     # while consumers catch up (bench: burst mode); the memory this implies: docs/operations.md, "Memory".
     Setting("publish_hwm", "count", 250_000, "high-water mark per subscriber on the PUB output, in messages"),
@@ -242,6 +256,12 @@ def _check_whole(config: Config) -> None:
     if config.slow_consumer_policy == PACE and not config.slow_consumer_stall:
         raise ConfigError("slow_consumer_policy = \"pace\" holds output, which slow_consumer_stall = 0 never does: "
                           "set slow_consumer_stall above 0, or slow_consumer_policy = \"cut\"")
+    # Its default (written out or not) leaves the depth to the budget; another value the budget would override: refused.
+    if config.collector_hwm != BY_NAME["collector_hwm"].default and config.collector_hwm > budget_depth(config):
+        raise ConfigError(f"collector_hwm = {config.collector_hwm} messages of up to max_message_size "
+                          f"({config.max_message_size} bytes) per producer connection is more than "
+                          f"collector_max_pending ({config.collector_max_pending} bytes) allows "
+                          f"({budget_depth(config)}): lower it, or raise collector_max_pending")
     if config.heartbeat_interval and not config.heartbeat_timeout:
         raise ConfigError("heartbeat_timeout must be more than 0 while heartbeat_interval is on "
                           "(0 would keep silent peers forever; set heartbeat_interval = 0 to turn heartbeats off)")
@@ -258,6 +278,28 @@ def _check_whole(config: Config) -> None:
             raise ConfigError(f"{role}_curve needs curve_secret_key (create one with `fanoutd keygen`)")
         if getattr(config, f"{role}_clients") and not getattr(config, f"{role}_curve"):
             raise ConfigError(f"{role}_clients lists CURVE keys but {role}_curve is off")
+
+
+def budget_depth(config: Config) -> int:
+    """How many messages of max_message_size fit in collector_max_pending, never under :data:`INPUT_HWM_FLOOR`."""
+    return max(INPUT_HWM_FLOOR, config.collector_max_pending // config.max_message_size)
+
+
+def input_hwm(config: Config) -> int:
+    """ZMQ_RCVHWM of every input (collector, ingress, upstream link): its queue per producer connection, in messages.
+
+    libzmq bounds a queue in messages, never in bytes, and fixes the bound when a connection is made. While an
+    output is held the loop reads no input (docs/architecture.md, "The stall"), and each producer connection's
+    queue fills to this before TCP holds the producer back: so this, times the producer's message size, is what
+    one connection can make the broker hold (at most collector_max_pending while max_message_size is at most
+    collector_max_pending / INPUT_HWM_FLOOR). Computed at start: a reload of max_message_size leaves it.
+    """
+    return min(config.collector_hwm, budget_depth(config))
+
+
+def queue_hwm(config: Config, role: Role) -> int:
+    """The high-water mark a role's socket gets: :func:`input_hwm` on inputs, its own setting on outputs (per peer)."""
+    return input_hwm(config) if role.is_input else int(getattr(config, role.hwm))
 
 
 def log_level(config: Config) -> int:

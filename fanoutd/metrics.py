@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric
 
 from . import __version__
-from .config import Config
+from .config import Config, queue_hwm
 from .counters import BY_METRIC, DROPS, REJECTS, in_family
 from .roles import ROLES
 
@@ -168,10 +168,11 @@ def _limits(config: Config) -> Iterable[Metric]:
     yield GaugeMetricFamily("fanoutd_max_pending_bytes", "Configured slow_consumer_max_pending (0: no byte bound).",
                             value=config.slow_consumer_max_pending)
     hwm = GaugeMetricFamily("fanoutd_high_water_mark_messages",
-                            "Configured high-water mark per socket (per peer on outputs).", labels=["socket"])
+                            "High-water mark per socket, per peer (on the inputs, per producer connection: the "
+                            "depth collector_max_pending gives).", labels=["socket"])
     for role in ROLES:
         if getattr(config, role.name):
-            hwm.add_metric([role.name], getattr(config, role.hwm))
+            hwm.add_metric([role.name], queue_hwm(config, role))
     yield hwm
 
 

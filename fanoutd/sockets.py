@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import zmq
 from fanoutd_client import wire
 
-from .config import Config
+from .config import Config, queue_hwm
 from .roles import ROLES, Role
 
 _KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "XPUB": zmq.XPUB, "PUSH": zmq.PUSH}
@@ -162,7 +162,7 @@ def describe(config: Config, secret_key: bytes | None = None,
         endpoints = getattr(config, role.name)
         if not endpoints:
             continue
-        hwm = getattr(config, role.hwm)
+        hwm = queue_hwm(config, role)
         options: tuple[tuple[int, int | bytes], ...] = ((zmq.LINGER, 0), (zmq.IPV6, needs_ipv6(endpoints)),
                                                         (zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS))
         if role.is_input:
