@@ -180,7 +180,7 @@ class Engine:
         """Each fanning-out output this node has -> the message bytes libzmq holds for its readers, exactly.
 
         Counted by the loop's held-bytes ledger (held.c): every frame of more
-        than 33 bytes, once however many readers share it, until libzmq has
+        than 256 bytes, once however many readers share it, until libzmq has
         written it to the last of them or dropped it with its connection.
         """
         if self._forwarder is None:

@@ -217,7 +217,7 @@ static PyMethodDef Forwarder_methods[] = {
      "Per output (OUTPUTS order): the number of the lossy send whose window is open, or 0. Thread-safe."},
     {"held_bytes", (PyCFunction)Forwarder_held_bytes, METH_NOARGS,
      "Per output (OUTPUTS order): the message bytes libzmq holds for its readers, exactly (frames of more "
-     "than 33 bytes: libzmq copies shorter ones into each queue entry). Thread-safe."},
+     "than 256 bytes; shorter ones are bounded by the high-water mark). Thread-safe."},
     {"stalls", (PyCFunction)Forwarder_stalls, METH_NOARGS,
      "Per output (OUTPUTS order): the number of the stall it is in (a full subscriber queue), or 0. "
      "Thread-safe."},
