@@ -27,6 +27,7 @@ from fanoutd.dataplane import _forward, zmqlib
 pytestmark = pytest.mark.timeout(60)
 PUBLISH = _forward.OUTPUTS.index("publish")
 SIZE = 64 * 1024
+NEVER = 1 << 40  # a byte bound never reached: frames are counted (only a bound makes the loop count them)
 MALLOC_DEBUG = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
 
 
@@ -57,7 +58,7 @@ class Rig:
 
 @pytest.fixture
 def rig(ctx: zmq.Context, request) -> Iterator[Rig]:
-    """A running loop (stall_ns 10 ms, a real eventfd; stall_above the test's indirect parameter, else 0)."""
+    """A running loop (stall_ns 10 ms, a real eventfd; stall_above the test's indirect parameter, else NEVER)."""
     zmqlib.bind()
     made: list[zmq.Socket] = []
 
@@ -83,7 +84,7 @@ def rig(ctx: zmq.Context, request) -> Iterator[Rig]:
         rig = Rig(None, producer, publish.getsockopt_string(zmq.LAST_ENDPOINT), make)  # type: ignore[arg-type]
         forwarder = _forward.Forwarder({"collector": collector.underlying, "publish": publish.underlying},
                                        stall_ns=10_000_000, stall_fd=stall_fd,
-                                       stall_above=getattr(request, "param", 0))
+                                       stall_above=getattr(request, "param", NEVER))
         rig.forwarder = forwarder
         thread = threading.Thread(target=forwarder.run)
         thread.start()  # the sockets pass to the loop's thread (starting it orders the two)
@@ -157,6 +158,18 @@ def test_an_output_past_stall_above_stalls_and_a_no_sends_without_a_drop(rig):
     assert rig.counter("publish_dropped") == 0
 
 
+
+@pytest.mark.parametrize("rig", [0], indirect=True)
+def test_without_a_byte_bound_nothing_is_counted(rig):
+    """slow_consumer_max_pending = 0: nothing reads the ledger, so the loop spares every frame its wrapper."""
+    stopped = rig.reader(RCVHWM=1, RCVBUF=8192)
+    _subscribed(rig, stopped)
+    published = rig.counter("published_messages")
+    rig.send(100, b"p" * SIZE)
+    wait_for("the loop to publish all 100", lambda: rig.counter("published_messages"), lambda n: n == published + 100)
+    assert rig.held() == 0
+
+
 def test_frames_libzmq_still_holds_when_the_forwarder_and_context_are_gone_are_released_safely():
     """The free callbacks run inside zmq_ctx_term, after the Forwarder is freed: the ledger outlives it."""
     script = textwrap.dedent(f"""
@@ -171,7 +184,8 @@ def test_frames_libzmq_still_holds_when_the_forwarder_and_context_are_gone_are_r
         reader.subscribe(b"")
         reader.connect(publish.getsockopt_string(zmq.LAST_ENDPOINT))
         producer = ctx.socket(zmq.PUB); producer.connect("inproc://c")
-        f = _forward.Forwarder({{"collector": collector.underlying, "publish": publish.underlying}})
+        f = _forward.Forwarder({{"collector": collector.underlying, "publish": publish.underlying}},
+                               stall_above=1 << 40)
         t = threading.Thread(target=f.run); t.start()
         while True:  # until the reader is subscribed
             producer.send(b"probe")

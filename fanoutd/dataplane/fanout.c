@@ -186,15 +186,17 @@ static int deliver(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine)
 }
 
 /* Send frames[0..n) (moved when consume, else shared) and then tail if given (consumed) to a fanning-out
- * output, each frame as a wrapper counted in the output's ledger while libzmq holds it (held.c). 0 done,
- * -1 error. */
+ * output, each frame as a wrapper counted in the output's ledger while libzmq holds it (held.c) if there is
+ * a byte bound (stall_above). 0 done, -1 error. */
 static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
 {
     zmsg_t msgs[FRAMES_CAP + 2];
     uint64_t mine = 0;
     int count = 0, rc = 0;
+    /* Without a byte bound nothing reads the ledger: frames go unwrapped, at no cost (held.c says what it is). */
+    ledger_t *ledger = LOAD(f->stall_above) ? f->held[out] : NULL;
     for (; rc == 0 && count < n + (tail != NULL); count++)
-        rc = held_wrap(f->held[out], &msgs[count], count < n ? &frames[count] : tail, count < n ? consume : 1, &mine);
+        rc = held_wrap(ledger, &msgs[count], count < n ? &frames[count] : tail, count < n ? consume : 1, &mine);
     if (rc == 0)
         rc = deliver(f, out, msgs, count, mine);
     else
