@@ -76,7 +76,8 @@ CELLS = (
 
 def broker_defaults(python: str) -> dict[str, str]:
     """The settings (name -> default) of the fanoutd that ``python -P -m fanoutd`` runs."""
-    code = "import json; from fanoutd.config import SETTINGS; print(json.dumps({s.name: str(s.default) for s in SETTINGS}))"
+    code = ("import json; from fanoutd.config import SETTINGS; "
+            "print(json.dumps({s.name: str(s.default) for s in SETTINGS}))")
     out = subprocess.run([python, "-P", "-c", code], check=True, capture_output=True, text=True, timeout=30)
     parsed: dict[str, str] = json.loads(out.stdout)
     return parsed
@@ -105,7 +106,8 @@ def row(cell: Cell, r: fleet.FleetResult, settings: dict[str, str]) -> str:
     odd = "stalled" if cell.stalled else f"{r.odd_received:,}" if r.odd_received is not None else ""
     cuts = ", ".join(f"{k} {v}" for k, v in sorted(r.cuts.items())) or "none"
     return (f"| {cell.name} | {name} | {r.received:,} of {r.expected:,} | {r.lost:,} | {r.received_min:,} | {odd} "
-            f"| {cuts} | {r.pub_rate:,.0f} | {r.window_s:.1f} | {_mib(r.peak_rss)} (+{_mib(r.peak_rss - r.rss_connected)}) |")
+            f"| {cuts} | {r.pub_rate:,.0f} | {r.window_s:.1f} "
+            f"| {_mib(r.peak_rss)} (+{_mib(r.peak_rss - r.rss_connected)}) |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", default=",".join(c.name for c in CELLS), help="which cells, comma-separated")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="which systems, comma-separated")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every cell's message count (smoke: 0.01)")
-    p.add_argument("--max-readers", type=int, default=0, help="at most this many equal readers per cell (0: as defined)")
+    p.add_argument("--max-readers", type=int, default=0,
+                   help="at most this many equal readers per cell (0: as defined)")
     p.add_argument("--policy", default="auto", choices=("auto", "pace", "cut", "default"),
                    help="fanoutd's slow_consumer_policy; auto: pace unless that is already its default")
     p.add_argument("--repeats", type=int, default=1, help="runs per cell and system, the order rotating (default 1)")
