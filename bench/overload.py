@@ -41,11 +41,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fobench import fleet, report
+from fobench import fleet, overloadreport, report
 from fobench.build import BENCH_DIR, BUILD_DIR, build_all
 
 SYSTEMS = ("fanoutd", "nats", "redis")
-NAMES = {"fanoutd": "fanoutd", "nats": "NATS", "redis": "Redis"}
 HWM_STAND_IN = {"publish_hwm": "1000"}  # until slow_consumer_max_pending bounds a queue in bytes
 
 
@@ -94,22 +93,6 @@ def fanoutd_settings(cell: Cell, policy: str, defaults: dict[str, str]) -> dict[
     return out
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.0f}"
-
-
-def row(cell: Cell, r: fleet.FleetResult, settings: dict[str, str]) -> str:
-    name = NAMES[r.spec.system] + (" (" + ", ".join(f"{k} {v}" for k, v in settings.items()) + ")"
-                                   if r.spec.system == "fanoutd" and settings else "")
-    if r.error:
-        return f"| {cell.name} | {name} | error: {r.error} | | | | | | | |"
-    odd = "stalled" if cell.stalled else f"{r.odd_received:,}" if r.odd_received is not None else ""
-    cuts = ", ".join(f"{k} {v}" for k, v in sorted(r.cuts.items())) or "none"
-    return (f"| {cell.name} | {name} | {r.received:,} of {r.expected:,} | {r.lost:,} | {r.received_min:,} | {odd} "
-            f"| {cuts} | {r.pub_rate:,.0f} | {r.window_s:.1f} "
-            f"| {_mib(r.peak_rss)} (+{_mib(r.peak_rss - r.rss_connected)}) |")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", default=",".join(c.name for c in CELLS), help="which cells, comma-separated")
@@ -119,11 +102,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="at most this many equal readers per cell (0: as defined)")
     p.add_argument("--policy", default="auto", choices=("auto", "pace", "cut", "default"),
                    help="fanoutd's slow_consumer_policy; auto: pace unless that is already its default")
-    p.add_argument("--repeats", type=int, default=1, help="runs per cell and system, the order rotating (default 1)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per cell and system, the order rotating; over 1, a table of medians follows")
+    p.add_argument("--medians-of", type=Path, nargs="+", metavar="JSON",
+                   help="run nothing: the medians table of runs saved before (this script's .json files)")
     p.add_argument("--idle-ms", type=int, default=5000, help="a reader ends after this long without a message")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs 'python -m fanoutd'")
     p.add_argument("--out", type=Path, default=BUILD_DIR / "overload.md", help="the table (and .json beside it)")
     args = p.parse_args(argv)
+    if args.medians_of:
+        saved = [r for path in args.medians_of for r in json.loads(path.read_text())]
+        report.write_table(overloadreport.medians(saved), args.out)
+        return 0
     cells = [c for c in CELLS if c.name in args.cells.split(",")]
     systems = [s for s in SYSTEMS if s in args.systems.split(",")]
     site = str(BENCH_DIR / "levers")
@@ -132,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = broker_defaults(args.python)
     lines = [*report.environment(), f"- scale {args.scale:g}, policy {args.policy} (fanoutd's default: "
              f"{defaults.get('slow_consumer_policy')}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
-             "| cell | system | delivered (equal readers) | lost | least-served | odd reader | cuts (broker's count) "
-             "| producer msg/s | seconds | peak RSS, MiB (+ over connected) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             *overloadreport.RUN_HEADER]
     results = []
     for cell in cells:
         count = max(100, int(cell.count * args.scale))
@@ -147,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                 spec = fleet.FleetSpec(system, cell.size, subs, count=count, rate=cell.rate, idle_ms=args.idle_ms,
                                        stalled=cell.stalled, slow_bps=slow_bps, budget=300.0)
                 r = fleet.run(spec, bins, args.python)
-                lines.append(row(cell, r, settings if system == "fanoutd" else {}))
-                print(lines[-1], file=sys.stderr, flush=True)
                 results.append({"cell": cell.name, **asdict(r), "expected": r.expected, "lost": r.lost})
+                lines.append(overloadreport.run_row(results[-1], settings if system == "fanoutd" else {}))
+                print(lines[-1], file=sys.stderr, flush=True)
+    if args.repeats > 1:
+        lines += ["", "Medians, and each run in brackets:", "", *overloadreport.medians(results)]
     report.write_table(lines, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     return 0 if all(not r["error"] for r in results) else 1

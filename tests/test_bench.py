@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,26 @@ def test_msink_read_rate_cap_spreads_the_reading_out():
     assert out["received"] == 200 and out["closed"] == 0, out
     assert (sent["t_end"] - sent["t_first"]) < 0.5e9, sent
     assert 1.6e9 < out["t_last"] - sent["t_first"] < 4e9, (out, sent)
+
+
+@pytest.mark.timeout(120)
+def test_overload_repeats_end_with_medians_over_every_run(tmp_path):
+    """With --repeats, bench/overload.py adds each cell's medians, every run in brackets; the saved runs rebuild
+    the same table with --medians-of."""
+    out = tmp_path / "overload.md"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "overload.py"), "--scale", "0.01", "--max-readers", "5",
+                        "--cells", "tenth", "--systems", "fanoutd,redis", "--repeats", "2", "--idle-ms", "2000",
+                        "--out", str(out)], capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = out.read_text()
+    medians = table[table.index("Medians"):].splitlines()
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in medians if line.startswith("| tenth |")}
+    assert sorted(rows) == ["Redis", "fanoutd"], medians
+    for row in rows.values():
+        assert row[2] == "12,000: every one, every run" and len(row[4].split(", ")) == 2, row  # 2,000 x (5 + 1)
+        assert re.fullmatch(r"[\d.]+ \([\d.]+, [\d.]+\)", row[7]), row  # seconds: the median, then each run
+    again = tmp_path / "again.md"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "overload.py"), "--medians-of", str(out.with_suffix(".json")),
+                    "--out", str(again)], check=True, capture_output=True, timeout=60, cwd=ROOT)
+    assert again.read_text().strip() == "\n".join(medians[2:]).strip()
