@@ -43,8 +43,9 @@
  * Odd readers, for the slow-consumer cells (bench/overload.py):
  *   -S     every connection stops reading once it is ready (subscribed and
  *          proven), the way a frozen client does: the kernel's receive
- *          buffer fills and the broker holds the rest.  It still sees the
- *          server's close (RDHUP), which counts as closed.  Stalled
+ *          buffer fills and the broker holds the rest.  A server's close
+ *          that reaches it (RDHUP; a FIN queued behind a zero window may
+ *          never) counts as closed; ask the broker what it cut.  Stalled
  *          connections are never waited for: the process ends when all are
  *          gone or WAIT ms after "ready" (or when it is stopped).
  *   -b BPS every connection reads at most BPS bytes a second (a token
