@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from fobench.build import build_all  # noqa: E402  (the bench's own package, beside the tests)
 from fobench.procs import Child  # noqa: E402
-from fobench import subscriptions  # noqa: E402
+from fobench import brokerstats, subscriptions  # noqa: E402
 from fobench.servers import start_redis  # noqa: E402
 
 
@@ -66,9 +67,9 @@ def test_pace_runs_both_policies_on_one_cell(tmp_path):
 
 
 def _msink(bins: dict[str, Path], mode: str, port: int, k: int, size: int, count: int,
-           offset: int | None = None) -> Child:
+           offset: int | None = None, extra: list[str] | None = None) -> Child:
     argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(size), "-n", str(count),
-            "-w", "20000"]
+            "-w", "20000", *(extra or [])]
     return Child(argv + (["-o", str(offset)] if offset is not None else []), f"msink-{mode}")
 
 
@@ -149,3 +150,99 @@ def test_msink_exit_codes():
                              capture_output=True, text=True, timeout=30)
     assert refused.returncode == 1 and refused.stdout == "", refused
     assert refused.stderr.count("\n") == 1 and "refused" in refused.stderr, refused.stderr
+
+
+@pytest.mark.timeout(120)
+def test_overload_runs_every_cell_on_every_system(tmp_path):
+    """bench/overload.py, each cell shrunk: every system runs every cell, and every equal reader gets everything."""
+    out = tmp_path / "overload.md"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "overload.py"), "--scale", "0.01", "--max-readers", "20",
+                        "--idle-ms", "2000", "--out", str(out)], capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| cell")]
+    assert [(row[0], row[1].split(" (")[0]) for row in rows] == [
+        (cell, system) for cell in ("flat10", "overload", "stalled", "tenth", "crowd")
+        for system in ("fanoutd", "NATS", "Redis")], rows
+    for row in rows:
+        delivered, expected = row[2].split(" of ")
+        assert delivered == expected and row[3] == "0", row  # far below every bound: nobody loses at this size
+        assert float(row[7].replace(",", "")) > 0 and int(row[9].split(" ")[0].replace(",", "")) > 0, row
+    assert all(row[5] == "stalled" for row in rows if row[0] == "stalled"), rows
+    assert all(row[5].replace(",", "").isdigit() for row in rows if row[0] == "tenth"), rows
+    assert "slow_consumer_policy pace" in rows[0][1], rows[0]  # fanoutd paces unless that is its default
+
+
+@pytest.mark.timeout(120)
+def test_msink_stalled_subscriber_is_cut_by_redis_and_counted():
+    """msink -S stops reading once subscribed: Redis holds what it cannot write until its output-buffer limit
+    (pubsub 32 MB) closes it, and brokerstats reads that from Redis itself; a reading msink gets everything."""
+    bins = build_all()
+    server = start_redis()
+    stalled = _msink(bins, "redis", server.port, 1, 65536, 1000, extra=["-S"])
+    reader = _msink(bins, "redis", server.port, 1, 65536, 1000)
+    producer = None
+    try:
+        stalled.expect("ready", 30)
+        reader.expect("ready", 30)
+        producer = _rawpub(bins, "redis", server.port, 65536, 1000, 4000)  # 64 MB in 0.25 s
+        producer.expect("connected", 15)
+        producer.send_line("go")
+        assert producer.result(60)["sent"] == 1000
+        out = reader.result(60)
+        assert brokerstats.cuts(server) == {"output_buffer_limit": 1}
+        assert 0 < brokerstats.peak_rss(server.pid) < 200 * 2**20
+    finally:
+        for child in (producer, stalled, reader):
+            if child is not None:
+                child.stop()
+        server.stop()
+    assert out["received"] == 1000 and out["closed"] == 0, out
+
+
+@pytest.mark.timeout(120)
+def test_msink_read_rate_cap_spreads_the_reading_out():
+    """msink -b BPS reads at most BPS bytes a second: 200 KiB at 100 KiB/s take about 2 s to arrive, though
+    Redis has them all in a fraction of that."""
+    bins = build_all()
+    server = start_redis()
+    slow = _msink(bins, "redis", server.port, 1, 1024, 200, extra=["-b", str(100 * 1024)])
+    producer = None
+    try:
+        slow.expect("ready", 30)
+        producer = _rawpub(bins, "redis", server.port, 1024, 200)
+        producer.expect("connected", 15)
+        producer.send_line("go")
+        sent = producer.result(60)
+        out = slow.result(60)
+    finally:
+        for child in (producer, slow):
+            if child is not None:
+                child.stop()
+        server.stop()
+    assert out["received"] == 200 and out["closed"] == 0, out
+    assert (sent["t_end"] - sent["t_first"]) < 0.5e9, sent
+    assert 1.6e9 < out["t_last"] - sent["t_first"] < 4e9, (out, sent)
+
+
+@pytest.mark.timeout(120)
+def test_overload_repeats_end_with_medians_over_every_run(tmp_path):
+    """With --repeats, bench/overload.py adds each cell's medians, every run in brackets; the saved runs rebuild
+    the same table with --medians-of."""
+    out = tmp_path / "overload.md"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "overload.py"), "--scale", "0.01", "--max-readers", "5",
+                        "--cells", "tenth", "--systems", "fanoutd,redis", "--repeats", "2", "--idle-ms", "2000",
+                        "--out", str(out)], capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = out.read_text()
+    medians = table[table.index("Medians"):].splitlines()
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in medians if line.startswith("| tenth |")}
+    assert sorted(rows) == ["Redis", "fanoutd"], medians
+    for row in rows.values():
+        assert row[2] == "12,000: every one, every run" and len(row[4].split(", ")) == 2, row  # 2,000 x (5 + 1)
+        assert re.fullmatch(r"[\d.]+ \([\d.]+, [\d.]+\)", row[7]), row  # seconds: the median, then each run
+    again = tmp_path / "again.md"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "overload.py"), "--medians-of", str(out.with_suffix(".json")),
+                    "--out", str(again)], check=True, capture_output=True, timeout=60, cwd=ROOT)
+    assert again.read_text().strip() == "\n".join(medians[2:]).strip()

@@ -40,12 +40,24 @@
  * buckets up to 1 s plus an overflow bucket, so memory does not grow with
  * the message count; quantiles are bucket midpoints, max is exact.
  *
+ * Odd readers, for the slow-consumer cells (bench/overload.py):
+ *   -S     every connection stops reading once it is ready (subscribed and
+ *          proven), the way a frozen client does: the kernel's receive
+ *          buffer fills and the broker holds the rest.  A server's close
+ *          that reaches it (RDHUP; a FIN queued behind a zero window may
+ *          never) counts as closed; ask the broker what it cut.  Stalled
+ *          connections are never waited for: the process ends when all are
+ *          gone or WAIT ms after "ready" (or when it is stopped).
+ *   -b BPS every connection reads at most BPS bytes a second (a token
+ *          bucket refilled on each 20 ms turn of the loop): a reader that
+ *          keeps reading, slower than the rest.
+ *
  * Bytes are parsed as they stream in: each read() lands in one shared
  * buffer, and a connection keeps only its parser state, a partial frame
  * head and the 16 header bytes of the message being read, whatever LEN is.
  *
  * Usage: msink -m zmtp|zmtp-pull|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET]
- *              [-l] [-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH]
+ *              [-l] [-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH] [-S | -b BPS]
  * Prints "connected", "ready", then one JSON line: conns, ready_conns,
  * received (total), received_min, received_max (over connections), bad,
  * t_first, t_last (ns, any connection), connect_ms (start until every
@@ -102,6 +114,7 @@ struct conn {
     uint8_t shook;      /* handshake done */
     uint8_t ready;
     uint8_t more;       /* zmtp: the last message frame had MORE set */
+    uint8_t paused;     /* -S: stopped reading for good; -b: out of tokens until the next refill */
     uint16_t hlen;      /* bytes in head[] / matched so far */
     uint64_t need;      /* body bytes still to come */
     uint64_t received;  /* measured messages */
@@ -109,6 +122,7 @@ struct conn {
     unsigned char hdr[HDR_LEN];
     unsigned char *out; /* bytes send() did not take yet */
     size_t out_len, out_cap;
+    double tokens;      /* -b: bytes it may still read */
 };
 
 /* Settings. */
@@ -122,6 +136,8 @@ static const char *marker;
 static size_t marker_len;
 static char prefix[64];
 static size_t prefix_len;
+static int stall;          /* -S */
+static double read_bps;    /* -b, 0: no limit */
 
 /* State. */
 static int ep;
@@ -230,6 +246,10 @@ static void make_ready(struct conn *c)
 {
     c->ready = 1;
     n_ready++;
+    if (stall) {  /* from now on it reads nothing; only the server's close is watched for */
+        c->paused = 1;
+        watch(c, EPOLLRDHUP);
+    }
 }
 
 static void handshake_done(struct conn *c)
@@ -534,9 +554,24 @@ static void on_event(struct conn *c, uint32_t events)
         return;
     }
     if (c->state != C_OPEN) return;
+    if (stall && c->paused) {
+        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) gone(c, 1, "closed while stalled");
+        else watch(c, EPOLLRDHUP);  /* a PONG queued in its last read re-armed EPOLLIN: disarm it */
+        return;
+    }
     if (events & EPOLLOUT) flush_out(c);
     if (c->state != C_OPEN || !(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
-    ssize_t r = read(c->fd, rbuf, READ_BUF);
+    size_t want = READ_BUF;
+    if (read_bps > 0 && c->shook) {
+        if (c->tokens < 1) {  /* wait for the refill: no events but a hang-up meanwhile */
+            c->paused = 1;
+            watch(c, c->out_len ? EPOLLOUT : 0);
+            return;
+        }
+        want = MIN(want, (size_t)c->tokens);
+    }
+    ssize_t r = read(c->fd, rbuf, want);
+    if (r > 0 && read_bps > 0 && c->shook) c->tokens -= (double)r;
     if (r > 0) consume(c, rbuf, (size_t)r, now_ns());
     else if (r == 0) gone(c, 1, "end of stream");
     else if (errno != EAGAIN && errno != EINTR) gone(c, 1, strerror(errno));
@@ -593,7 +628,7 @@ static void setup_protocol(void)
 static int usage(void)
 {
     fprintf(stderr, "usage: msink -m zmtp|zmtp-pull|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET] [-l] "
-                    "[-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH]\n");
+                    "[-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH] [-S | -b BPS]\n");
     return 2;
 }
 
@@ -602,7 +637,7 @@ int main(int argc, char **argv)
     const char *m = NULL;
     long port = 0, k = 0, batch = 200, idle_ms = 1000, wait_ms = 30000, off = -1;
     int latency = 0, opt;
-    while ((opt = getopt(argc, argv, "m:p:k:L:n:o:li:w:c:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:p:k:L:n:o:li:w:c:Sb:")) != -1) {
         switch (opt) {
         case 'm': m = optarg; break;
         case 'p': port = atol(optarg); break;
@@ -614,6 +649,8 @@ int main(int argc, char **argv)
         case 'i': idle_ms = atol(optarg); break;
         case 'w': wait_ms = atol(optarg); break;
         case 'c': batch = atol(optarg); break;
+        case 'S': stall = 1; break;
+        case 'b': read_bps = atof(optarg); break;
         default: return usage();
         }
     }
@@ -625,7 +662,8 @@ int main(int argc, char **argv)
     else return usage();
     offset = off >= 0 ? (uint64_t)off : mode == M_ZMTP ? 2 : 0;
     if (optind != argc || port <= 0 || port > 65535 || k <= 0 || count == 0 || len < offset + HDR_LEN
-        || len > (1ull << 40) || batch <= 0 || idle_ms <= 0 || wait_ms <= 0)
+        || len > (1ull << 40) || batch <= 0 || idle_ms <= 0 || wait_ms <= 0 || read_bps < 0
+        || (stall && read_bps > 0))
         return usage();
 
     /* One fd per connection: raise the soft limit as far as allowed. */
@@ -655,7 +693,7 @@ int main(int argc, char **argv)
     struct epoll_event evs[MAX_EVENTS];
     const uint64_t t_start = now_ns(), idle_ns = (uint64_t)idle_ms * 1000000ull,
                    wait_ns = (uint64_t)wait_ms * 1000000ull;
-    uint64_t t_connected = 0, t_ready = 0, t_moved = t_start;
+    uint64_t t_connected = 0, t_ready = 0, t_moved = t_start, t_refill = t_start;
     unsigned long next = 0, moves = 0;
     for (;;) {
         /* Keep at most BATCH connections between connect() and the end of their handshake. */
@@ -664,6 +702,18 @@ int main(int argc, char **argv)
         if (ne < 0 && errno != EINTR) { perror("msink: epoll_wait"); return 1; }
         for (int i = 0; i < ne; i++) on_event(&conns[evs[i].data.u32], evs[i].events);
         const uint64_t now = now_ns();
+        if (read_bps > 0) {  /* refill every bucket, up to 50 ms worth; wake the readers that ran dry */
+            const double add = read_bps * (double)(now - t_refill) / 1e9, cap = read_bps / 20 + 1;
+            t_refill = now;
+            for (unsigned long i = 0; i < next; i++) {
+                struct conn *c = &conns[i];
+                c->tokens = c->tokens + add < cap ? c->tokens + add : cap;
+                if (c->paused && c->state == C_OPEN && c->tokens >= 1) {
+                    c->paused = 0;
+                    watch(c, c->out_len ? EPOLLIN | EPOLLOUT : EPOLLIN);
+                }
+            }
+        }
         if (n_shook + n_ready + n_gone != moves) {  /* some connection got further */
             moves = n_shook + n_ready + n_gone;
             t_moved = now;
@@ -679,8 +729,9 @@ int main(int argc, char **argv)
             printf("ready\n");
             fflush(stdout);
         }
-        if (!pending || n_gone == nconn) break;
-        if (total ? now - t_last >= idle_ns : now - (t_ready ? t_ready : t_moved) >= wait_ns) break;
+        if ((!pending && !stall) || n_gone == nconn) break;
+        if (stall ? t_ready && now - t_ready >= wait_ns
+                  : total ? now - t_last >= idle_ns : now - (t_ready ? t_ready : t_moved) >= wait_ns) break;
     }
     if (!n_shook) {
         fprintf(stderr, "msink: no connection to 127.0.0.1:%ld completed its handshake%s%s\n", port,

@@ -22,7 +22,8 @@
  * (zmtp: a PING command, answered by libzmq with a PONG).
  *
  * Usage: rawpub -m redis|nats|zmtp -p PORT -s SIZE -n COUNT [-r RATE]
- * Prints one JSON line: sent, t_first, t_last (ns).
+ * Prints one JSON line: sent, t_first, t_last (ns: the first and the last message's send time), t_end
+ * (once the last write() returned: a broker that holds its input back shows here).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -280,11 +281,12 @@ int main(int argc, char **argv)
         write_all(fd, batch, n * flen);
         sent += n;
     }
+    const uint64_t t_end = now_ns();  /* the last write taken: sent / (t_end - t_first) is the rate achieved */
     /* The zmtp PING holds NULs (its TTL): its length is the command's, 2 + 8. */
     write_all(fd, (const unsigned char *)proto->flush, zmtp ? 10 : strlen(proto->flush));
     read_until(fd, proto->flushed);
-    printf("{\"sent\": %llu, \"t_first\": %llu, \"t_last\": %llu}\n",
-           (unsigned long long)sent, (unsigned long long)t_first, (unsigned long long)t);
+    printf("{\"sent\": %llu, \"t_first\": %llu, \"t_last\": %llu, \"t_end\": %llu}\n",
+           (unsigned long long)sent, (unsigned long long)t_first, (unsigned long long)t, (unsigned long long)t_end);
     fflush(stdout);
     close(fd);
     free(batch);

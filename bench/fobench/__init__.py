@@ -13,5 +13,7 @@ Modules, one job each:
 * :mod:`.fleet`   one run with a fleet of msink subscribers (cost, scale, latency);
 * :mod:`.fleetmodes` those modes' runs and medians; :mod:`.fleetreport` their tables;
 * :mod:`.hops`    latency through a chain of federated brokers;
+* :mod:`.brokerstats` what each broker says it cut, and its peak memory (the slow-reader cells);
+* :mod:`.overloadreport` those cells' tables: each run, and medians over repeats;
 * :mod:`.report`  the Markdown table and the plot.
 """

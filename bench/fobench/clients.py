@@ -11,6 +11,7 @@ NATS clients took 0.1 s; bench/README.md, "The load generators").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import servers
@@ -35,10 +36,14 @@ def producer(bins: dict[str, Path], server: servers.Server, size: int, count: in
 
 
 def msink(bins: dict[str, Path], mode: str, port: int, k: int, length: int, count: int, offset: int,
-          idle_ms: int, wait_ms: int | None = None, latency: bool = False) -> Child:
-    """One ``msink`` process holding ``k`` connections (``mode``: zmtp, zmtp-pull, redis, nats)."""
+          idle_ms: int, wait_ms: int | None = None, latency: bool = False, extra: Sequence[str] = ()) -> Child:
+    """One ``msink`` process holding ``k`` connections (``mode``: zmtp, zmtp-pull, redis, nats).
+
+    ``extra``: more flags, e.g. ``-S`` (every connection stops reading once ready) or ``-b BPS`` (each reads
+    at most BPS bytes a second).
+    """
     argv = [str(bins["msink"]), "-m", mode, "-p", str(port), "-k", str(k), "-L", str(length),
-            "-n", str(count), "-o", str(offset), "-i", str(idle_ms)]
+            "-n", str(count), "-o", str(offset), "-i", str(idle_ms), *extra]
     if wait_ms is not None:
         argv += ["-w", str(wait_ms)]
     return Child(argv + (["-l"] if latency else []), f"msink-{mode}")

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import clients, servers
+from . import brokerstats, clients, servers
 from .procs import Child, ProcError, prometheus_counters, rss_bytes
 from . import subscriptions
 
@@ -63,6 +63,9 @@ class FleetSpec:
     latency: bool = False
     idle_probe: float = 0.0  # measure connected-idle CPU for this long before the load
     idle_ms: int = 1000
+    stalled: int = 0         # more subscribers, in their own msink, that stop reading once ready (msink -S)
+    slow_bps: float = 0.0    # > 0: one more subscriber, in its own msink, reading at most this many bytes/s
+    budget: float = 120.0    # seconds the load may take beyond count / rate
 
 
 @dataclass
@@ -80,6 +83,11 @@ class FleetResult:
     rss_per_conn: float | None = None   # bytes, connected minus started, per subscriber connection
     latency_us: dict[str, float] = field(default_factory=dict)  # p50, p99, p999 (subscribers)
     counters: dict[str, float] = field(default_factory=dict)
+    odd_received: int | None = None  # the slow subscriber's deliveries (stalled ones are not asked)
+    cuts: dict[str, int] = field(default_factory=dict)  # the broker's own count of slow readers cut, by reason
+    rss_connected: int = 0       # bytes, once every subscriber is connected
+    peak_rss: int = 0            # bytes, the server's VmHWM at the end of the load
+    pub_rate: float = 0.0        # msg/s the producer achieved (its first write to the return of its last)
     error: str | None = None
 
     @property
@@ -145,6 +153,18 @@ def _msinks(bins: dict[str, Path], mode: str, port: int, n: int, spec: FleetSpec
                           spec.latency) for k in _split(n)]
 
 
+def _odd_sink(bins: dict[str, Path], server: servers.Server, spec: FleetSpec) -> Child:
+    """The stalled subscribers (``-S``), or the one slow subscriber (``-b``), in a process of their own."""
+    if server.is_zmq:
+        mode, port, offset = "zmtp", clients.port_of(server.publish), clients.TOPIC_LEN
+    else:
+        mode, port, offset = server.system, server.port, 0
+    flags = ["-S"] if spec.stalled else ["-b", f"{spec.slow_bps:.0f}"]
+    stay_ms = int((spec.budget + (spec.count / spec.rate if spec.rate else 0)) * 1000)
+    return clients.msink(bins, mode, port, spec.stalled or 1, spec.size, spec.count, offset, spec.idle_ms,
+                         stay_ms if spec.stalled else SINK_WAIT_MS, extra=flags)
+
+
 def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
         on_load: Callable[[int], object] | None = None) -> FleetResult:
     """One run; ``on_load(server_pid)`` (e.g. a profiler) runs in a thread from the first send."""
@@ -165,9 +185,10 @@ def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
         else:
             sinks = _msinks(bins, server.system, server.port, spec.subs + 1, spec, 0)
             readers, result.consumers = list(sinks), spec.subs + 1
-        children += readers
+        odd = [_odd_sink(bins, server, spec)] if spec.stalled or spec.slow_bps else []
+        children += readers + odd
         t0 = time.monotonic()
-        for sink in sinks:
+        for sink in sinks + odd:
             sink.expect("connected", READY_TIMEOUT)
         result.connect_ms = (time.monotonic() - t0) * 1e3
         if spec.idle_probe:
@@ -175,25 +196,32 @@ def run(spec: FleetSpec, bins: dict[str, Path], python: str | None = None,
             c0, w0 = cpu_ns(server.pid), time.monotonic_ns()
             time.sleep(spec.idle_probe)
             result.idle_cpu_pct = (cpu_ns(server.pid) - c0) * 100 / (time.monotonic_ns() - w0)
-        result.rss_per_conn = (rss_bytes(server.pid) - rss0) / spec.subs
+        result.rss_connected = rss_bytes(server.pid)
+        result.rss_per_conn = (result.rss_connected - rss0) / spec.subs
         producer, ready = clients.producer(bins, server, spec.size, spec.count, spec.rate)
         children.append(producer)
         producer.expect(ready, READY_TIMEOUT)
-        for reader in readers:
+        for reader in readers + odd:
             reader.expect("ready", READY_TIMEOUT)
         if not server.is_zmq:
             seen = subscriptions.count(server.system, server.port, server.monitor_port)
-            if seen != result.consumers:
-                raise ProcError(f"{server.system}: {seen} subscriptions, expected {result.consumers}")
+            if seen != result.consumers + (spec.stalled or (1 if odd else 0)):
+                raise ProcError(f"{server.system}: {seen} subscriptions, expected {result.consumers} and the odd")
         trace = _CpuTrace(server.pid)
         producer.send_line("go")
         if on_load is not None:
             threading.Thread(target=on_load, args=(server.pid,), daemon=True).start()
-        budget = 120.0 + (spec.count / spec.rate if spec.rate else 0)
+        budget = spec.budget + (spec.count / spec.rate if spec.rate else 0)
         pub = producer.result(budget)
         result.sent = int(pub["sent"])
         outs = [reader.result(budget) for reader in readers]
+        if spec.slow_bps and not spec.stalled:
+            result.odd_received = int(odd[0].result(budget)["received"])
         trace.stop()
+        result.peak_rss = brokerstats.peak_rss(server.pid)
+        result.cuts = brokerstats.cuts(server)
+        if int(pub["t_end"]) > int(pub["t_first"]):
+            result.pub_rate = result.sent / ((int(pub["t_end"]) - int(pub["t_first"])) / 1e9)
         t_first, t_last = int(pub["t_first"]), max(int(o["t_last"]) for o in outs if o["received"])
         result.window_s = (t_last - t_first) / 1e9
         result.cpu_s = (trace.at(t_last) - trace.at(t_first)) / 1e9
