@@ -85,8 +85,20 @@ static int offer(void *sock, zmsg_t *msgs, int n)
  * message being offered, already counted as it is wrapped. */
 static int over_bound(Forwarder *f, int out, uint64_t mine)
 {
-    uint64_t above = LOAD(f->stall_above), held = ledger_bytes(f->held[out]);
-    return above && held > mine && held - mine > above;
+    uint64_t above = LOAD(f->stall_above);
+    ledger_t *l = f->held[out];
+    if (!above || !l || l->held - mine <= above)  /* the count only ever overstates until entries are taken back */
+        return 0;
+    ledger_reclaim(l);
+    return l->held - mine > above;
+}
+
+/* Take back what libzmq released on every output and publish the exact held bytes (each batch or tick, and
+ * each turn of a stall). */
+static void publish_held(Forwarder *f)
+{
+    for (int o = 0; o < OUTS; o++)
+        ledger_reclaim(f->held[o]);
 }
 
 static int set_nodrop(void *sock, int on)
@@ -128,6 +140,7 @@ static int stall_output(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t min
                 start = now;
                 f->local[C_TICKS]++;
                 publish_counters(f);
+                publish_held(f);
                 number = ++f->stalls_begun;  /* "stall on": a fresh look later */
                 STORE(f->stall[out], number);
                 wake_guard(f);

@@ -291,6 +291,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
             failed = f->outs[o] && read_subscriptions(f, o) < 0;
         f->local[C_TICKS]++;
         publish_counters(f);
+        publish_held(f);
         if (failed) {
             *err = Z.errno_();
             return *err == Z_ETERM ? "terminated" : NULL;
