@@ -5,7 +5,8 @@ The forwarding loop runs in-process (the real Forwarder, a collector SUB with
 an unbounded queue in both builds, a publish XPUB), ``zpub`` sends flat out
 and one ``msink`` subscriber reads; the figure is the process's CPU (every
 thread: the loop and libzmq's I/O threads, where the wrappers' free callbacks
-run) per message, from /proc. Builds A (this interpreter's fanoutd, by
+run) per message, from /proc; each build's context is set up as its Engine
+sets it up (received messages copied, where the build does so). Builds A (this interpreter's fanoutd, by
 default) and B alternate on every repeat; only their ratio in one run means
 anything on a shared machine. Numbers: bench/README.md, "What counting held
 bytes costs".
@@ -39,8 +40,11 @@ def child(bins: str, size: int, count: int) -> None:
     """One measurement with this interpreter's fanoutd; prints ns of CPU per message."""
     import zmq
     from fanoutd.dataplane import _forward, zmqlib
+    from fanoutd.dataplane import engine
     zmqlib.bind()
     ctx = zmq.Context()
+    if hasattr(engine, "_copy_received"):  # what the build's Engine does to its context
+        engine._copy_received(ctx)
     collector = ctx.socket(zmq.SUB)
     collector.setsockopt(zmq.SUBSCRIBE, b"")
     collector.setsockopt(zmq.RCVHWM, 0)

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 OTHER_TOPIC = "__other__"
 
+# libzmq's context option ZMQ_ZERO_COPY_RECV: zmq.h lists it with the draft context options and pyzmq has no
+# name for it, but libzmq 4.3's zmq_ctx_set takes it in every build (tests/test_max_pending.py sees its effect).
+ZERO_COPY_RECV = 10
+
 
 class Engine:
     """Owns the data sockets and the forwarding loop, all in one worker thread.
@@ -50,6 +54,7 @@ class Engine:
         self.epoch = int.from_bytes(node_id, "big") or 1
         self._config = config
         self._context = context
+        _copy_received(context)
         self._specs = describe(config, secret_key, upstream_server)
         self._sockets: dict[str, zmq.Socket] = {}
         self._endpoints: dict[str, tuple[str, ...]] = {}  # per role, as bound (the kernel's port for :*)
@@ -261,3 +266,22 @@ class Engine:
 def _by_output(numbers: tuple[int, ...]) -> dict[str, int]:
     """The loop's per-output numbers (in OUTPUTS order) of the outputs where they are set."""
     return {role: n for role, n in zip(_forward.OUTPUTS, numbers) if n}
+
+
+def _copy_received(context: zmq.Context) -> None:
+    """Have libzmq copy each received message into its own allocation, before any data socket exists.
+
+    By default libzmq reads a connection into 8 KiB buffers and hands out
+    messages that point into them: a message outliving its neighbours keeps
+    the whole buffer. At a moderate rate each message arrives alone, so a
+    backlog of 1 KiB messages held for a slow reader pinned eight times its
+    bytes (48 MiB held took 280 MiB of memory: bench/README.md, "Slow readers
+    and overload"); copied, what the held-bytes ledger counts is what is
+    held. The copy costs a memcpy and an allocation per message on libzmq's
+    I/O thread (measured beside the rest in bench/README.md).
+    """
+    try:
+        context.set(ZERO_COPY_RECV, 0)
+    except zmq.ZMQError as exc:
+        log.warning("this libzmq refuses ZMQ_ZERO_COPY_RECV (%s): held messages may keep up to 8 KiB of receive "
+                    "buffer each beyond the bytes fanoutd_pending_bytes counts", exc)
