@@ -77,13 +77,13 @@ def rig(ctx: zmq.Context) -> Iterator[Callable[..., Rig]]:
             sock.setsockopt(getattr(zmq, name), value)
         return sock
 
-    def start(history_bytes: int, history_ns: int = 0) -> Rig:
+    def start(history_bytes: int, history_ns: int = 0, repair_hwm: int = 10_000) -> Rig:
         collector = make(zmq.SUB, RCVHWM=100_000)
         collector.setsockopt(zmq.SUBSCRIBE, b"")
         collector.bind(f"inproc://collector-{len(running)}")
         stamped = make(zmq.XPUB, XPUB_NODROP=1, XPUB_VERBOSE=1, SNDHWM=100_000)
         stamped.bind("tcp://127.0.0.1:0")
-        repair = make(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=10_000)
+        repair = make(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=repair_hwm)
         repair.bind("tcp://127.0.0.1:0")
         producer = make(zmq.XPUB, SNDHWM=100_000, RCVTIMEO=5000)
         producer.connect(f"inproc://collector-{len(running)}")
@@ -245,3 +245,15 @@ def test_a_flood_from_one_peer_is_refused_and_counted_while_forwarding_goes_on(r
         answered += 1
     assert answered == r.counter("repair_heads") - 1 and 100 <= answered < 300, answered
     assert r.counter("repair_flood") == 2000 - answered and refused == 2001
+
+
+def test_a_reply_that_cannot_be_sent_is_abandoned_and_counted(rig):
+    """ZMQ_ROUTER_MANDATORY: a reply to a full peer fails (EAGAIN) where a plain ROUTER would drop it unseen."""
+    r = rig(64 << 20, repair_hwm=50)
+    r.send(*([b"big ", b"%d" % i + b"z" * 4096] for i in range(1000)))
+    stream, _ = heads(r, b"big")[b"big "]
+    reader = r.make(zmq.DEALER, RCVHWM=1, RCVBUF=4096)
+    reader.connect(r.repair)
+    reader.send(range_request(9, EPOCH, stream, 1, 1000))  # and never read
+    wait_for("the reply abandoned", lambda: r.counter("repair_unsent"), lambda n: n == 1)
+    assert r.counter("repair_range") == 0 and 0 < r.counter("repaired_messages") < 1000

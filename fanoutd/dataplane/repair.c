@@ -163,6 +163,8 @@ static int serve_range(Forwarder *f, zmsg_t *id, const unsigned char *b)
                 sent++, bytes += e->frame_bytes, f->local[C_REPAIRED]++;
             if (upto > last)
                 upto = last;
+            if (upto < seq)
+                upto = seq;  /* each turn moves on, whatever the cases above say */
             if (reason)
                 add_run(runs, &nruns, seq, upto, reason);
             if (upto == last)
