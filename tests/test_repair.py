@@ -9,6 +9,9 @@ never answered while forwarding goes on.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import zmq
 from fanoutd_client import wire
@@ -146,3 +149,57 @@ def test_a_reply_the_peer_cannot_take_is_counted_unsent(start_daemon, sockets):
     d.wait_value("fanoutd_repair_requests_total", 1, result="unsent")
     assert d.value("fanoutd_repair_requests_total", result="range") == 0
     assert 0 < d.value("fanoutd_repaired_messages_total") < 1000
+
+
+def test_a_cut_off_subscriber_gets_every_message_it_missed_back(start_daemon, sockets, repairers):
+    """The issue's fault: a stamped subscriber stalls 2 s at --publish-hwm 1000, is cut off and reconnects (libzmq
+    does); each gap in its stamps, asked for, comes back byte for byte as the subscriber that kept up got it."""
+    d = start_daemon("--push", "", "--publish-hwm", "1000", "--history-bytes", str(256 << 20))
+    fast, slow = stamped_sub(sockets, d.stamped, b"t"), stamped_sub(sockets, d.stamped, b"t")
+    slow.setsockopt(zmq.RCVHWM, 1000)
+    producer = ready_producer(sockets, d.collector)
+    got: dict[str, dict[int, list[bytes]]] = {"fast": {}, "slow": {}}
+    stop = threading.Event()
+
+    def read(name: str, sock: zmq.Socket, pause: float) -> None:
+        while not stop.is_set():
+            if not sock.poll(100):
+                continue
+            frames = sock.recv_multipart()
+            if frames[-1] != wire.READY_TRAILER:
+                got[name][parse_trailer(frames[-1]).seq] = frames
+                if pause and len(got[name]) == 1:
+                    time.sleep(pause)
+
+    threads = [threading.Thread(target=read, args=("fast", fast, 0)),
+               threading.Thread(target=read, args=("slow", slow, 2.0))]
+    for t in threads:
+        t.start()
+    try:
+        n, rate, t0 = 60_000, 20_000, time.monotonic()
+        for i in range(n):
+            producer.send(b"t %06d " % i + b"x" * 1024)
+            if i % 200 == 0 and (ahead := i / rate - (time.monotonic() - t0)) > 0:
+                time.sleep(ahead)
+        i = n  # until the cut-off subscriber is back and has the latest message
+        while not (got["slow"] and max(got["slow"]) == i and len(got["fast"]) == i):
+            assert time.monotonic() < t0 + 30, (len(got["slow"]), len(got["fast"]))
+            producer.send(b"t %06d " % i + b"x" * 1024)
+            i += 1
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+    assert d.total("fanoutd_slow_consumers_total", socket="stamped") >= 1
+    stamp = parse_trailer(got["fast"][1][-1])
+    seen = sorted(got["slow"])
+    missed = [seq for seq in range(seen[0], seen[-1]) if seq not in got["slow"]]
+    assert missed, "the stalled subscriber should have missed messages while it was cut off"
+    repairer = repairers(d.repair)
+    repaired = {}
+    for first in range(missed[0], missed[-1] + 1, 1000):  # a reply brings at most 1,000
+        messages, end = repairer.range(stamp.epoch, stamp.stream, first, min(first + 999, missed[-1]))
+        repaired.update((m.stamp.seq, m.frames) for m in messages)
+        assert end.gone == []
+    assert {seq: repaired[seq] for seq in missed} == {seq: got["fast"][seq] for seq in missed}
