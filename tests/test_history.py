@@ -257,3 +257,34 @@ def test_a_reply_that_cannot_be_sent_is_abandoned_and_counted(rig):
     reader.send(range_request(9, EPOCH, stream, 1, 1000))  # and never read
     wait_for("the reply abandoned", lambda: r.counter("repair_unsent"), lambda n: n == 1)
     assert r.counter("repair_range") == 0 and 0 < r.counter("repaired_messages") < 1000
+
+
+def test_the_history_lets_go_of_its_frames_and_its_ledger_with_the_forwarder(ctx):
+    """The history's ledger is one more held-bytes ledger (held.c): alive while its Forwarder is, freed with it."""
+    zmqlib.bind()
+    before = _forward.held_ledgers()
+    collector, stamped, producer = ctx.socket(zmq.SUB), ctx.socket(zmq.XPUB), ctx.socket(zmq.XPUB)
+    try:
+        collector.setsockopt(zmq.SUBSCRIBE, b"")
+        collector.bind("inproc://ledger-collector")
+        stamped.bind("tcp://127.0.0.1:0")
+        producer.connect("inproc://ledger-collector")
+        forwarder = _forward.Forwarder({"collector": collector.underlying, "stamped": stamped.underlying},
+                                       epoch=EPOCH, history_bytes=1 << 20)
+        assert _forward.held_ledgers() == before + 2  # the stamped output's and the history's
+        thread = threading.Thread(target=forwarder.run)
+        thread.start()
+        producer.setsockopt(zmq.RCVTIMEO, 5000)
+        assert producer.recv() == b"\x01"
+        for i in range(100):
+            producer.send(b"l %d " % i + b"y" * 100)
+        wait_for("the loop to stamp them", lambda: forwarder.counters()["stamped_messages"], lambda n: n == 100)
+        forwarder.stop(True)
+        thread.join(10)
+        held, pinned = forwarder.history_held()
+        assert pinned == sum(len(b"l %d " % i) + 100 for i in range(100)) and held > pinned  # frames, + overhead
+        del forwarder
+        assert _forward.held_ledgers() == before
+    finally:
+        for sock in (collector, stamped, producer):
+            sock.close(linger=0)
