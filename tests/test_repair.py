@@ -203,3 +203,9 @@ def test_a_cut_off_subscriber_gets_every_message_it_missed_back(start_daemon, so
         repaired.update((m.stamp.seq, m.frames) for m in messages)
         assert end.gone == []
     assert {seq: repaired[seq] for seq in missed} == {seq: got["fast"][seq] for seq in missed}
+
+
+def test_the_clients_default_repair_endpoint_is_the_daemons():
+    from fanoutd.roles import BY_NAME
+    from fanoutd_client.repair import DEFAULT_REPAIR
+    assert (DEFAULT_REPAIR,) == BY_NAME["repair"].default

@@ -27,6 +27,8 @@ from .wire import (GONE_EPOCH, GONE_EVICTED, GONE_FUTURE, GONE_LIMIT, GONE_UNKNO
                    REPAIR_ANSWER, REPAIR_END, REPAIR_HEADS, REPAIR_MORE, REPAIR_RANGE, REPAIR_RANGE_BODY,
                    REPAIR_RUN, REPAIR_TAG_LEN, STREAM_KEY_CAP, VERSION)
 
+#: The daemon's repair endpoint by default (beside the stamped output, 5565).
+DEFAULT_REPAIR = "tcp://127.0.0.1:5566"
 #: An END's reasons by name, for reports.
 REASONS = {GONE_EVICTED: "evicted", GONE_EPOCH: "epoch", GONE_UNKNOWN: "unknown", GONE_LIMIT: "limit",
            GONE_FUTURE: "future"}
@@ -139,7 +141,7 @@ class Repairer:
     timed out are recognised by their tag and skipped.
     """
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str = DEFAULT_REPAIR, context: zmq.Context | None = None) -> None:
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
