@@ -288,3 +288,12 @@ def test_the_history_lets_go_of_its_frames_and_its_ledger_with_the_forwarder(ctx
     finally:
         for sock in (collector, stamped, producer):
             sock.close(linger=0)
+
+
+def test_heads_past_its_bound_says_more(rig):
+    r = rig(64 << 20)
+    r.send(*([b"s%04d x" % i] for i in range(1001)))
+    answer = r.repairer().heads(b"s")
+    assert answer.more and len(answer.streams) == 1000
+    assert all(seq == 1 and key.startswith(b"s") for _, seq, key in answer.streams)
+    assert not r.repairer().heads(b"s1").more  # a longer prefix lists the rest
