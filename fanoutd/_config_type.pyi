@@ -13,6 +13,7 @@ class Config:
     upstream: tuple[str, ...]
     publish: tuple[str, ...]
     stamped: tuple[str, ...]
+    repair: tuple[str, ...]
     push: tuple[str, ...]
     relay: tuple[str, ...]
     metrics: tuple[str, int]
@@ -26,6 +27,9 @@ class Config:
     publish_hwm: int
     push_hwm: int
     stamp_streams: int
+    history_bytes: int
+    history_seconds: float
+    repair_hwm: int
     slow_consumer_stall: float
     slow_consumer_timeout: float
     slow_consumer_policy: str

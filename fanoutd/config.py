@@ -87,6 +87,17 @@ SETTINGS: tuple[Setting, ...] = (
             "topic streams the stamper keeps a sequence for (stamped and relay outputs); past it the least "
             "recently used is forgotten and its topic starts a new stream, which subscribers see as a reset, "
             "never as a gap (about 300 bytes each, used only as topics appear)"),
+    # Like slow_consumer_max_pending (NATS's max_pending): enough for a reader cut after slow_consumer_timeout
+    # to get its gap back at tens of MB/s of traffic, in memory shared with what the outputs hold (no copies).
+    Setting("history_bytes", "budget", 64 * MIB,
+            "bytes the repair history of the stamped output may hold (frames, shared with the outputs, plus "
+            "about 200 bytes per message), oldest evicted first; 0: no history (the repair endpoint then "
+            "answers every range as gone)"),
+    Setting("history_seconds", "seconds", 0.0,
+            "the age past which the repair history forgets a message (0: only history_bytes bounds it)"),
+    Setting("repair_hwm", "count", 10_000,
+            "high-water mark per peer on the repair endpoint, in messages (a reply to one request is at most "
+            "1,001: keep room for a few); a reply that does not fit is abandoned and counted"),
     Setting("slow_consumer_stall", "seconds", 0.02,
             "when a subscriber's queue is full, how long the loop holds all output for the slow-consumer guard "
             "before it asks again (doubling, up to 1 s); 0: never hold, send on without the full subscriber "
@@ -253,6 +264,9 @@ def _check_whole(config: Config) -> None:
     if 0 < config.slow_consumer_max_pending < config.max_message_size:
         raise ConfigError(f"slow_consumer_max_pending ({config.slow_consumer_max_pending}) must be 0 or at least "
                           f"max_message_size ({config.max_message_size}): an output must be able to hold one message")
+    if 0 < config.history_bytes < config.max_message_size:
+        raise ConfigError(f"history_bytes ({config.history_bytes}) must be 0 or at least max_message_size "
+                          f"({config.max_message_size}): the history must be able to hold one message")
     if config.slow_consumer_policy == PACE and not config.slow_consumer_stall:
         raise ConfigError("slow_consumer_policy = \"pace\" holds output, which slow_consumer_stall = 0 never does: "
                           "set slow_consumer_stall above 0, or slow_consumer_policy = \"cut\"")

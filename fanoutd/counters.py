@@ -36,6 +36,7 @@ STAMPED = "stamped_messages"
 PUSHED = "pushed_messages"
 RELAYED = "relayed_messages"
 TICKS = "ticks"
+HISTORY_BYTES = "history_bytes"  # a gauge the loop publishes with its counters: /metrics shows it as one
 
 
 def _drop(output: str, reason: str, name: str) -> Counter:
@@ -45,6 +46,10 @@ def _drop(output: str, reason: str, name: str) -> Counter:
 
 def _reject(reason: str, name: str) -> Counter:
     return Counter(name, "fanoutd_rejected_messages", (("reason", reason),), f"rejected {reason}")
+
+
+def _repair(result: str, name: str) -> Counter:
+    return Counter(name, "fanoutd_repair_requests", (("result", result),), "repair requests")
 
 
 def _per_output(output: str) -> tuple[Counter, Counter]:
@@ -78,6 +83,15 @@ COUNTERS: tuple[Counter, ...] = (
     _reject("bad_route", "rejected_bad_route"),
     _reject("not_relay", "rejected_not_relay"),
     *_per_output("publish"), *_per_output("stamped"), *_per_output("relay"),
+    Counter(HISTORY_BYTES),
+    Counter("history_evicted", "fanoutd_history_evicted_messages", screen="history evicted"),
+    Counter("repaired_messages", "fanoutd_repaired_messages", screen="repaired"),
+    _repair("range", "repair_range"),
+    _repair("heads", "repair_heads"),
+    _repair("unsent", "repair_unsent"),
+    _repair("malformed", "repair_malformed"),
+    _repair("oversize", "repair_oversize"),
+    _repair("flood", "repair_flood"),
     Counter(TICKS),  # the loop's turns: the watchdog's proof that it goes round
 )
 BY_NAME: dict[str, Counter] = {counter.name: counter for counter in COUNTERS}

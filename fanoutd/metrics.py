@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .config import Config, queue_hwm
-from .counters import BY_METRIC, DROPS, REJECTS, in_family
+from .counters import BY_METRIC, DROPS, HISTORY_BYTES, REJECTS, in_family
 from .roles import ROLES
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,19 @@ class BrokerCollector:
                 held.add_metric(hold.label_values, c[hold.name] / hold.per_unit)
         yield stalls
         yield held
+        yield GaugeMetricFamily("fanoutd_history_bytes", "Bytes the repair history holds: message frames "
+                                "(shared with the outputs, not copied) plus each entry's overhead; bounded by "
+                                "history_bytes.", value=c[HISTORY_BYTES])
+        yield _total("fanoutd_history_evicted_messages", "Messages the repair history let go to stay within "
+                     "history_bytes and history_seconds (or could not keep): a repair of them is answered as gone.", c)
+        yield _total("fanoutd_repaired_messages", "Messages the repair endpoint sent back to subscribers.", c)
+        repairs = CounterMetricFamily("fanoutd_repair_requests", "Requests to the repair endpoint by result: range, "
+                                      "heads (answered), unsent (the reply could not be sent: the peer gone or "
+                                      "full), malformed, oversize, flood (over the per-peer rate: refused, no "
+                                      "answer).", labels=["result"])
+        for counter in in_family("fanoutd_repair_requests"):
+            repairs.add_metric(counter.label_values, c[counter.name])
+        yield repairs
         if src.config().upstream:
             yield _total("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
                          "that never arrived over the link (sequence gaps).", c)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Pattern = Literal["SUB", "PULL", "XPUB", "PUSH"]
+Pattern = Literal["SUB", "PULL", "XPUB", "PUSH", "ROUTER"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ ROLES: tuple[Role, ...] = (
     Role("stamped", "XPUB", "endpoint(s) of a second PUB output whose messages end in a sequence stamp, so "
          "subscribers can prove they missed nothing and know when their subscription is live (docs/concepts.md, "
          "\"Sequence stamps\"; empty: none)", "publish_hwm", "publish", ("tcp://127.0.0.1:5565",)),
+    # Beside the stamped output (5565), on loopback like it; its access control is the stamped output's (publish_*).
+    Role("repair", "ROUTER", "endpoint(s) of the repair endpoint, a ROUTER where stamped subscribers get back "
+         "messages they missed from the history, or learn exactly which are gone (docs/concepts.md, \"History and "
+         "repair\"; only with a stamped output; access control is the stamped output's, publish_*; empty: none)",
+         "repair_hwm", "publish", ("tcp://127.0.0.1:5566",)),
     Role("push", "PUSH", "endpoint(s) the non-blocking PUSH output binds; pullers connect here (empty: no PUSH "
          "output)", "push_hwm", "push", ("tcp://127.0.0.1:5562",)),
     Role("relay", "XPUB", "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: "

@@ -18,7 +18,7 @@ from fanoutd_client import wire
 from .config import Config, queue_hwm
 from .roles import ROLES, Role
 
-_KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "XPUB": zmq.XPUB, "PUSH": zmq.PUSH}
+_KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "XPUB": zmq.XPUB, "PUSH": zmq.PUSH, "ROUTER": zmq.ROUTER}
 # The socket-monitor events peer counts, disconnects and handshake failures are built from.
 MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -160,7 +160,7 @@ def describe(config: Config, secret_key: bytes | None = None,
     specs = []
     for role in ROLES:
         endpoints = getattr(config, role.name)
-        if not endpoints:
+        if not endpoints or (role.name == "repair" and not config.stamped):  # repair serves the stamped output's
             continue
         hwm = queue_hwm(config, role)
         options: tuple[tuple[int, int | bytes], ...] = ((zmq.LINGER, 0), (zmq.IPV6, needs_ipv6(endpoints)),
@@ -179,6 +179,8 @@ def describe(config: Config, secret_key: bytes | None = None,
             options += ((zmq.XPUB_VERBOSE, 1),)
         if role.name == "relay":
             options += ((zmq.METADATA, RELAY_METADATA), (zmq.XPUB_WELCOME_MSG, wire.RELAY_HELLO))
+        if role.pattern == "ROUTER":  # a reply to a peer gone or full fails, and is counted, instead of vanishing
+            options += ((zmq.ROUTER_MANDATORY, 1),)
         if role.connects:
             options += ((zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000))
         else:

@@ -163,6 +163,11 @@ class Daemon:
         return self._given.get("stamped") or str(self.bound()["stamped"][0])
 
     @property
+    def repair(self) -> str:
+        """The repair endpoint (always on a port the kernel picks: its default, 5566, would collide)."""
+        return str(self.bound()["repair"][0])
+
+    @property
     def http(self) -> str:
         return "http://" + (self._given.get("metrics") or str(self.bound()["metrics"]))
 
@@ -239,7 +244,8 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         endpoints = [f"tcp://127.0.0.1:{p}" for p in (*given[:3], given[4])]
         log_path = tmp_path / f"fanoutd-{len(started)}.log"
         args = ["--collector", endpoints[0], "--publish", endpoints[1], "--push", endpoints[2],
-                "--stamped", endpoints[3], "--metrics", f"127.0.0.1:{given[3]}", "--log-level", "debug", *flags]
+                "--stamped", endpoints[3], "--repair", "tcp://127.0.0.1:0", "--metrics", f"127.0.0.1:{given[3]}",
+                "--log-level", "debug", *flags]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("FANOUTD_")}
         environ.update(env or {})
         with open(log_path, "w") as log:

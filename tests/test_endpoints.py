@@ -47,14 +47,15 @@ def test_the_ready_line_and_get_endpoints_name_the_ports_bound(start_daemon, soc
     status, body = d.get("/endpoints")
     assert status == 200  # not a client's address in it: served whatever peers_view says
     bound = json.loads(body)
-    assert list(bound) == ["collector", "ingress", "publish", "stamped", "push", "metrics"]
-    ports = [int(ep.rpartition(":")[2]) for role in ("collector", "ingress", "publish", "stamped", "push")
+    assert list(bound) == ["collector", "ingress", "publish", "stamped", "repair", "push", "metrics"]
+    ports = [int(ep.rpartition(":")[2]) for role in ("collector", "ingress", "publish", "stamped", "repair", "push")
              for ep in bound[role]]
-    assert all(ports) and len(set(ports)) == 5, bound
+    assert all(ports) and len(set(ports)) == 6, bound
     assert d.http == f"http://{bound['metrics']}" and not bound["metrics"].endswith(":0")
     ready = next(line for line in d.log().splitlines() if "fanoutd ready: " in line)
     assert ready.endswith(f"fanoutd ready: collector {bound['collector'][0]}, ingress {bound['ingress'][0]}, "
-                          f"publish {bound['publish'][0]}, stamped {bound['stamped'][0]}, push {bound['push'][0]}, "
+                          f"publish {bound['publish'][0]}, stamped {bound['stamped'][0]}, "
+                          f"repair {bound['repair'][0]}, push {bound['push'][0]}, "
                           f"metrics http://{bound['metrics']}/metrics"), ready
     sub = connected(sockets, zmq.SUB, bound["publish"][0])
     pull = connected(sockets, zmq.PULL, bound["push"][0])

@@ -48,8 +48,8 @@ def test_policies_cover_exactly_the_configured_sockets_and_borrow_by_the_role_ta
     config = load({"relay": ["tcp://127.0.0.1:7000"], "stamped": ["tcp://127.0.0.1:7001"],
                    "publish_allow": ["10.0.0.0/8"]}, NO_ENV)
     p = plan(config, keys(), config, keys())
-    assert set(p.policies) == {"collector", "publish", "push", "relay", "stamped"}
-    assert p.policies["stamped"] is p.policies["publish"]
+    assert set(p.policies) == {"collector", "publish", "push", "relay", "stamped", "repair"}
+    assert p.policies["stamped"] is p.policies["publish"] and p.policies["repair"] is p.policies["publish"]
     # The relay has a policy of its own, which keeps publish's settings where none of its own are given.
     assert p.policies["relay"] is not p.policies["publish"]
     assert [str(n) for n in p.policies["relay"].allow] == ["10.0.0.0/8"]

@@ -34,6 +34,20 @@ EXPECTED: dict[str, int | bytes] = {
     "WIRE_ROUTE": wire.ROUTE,
     "WIRE_READY": wire.READY,
     "WIRE_STAMP_LEN": wire.STAMP_BODY.size,
+    "WIRE_REPAIR_RANGE": wire.REPAIR_RANGE,
+    "WIRE_REPAIR_HEADS": wire.REPAIR_HEADS,
+    "WIRE_REPAIR_ANSWER": wire.REPAIR_ANSWER,
+    "WIRE_REPAIR_END": wire.REPAIR_END,
+    "WIRE_REPAIR_MORE": wire.REPAIR_MORE,
+    "WIRE_REPAIR_TAG_LEN": wire.REPAIR_TAG_LEN,
+    "WIRE_REPAIR_RANGE_LEN": wire.REPAIR_RANGE_BODY.size,
+    "WIRE_REPAIR_RUN_LEN": wire.REPAIR_RUN.size,
+    "WIRE_REPAIR_REQUEST_MAX": wire.REPAIR_REQUEST_MAX,
+    "WIRE_GONE_EVICTED": wire.GONE_EVICTED,
+    "WIRE_GONE_EPOCH": wire.GONE_EPOCH,
+    "WIRE_GONE_UNKNOWN": wire.GONE_UNKNOWN,
+    "WIRE_GONE_LIMIT": wire.GONE_LIMIT,
+    "WIRE_GONE_FUTURE": wire.GONE_FUTURE,
     "WIRE_NODE_ID_LEN": wire.NODE_ID_LEN,
     "WIRE_MAX_HOPS": wire.MAX_HOPS,
     "WIRE_STREAM_KEY_CAP": wire.STREAM_KEY_CAP,
@@ -44,7 +58,7 @@ EXPECTED: dict[str, int | bytes] = {
     "WIRE_RELAY_PROPERTY_VALUE": wire.RELAY_PROPERTY_VALUE.encode(),
 }
 # wire.py's names that are built from the ones above rather than defined in wire.h.
-DERIVED = {"HEAD", "STAMP_BODY", "RELAY_HELLO", "READY_TRAILER"}
+DERIVED = {"HEAD", "STAMP_BODY", "RELAY_HELLO", "READY_TRAILER", "REPAIR_RANGE_BODY", "REPAIR_RUN"}
 
 CAP = wire.STREAM_KEY_CAP
 # (frames, first frame): the edges of the topic and stream-key rules.
@@ -110,7 +124,8 @@ def test_every_constant_of_wire_h_equals_wire_py(probe: Path) -> None:
 
 def test_every_public_name_of_wire_py_is_checked() -> None:
     public = {name for name in dir(wire) if name.isupper()}
-    checked = {name.removeprefix("WIRE_") for name in EXPECTED} - {"MAGIC_LEN", "HEAD_LEN", "STAMP_LEN"}
+    checked = {name.removeprefix("WIRE_") for name in EXPECTED} - {"MAGIC_LEN", "HEAD_LEN", "STAMP_LEN",
+                                                                     "REPAIR_RANGE_LEN", "REPAIR_RUN_LEN"}
     assert public == checked | DERIVED
 
 

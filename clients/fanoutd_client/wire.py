@@ -9,9 +9,16 @@ described in clients/README.md ("Trailing frame")::
     route (ROUTE): hops u8 | hops x node id (NODE_ID_LEN bytes)
 
 Flags 0 alone is a relay's hello; READY alone is the stamped output's answer
-to a subscription, sent as ``[prefix, trailer]``. Flag bits 8..128 are free,
-kept for the requests a repair protocol will add; a reader refuses a trailer
-with a bit it does not know.
+to a subscription, sent as ``[prefix, trailer]``. Flag bits 8..128 are the
+repair protocol's, on the repair endpoint only (clients/README.md, "Repair")::
+
+    request RANGE: head(REPAIR_RANGE) | tag u32 | epoch u64 | stream u64 | first u64 | last u64
+    request HEADS: head(REPAIR_HEADS) | tag u32 | prefix
+    a message:     [head(ANSWER|RANGE) | tag u32] + the message as the stamped output sent it
+    END:           head(ANSWER|RANGE|END) | tag | epoch | stream | first | last | runs u16 | runs x RUN
+    HEADS answer:  head(ANSWER|HEADS[|MORE]) | tag | epoch u64 | count u16 | count x (stream u64 | seq u64 | key length u8 | key)
+
+A reader refuses a trailer with a bit it does not know.
 """
 
 from __future__ import annotations
@@ -25,6 +32,20 @@ STAMP_BODY = struct.Struct(">QQQH")    #: epoch, stream, seq, key length
 STAMP = 1   #: the trailer carries a stamp
 ROUTE = 2   #: the trailer carries a route (relay output)
 READY = 4   #: control, on the stamped output: "your subscription to this prefix is live"
+REPAIR_RANGE = 8     #: a repair request (or its answers) for a range of one stream
+REPAIR_HEADS = 16    #: a repair request (or its answer) for the heads of the streams under a prefix
+REPAIR_ANSWER = 32   #: set in every repair answer
+REPAIR_END = 64      #: the last answer to a RANGE: what could not be supplied, and why
+REPAIR_MORE = 128    #: a HEADS answer left streams out (a longer prefix lists them)
+REPAIR_TAG_LEN = 4   #: the request's tag, chosen by the client, echoed in each answer
+REPAIR_RANGE_BODY = struct.Struct(">IQQQQ")  #: tag, epoch, stream, first, last
+REPAIR_RUN = struct.Struct(">QQB")           #: a run an END names: first, last, reason
+REPAIR_REQUEST_MAX = 6 + 4 + 255             #: the longest HEADS request; a larger request is refused
+GONE_EVICTED = 1   #: older than the history holds (evicted, or stamped while it was off)
+GONE_EPOCH = 2     #: another epoch: the broker restarted since
+GONE_UNKNOWN = 3   #: a stream id this epoch never gave
+GONE_LIMIT = 4     #: past the reply's bound: ask again from the run's first sequence
+GONE_FUTURE = 5    #: not stamped yet
 NODE_ID_LEN = 8
 MAX_HOPS = 32            #: a route names at most this many nodes
 STREAM_KEY_CAP = 255     #: a stream key is cut here (the stamp says where)

@@ -15,6 +15,8 @@
  *   trailer.c     the trailer codec (wire.h)
  *   stamps.c      stamp streams and upstream gaps (_streams.h)
  *   senders.c     producer connections by Socket-Type, for the hub (senders.h)
+ *   history.c     the repair history: what the stamped output sent, per stream, bounded
+ *   repair.c      the repair endpoint, served from the history in the loop
  *   loop.c        the loop: read, check, count and hand each message out
  *   kernel.c      the kernel's view of connections, for the guard
  *   construct.c   Forwarder(sockets, *, settings)
@@ -51,6 +53,8 @@
 #include "trailer.c"
 #include "stamps.c"
 #include "senders.c"
+#include "history.c"
+#include "repair.c"
 #include "loop.c"
 #include "kernel.c"
 #include "construct.c"

@@ -7,11 +7,13 @@
 
 #define FORWARDER_DOC \
     "Forwarder(sockets, *, max_message_size=1 MiB, max_frames=16, strip_topic=True, stall_above=0, topics=(), " \
-    "upstream_topics=(), stall_ns=0, stall_fd=-1, node_id=b'', epoch=0, stamp_streams=65536)\n\n" \
+    "upstream_topics=(), stall_ns=0, stall_fd=-1, node_id=b'', epoch=0, stamp_streams=65536, history_bytes=0, " \
+    "history_ns=0)\n\n" \
     "The forwarding loop between the data sockets. sockets maps a role to a pyzmq Socket.underlying " \
     "address (a missing role or 0: no such socket): 'collector' (required), 'ingress' (a PULL input read " \
     "like the collector) and 'upstream' (the federation link in) are read; 'publish', 'relay' (the " \
-    "federation link out) and 'stamped' are XPUB sockets with ZMQ_XPUB_NODROP set, and 'push' a PUSH.\n" \
+    "federation link out) and 'stamped' are XPUB sockets with ZMQ_XPUB_NODROP set, 'push' a PUSH and " \
+    "'repair' a ROUTER.\n" \
     "Limits (set_limits changes them live): max_message_size, max_frames, strip_topic, and stall_above: an " \
     "output holding more message bytes for its readers than this stalls (0: no bound; held_bytes()).\n" \
     "Counting: topics, an allowlist of topics to count received messages for; upstream_topics, the " \
@@ -19,12 +21,15 @@
     "Stalls: stall_ns bounds how long output stalls for a full subscriber before the guard is asked " \
     "again (0: send lossy at once), stall_fd (an eventfd) is written when a stall begins.\n" \
     "Stamping and federation: node_id, this node's 8-byte id (needed with upstream or relay); epoch, " \
-    "this run's, non-zero (needed with stamped or relay); stamp_streams, how many topic streams are kept."
+"this run's, non-zero (needed with stamped or relay); stamp_streams, how many topic streams are kept.\n" \
+    "Repair (with a stamped output): history_bytes, the bytes the history of stamped messages may hold (0: " \
+    "none); history_ns, the age past which it forgets one (0: none); 'repair' (a ROUTER with " \
+    "ZMQ_ROUTER_MANDATORY) is served from it."
 
 /* The roles Forwarder() knows in its sockets mapping. */
-enum { S_COLLECTOR, S_INGRESS, S_UPSTREAM, S_PUBLISH, S_PUSH, S_RELAY, S_STAMPED, S_COUNT };
+enum { S_COLLECTOR, S_INGRESS, S_UPSTREAM, S_PUBLISH, S_PUSH, S_RELAY, S_STAMPED, S_REPAIR, S_COUNT };
 static const char *const SOCKET_ROLES[S_COUNT] = {
-    "collector", "ingress", "upstream", "publish", "push", "relay", "stamped",
+    "collector", "ingress", "upstream", "publish", "push", "relay", "stamped", "repair",
 };
 
 /* Read the sockets mapping into handles (by S_* role; NULL where absent); -1 with an exception set. */
@@ -44,7 +49,7 @@ static int parse_sockets(PyObject *sockets, void *handles[S_COUNT])
             i++;
         if (i == S_COUNT) {
             PyErr_Format(PyExc_ValueError, "unknown socket role %R: the roles are collector, ingress, upstream, "
-                         "publish, push, relay and stamped", role);
+                         "publish, push, relay, stamped and repair", role);
             return -1;
         }
         unsigned long long handle = PyLong_AsUnsignedLongLong(value);
@@ -118,18 +123,21 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         "topics", "upstream_topics",                      /* counting */
         "stall_ns", "stall_fd",                           /* stalls */
         "node_id", "epoch", "stamp_streams",              /* stamping and federation */
+        "history_bytes", "history_ns",                    /* repair */
         NULL};
     PyObject *sockets, *topics = NULL, *up_topics = NULL;
-    unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0;
+    unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0, history_bytes = 0;
+    long long history_ns = 0;
     int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
     long long stall_ns = 0;
     const char *node_id = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipK" "OO" "Li" "y#Ki", names, &PyDict_Type, &sockets,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipK" "OO" "Li" "y#Ki" "KL", names, &PyDict_Type, &sockets,
                                      &max_size, &max_frames, &strip, &stall_above,
                                      &topics, &up_topics,
                                      &stall_ns, &stall_fd,
-                                     &node_id, &node_id_len, &epoch, &stamp_streams))
+                                     &node_id, &node_id_len, &epoch, &stamp_streams,
+                                     &history_bytes, &history_ns))
         return -1;
     if (f->ninputs) {
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
@@ -149,6 +157,14 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     f->stamping = s[S_STAMPED] || s[S_RELAY];
     if (f->stamping && !epoch) {
         PyErr_SetString(PyExc_ValueError, "stamping (a stamped or relay output) needs a non-zero epoch");
+        return -1;
+    }
+    if ((s[S_REPAIR] || history_bytes) && !s[S_STAMPED]) {
+        PyErr_SetString(PyExc_ValueError, "history and repair are of the stamped output: they need one");
+        return -1;
+    }
+    if (history_ns < 0) {
+        PyErr_SetString(PyExc_ValueError, "history_ns must not be negative");
         return -1;
     }
     if (stamp_streams < 1 || stamp_streams > (1 << 24)) {
@@ -183,5 +199,10 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
             PyErr_NoMemory();
             return -1;
         }
+    if ((history_bytes && !(f->history = history_new(history_bytes, history_ns))) ||
+        (s[S_REPAIR] && !(f->repair = repair_new(s[S_REPAIR])))) {
+        PyErr_NoMemory();
+        return -1;
+    }
     return set_limits(f, max_size, max_frames, strip, stall_above);
 }

@@ -105,7 +105,8 @@ class Engine:
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
             stall_above=stall_above(c.slow_consumer_policy, c.slow_consumer_max_pending), topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
-            node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams)
+            node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams,
+            history_bytes=c.history_bytes if c.stamped else 0, history_ns=int(c.history_seconds * 1e9))
         return None
 
     def start(self) -> Any:

@@ -93,12 +93,15 @@ static int over_bound(Forwarder *f, int out, uint64_t mine)
     return l->held - mine > above;
 }
 
-/* Take back what libzmq released on every output and publish the exact held bytes (each batch or tick, and
- * each turn of a stall). */
+static void history_reclaim(Forwarder *f);  /* history.c */
+
+/* Take back what libzmq released on every output (and from the repair history) and publish the exact held
+ * bytes (each batch or tick, and each turn of a stall). */
 static void publish_held(Forwarder *f)
 {
     for (int o = 0; o < OUTS; o++)
         ledger_reclaim(f->held[o]);
+    history_reclaim(f);
 }
 
 static int set_nodrop(void *sock, int on)

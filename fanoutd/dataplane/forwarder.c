@@ -126,6 +126,16 @@ static PyObject *Forwarder_held_bytes(Forwarder *f, PyObject *Py_UNUSED(ignored)
                          (unsigned long long)ledger_bytes(f->held[OUT_STAMPED]));
 }
 
+/* (bytes the history counts against history_bytes, as last published; frame bytes its ledger says are pinned,
+ * which counts the frames of repair replies still in flight too). */
+static PyObject *Forwarder_history_held(Forwarder *f, PyObject *Py_UNUSED(ignored))
+{
+    if (!f->history)
+        return Py_BuildValue("(KK)", 0ULL, 0ULL);
+    return Py_BuildValue("(KK)", (unsigned long long)LOAD(f->shared[C_HISTORY_BYTES]),
+                         (unsigned long long)ledger_bytes(f->history->ledger));
+}
+
 static PyObject *Forwarder_stalls(Forwarder *f, PyObject *Py_UNUSED(ignored))
 {
     return per_output(f->stall);
@@ -195,6 +205,8 @@ static void Forwarder_dealloc(Forwarder *f)
     streams_free(&f->seen);
     for (int o = 0; o < OUTS; o++)
         ledger_drop(f->held[o]);  /* freed now, or by the free callback of the last frame libzmq still holds */
+    history_free(f->history);
+    free(f->repair);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 
@@ -215,6 +227,9 @@ static PyMethodDef Forwarder_methods[] = {
      "tick); False if the previous request is still pending. Thread-safe."},
     {"windows", (PyCFunction)Forwarder_windows, METH_NOARGS,
      "Per output (OUTPUTS order): the number of the lossy send whose window is open, or 0. Thread-safe."},
+    {"history_held", (PyCFunction)Forwarder_history_held, METH_NOARGS,
+     "(bytes the repair history counts against history_bytes, frame bytes its ledger pins, repair replies in "
+     "flight included); (0, 0) without history."},
     {"held_bytes", (PyCFunction)Forwarder_held_bytes, METH_NOARGS,
      "Per output (OUTPUTS order): the message bytes libzmq holds for its readers, exactly (frames of more "
      "than 256 bytes; shorter ones are bounded by the high-water mark). Thread-safe."},

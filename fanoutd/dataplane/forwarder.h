@@ -27,7 +27,10 @@ enum {
     C_RELAY_DROPPED, C_PUBLISH_STALLS, C_RELAY_STALLS,
     C_STAMPED, C_STAMPED_DROPPED, C_STAMPED_STALLS, C_STREAM_EVICTIONS,
     C_UPSTREAM_GAPS, C_UPSTREAM_UNTRACKED, C_UPSTREAM_HELLOS, C_REJECT_NOT_RELAY,
-    C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS, C_COUNT
+    C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS,
+    C_HISTORY_BYTES, C_HISTORY_EVICTED, C_REPAIRED,  /* history.c, repair.c (C_HISTORY_BYTES: a gauge) */
+    C_REPAIR_RANGE, C_REPAIR_HEADS, C_REPAIR_UNSENT, C_REPAIR_MALFORMED, C_REPAIR_OVERSIZE, C_REPAIR_FLOOD,
+    C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
@@ -38,6 +41,8 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "stamped_messages", "stamped_dropped", "stamped_stalls", "stream_evictions",
     "upstream_gaps", "upstream_untracked", "upstream_hellos", "rejected_not_relay",
     "publish_held_ns", "relay_held_ns", "stamped_held_ns",
+    "history_bytes", "history_evicted", "repaired_messages",
+    "repair_range", "repair_heads", "repair_unsent", "repair_malformed", "repair_oversize", "repair_flood",
 };
 
 /* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP), in the order of the module's OUTPUTS. */
@@ -55,6 +60,8 @@ enum { MODE_RUN = 0, MODE_DRAIN = 1, MODE_ABORT = 2 };
 
 typedef struct { uint64_t epoch, stream, seq; uint16_t keylen; } stamp_t;
 typedef struct ledger ledger_t;  /* bytes libzmq holds for one output's readers (held.c) */
+typedef struct history history_t;  /* the repair history (history.c) */
+typedef struct repair repair_t;    /* the repair endpoint's state (repair.c) */
 
 typedef struct {
     PyObject_HEAD
@@ -72,6 +79,10 @@ typedef struct {
      * Forwarder while libzmq holds wrapped frames: their free callbacks (any thread, even inside
      * zmq_ctx_term) update it with atomics (held.c). */
     ledger_t *held[OUTS];
+    /* The repair history and endpoint (NULL: none), the loop's alone once it runs: it records, evicts and
+     * serves in its own thread, so nothing of them is shared but the counters (history.c, repair.c). */
+    history_t *history;
+    repair_t *repair;
     int64_t stall_ns;              /* how long a stall lasts before the loop asks the guard again; 0: lossy at once */
     int ntopics;                   /* per-topic counting (off when 0): the allowlist */
     char *topic_data[TOPICS_CAP];

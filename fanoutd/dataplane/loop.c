@@ -223,6 +223,8 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
         stamp_t stamp;
         if (f->stamping)
             next_stamp(f, n, &stamp);
+        if (f->history)
+            history_record(f, n, &stamp);  /* also when the stamped output below skips its send */
         if (f->push)
             rc = push_out(f, n);
         if (rc == 0 && f->relay)
@@ -289,6 +291,8 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
         }
         for (int o = 0; o < OUTS && !failed; o++)
             failed = f->outs[o] && read_subscriptions(f, o) < 0;
+        if (!failed)
+            failed = repair_pass(f) < 0;  /* repair.c: within its budget per pass */
         f->local[C_TICKS]++;
         publish_counters(f);
         publish_held(f);
@@ -307,10 +311,13 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
                 return "drained";
             wait_ms = 5;
         }
-        zpollitem_t items[INPUTS_CAP];
+        zpollitem_t items[INPUTS_CAP + 1];
+        int nitems = f->ninputs;
         for (int i = 0; i < f->ninputs; i++)
             items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
-        if (Z.poll(items, f->ninputs, wait_ms) < 0 && (*err = Z.errno_()) != EINTR)
+        if (f->repair)  /* a request wakes the loop too */
+            items[nitems++] = (zpollitem_t){f->repair->sock, 0, Z_POLLIN, 0};
+        if (Z.poll(items, nitems, wait_ms) < 0 && (*err = Z.errno_()) != EINTR)
             return *err == Z_ETERM ? "terminated" : NULL;
     }
 }

@@ -11,8 +11,16 @@
  *   route (WIRE_ROUTE):  hops u8 | hops x node id (WIRE_NODE_ID_LEN bytes)
  *   flags 0 alone: a relay's hello; WIRE_READY alone: the stamped output's
  *   answer to a subscription, sent as [prefix, trailer].
- * Integers are big-endian. Flag bits 8..128 are free (a repair protocol will
- * take some); a reader refuses a trailer with a bit it does not know.
+ * Integers are big-endian. Flag bits 8..128 are the repair protocol's, on the
+ * repair endpoint only (a ROUTER; clients/README.md, "Repair"):
+ *   request:  head(RANGE) | tag u32 | epoch u64 | stream u64 | first u64 | last u64
+ *             head(HEADS) | tag u32 | prefix (0..WIRE_STREAM_KEY_CAP bytes)
+ *   answers:  [head(ANSWER|RANGE) | tag u32] + the message as the stamped output sent it
+ *             head(ANSWER|RANGE|END) | tag u32 | epoch | stream | first | last | runs u16 |
+ *                 runs x (first u64 | last u64 | reason u8)
+ *             head(ANSWER|HEADS[|MORE]) | tag u32 | epoch u64 | count u16 |
+ *                 count x (stream u64 | seq u64 | key length u8 | key)
+ * A reader refuses a trailer with a bit it does not know.
  */
 #ifndef FANOUTD_WIRE_H
 #define FANOUTD_WIRE_H
@@ -27,6 +35,22 @@
 #define WIRE_STAMP 1
 #define WIRE_ROUTE 2
 #define WIRE_READY 4              /* control, on the stamped output: "your subscription to this prefix is live" */
+/* The repair protocol's flags (free for the trailer of a message: a stamped message never carries them). */
+#define WIRE_REPAIR_RANGE 8       /* a request (or its answers) for a range of one stream */
+#define WIRE_REPAIR_HEADS 16      /* a request (or its answer) for the heads of the streams under a prefix */
+#define WIRE_REPAIR_ANSWER 32     /* set in every answer */
+#define WIRE_REPAIR_END 64        /* the last answer to a RANGE: what could not be supplied, and why */
+#define WIRE_REPAIR_MORE 128      /* a HEADS answer left streams out (a longer prefix lists them) */
+#define WIRE_REPAIR_TAG_LEN 4     /* the request's tag, chosen by the client, echoed in each answer */
+#define WIRE_REPAIR_RANGE_LEN 36  /* a RANGE request's body: tag, epoch, stream, first, last */
+#define WIRE_REPAIR_RUN_LEN 17    /* a run an END names: first, last (u64 each), reason (u8) */
+#define WIRE_REPAIR_REQUEST_MAX (WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN + WIRE_STREAM_KEY_CAP)  /* the longest HEADS; larger: refused */
+/* Why an END names a run of sequences. */
+#define WIRE_GONE_EVICTED 1       /* older than the history holds (evicted, or stamped while it was off) */
+#define WIRE_GONE_EPOCH 2         /* another epoch: the broker restarted since (or the epoch was never its) */
+#define WIRE_GONE_UNKNOWN 3       /* a stream id this epoch never gave */
+#define WIRE_GONE_LIMIT 4         /* past the reply's bound: ask again from the run's first sequence */
+#define WIRE_GONE_FUTURE 5        /* not stamped yet */
 #define WIRE_STAMP_LEN 26         /* epoch, stream, seq (u64 each), key length (u16) */
 #define WIRE_NODE_ID_LEN 8
 #define WIRE_MAX_HOPS 32          /* a route names at most this many nodes */
