@@ -170,7 +170,8 @@ def test_overload_runs_every_cell_on_every_system(tmp_path):
         assert float(row[7].replace(",", "")) > 0 and int(row[9].split(" ")[0].replace(",", "")) > 0, row
     assert all(row[5] == "stalled" for row in rows if row[0] == "stalled"), rows
     assert all(row[5].replace(",", "").isdigit() for row in rows if row[0] == "tenth"), rows
-    assert "slow_consumer_policy pace" in rows[0][1], rows[0]  # fanoutd paces unless that is its default
+    # pace is fanoutd's default, so only the cell's own setting is named (no policy lever, no publish_hwm stand-in)
+    assert rows[0][1] == "fanoutd" and rows[3][1] == "fanoutd (publish_hwm 1000)", rows
 
 
 @pytest.mark.timeout(120)
