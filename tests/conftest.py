@@ -359,6 +359,9 @@ def warm_up(producer: zmq.Socket, *receivers: zmq.Socket, timeout: float = 10.0)
         for sock, _ in poller.poll(50):
             if sock in pending:
                 pending.discard(sock)
+                # Left registered, it would make every later poll return at once: probes flat out for the
+                # receivers still waiting, enough to fill a small queue and lose the end marker to it.
+                poller.unregister(sock)
     producer.send(PROBE_END)
     for sock in receivers:
         while True:

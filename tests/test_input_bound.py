@@ -67,7 +67,7 @@ def test_the_high_water_mark_gauge_shows_the_depth_the_inputs_get(start_daemon):
 def test_the_output_high_water_marks_are_left_as_set():
     specs = describe(cfg.load({"publish_hwm": "100", "push_hwm": "7"}, environ={}))
     hwms = {s.role: dict(s.options)[zmq.SNDHWM] for s in specs if zmq.SNDHWM in dict(s.options)}
-    assert hwms == {"publish": 100, "stamped": 100, "push": 7}
+    assert hwms == {"publish": 100, "stamped": 100, "push": 7, "repair": 10_000}  # repair: repair_hwm
 
 
 SIZE = 64 * 1024
@@ -93,7 +93,9 @@ def test_a_producer_that_never_drops_holds_at_most_the_input_queue_in_the_daemon
     """Pace, a reader at about 200 msg/s that keeps reading (so it is waited for, never cut: pace share 1), and
     Producer(drop=False) sending 64 KiB flat out for 6 s: the daemon's RSS grows by at most the input queue
     (512 x 64 KiB, the default) plus the publish queue and MARGIN, while it is held back most of that time."""
-    d = start_daemon("--slow-consumer-policy", "pace", "--slow-consumer-pace-share", "1", "--publish-hwm", "100",
+    # No repair history: it keeps the last history_bytes of stamped messages on top (issue #26), not an input.
+    d = start_daemon("--history-bytes", "0", "--slow-consumer-policy", "pace", "--slow-consumer-pace-share", "1",
+                     "--publish-hwm", "100",
                      "--push", "")
     reader = connected(sockets, zmq.SUB, d.publish, rcvhwm=10, rcvbuf=64 * 1024)
     settle(d, "publish", 1)
