@@ -57,18 +57,10 @@ class Rig:
 
 
 @pytest.fixture
-def rig(ctx: zmq.Context, request) -> Iterator[Rig]:
+def rig(sockets: Callable[..., zmq.Socket], request) -> Iterator[Rig]:
     """A running loop (stall_ns 10 ms, a real eventfd; stall_above the test's indirect parameter, else NEVER)."""
     zmqlib.bind()
-    made: list[zmq.Socket] = []
-
-    def make(kind: int, **options: int) -> zmq.Socket:
-        sock = ctx.socket(kind)
-        made.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name), value)
-        return sock
+    make = sockets  # closed by the sockets fixture, after this one has stopped the loop
 
     stall_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     thread = None
@@ -95,8 +87,6 @@ def rig(ctx: zmq.Context, request) -> Iterator[Rig]:
         if thread is not None:
             thread.join(10)
             assert not thread.is_alive(), "the loop did not stop"
-        for sock in made:
-            sock.close()
         os.close(stall_fd)
 
 
