@@ -29,9 +29,11 @@ from .wire import (GONE_EPOCH, GONE_EVICTED, GONE_FUTURE, GONE_LIMIT, GONE_UNKNO
 
 #: The daemon's repair endpoint by default (beside the stamped output, 5565).
 DEFAULT_REPAIR = "tcp://127.0.0.1:5566"
+#: Not a reason on the wire: the client's own, for a run that got no answer in time (Subscriber's repair).
+NO_ANSWER = 0
 #: An END's reasons by name, for reports.
-REASONS = {GONE_EVICTED: "evicted", GONE_EPOCH: "epoch", GONE_UNKNOWN: "unknown", GONE_LIMIT: "limit",
-           GONE_FUTURE: "future"}
+REASONS = {NO_ANSWER: "no answer", GONE_EVICTED: "evicted", GONE_EPOCH: "epoch", GONE_UNKNOWN: "unknown",
+           GONE_LIMIT: "limit", GONE_FUTURE: "future"}
 _TAG = struct.Struct(">I")
 _HEADS_BODY = struct.Struct(">IQH")   # tag, epoch, count
 _HEAD_ENTRY = struct.Struct(">QQB")   # stream, seq, key length
