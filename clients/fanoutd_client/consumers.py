@@ -89,6 +89,8 @@ class Subscriber(SubscriberProtocol):
                 return ready[0]
             previous = self.last_stamp
             frames = yield from super()._message(timeout)
+            if not frames:  # a READY came (a reconnect): heads asked, a gap at the end may be open
+                continue
             gaps = self._tracker()
             if gaps.stale:  # already handed out (repaired, or sent twice): never twice
                 self.last_stamp = previous
