@@ -304,8 +304,9 @@ def _sub(args: argparse.Namespace) -> int:
         try:
             return _receive(args, recv)
         finally:
-            _note(f"lost {subscriber.lost}, repaired {subscriber.repaired}, restarts {subscriber.restarts}, "
-                  f"resets {subscriber.resets}, untracked {subscriber.untracked}")
+            repaired = f", repaired {subscriber.repaired}" if args.repair else ""
+            _note(f"lost {subscriber.lost}{repaired}, restarts {subscriber.restarts}, resets {subscriber.resets}, "
+                  f"untracked {subscriber.untracked}")
 
 
 def _repair_note(key: bytes, repaired: int, gone: list[Gone]) -> None:
