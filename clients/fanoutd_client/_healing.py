@@ -32,14 +32,15 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from ._stamps import GapTracker, Stamp
-from .repair import NO_ANSWER, BadAnswer, End, Gone, Heads, Repaired, Repairer, heads_request, parse_answer, range_request
+from .repair import (NO_ANSWER, BadAnswer, End, Gone, Heads, Repaired, Repairer, heads_request, parse_answer,
+                     range_request)
 from .wire import GONE_LIMIT
 
 log = logging.getLogger("fanoutd_client")
@@ -105,7 +106,7 @@ class Healer:
             return None
         return self._tag, time.monotonic() + self._timeout
 
-    def _answers(self, tag: int, deadline: float):  # type: ignore[no-untyped-def]
+    def _answers(self, tag: int, deadline: float) -> Iterator[Repaired | End | Heads]:
         """The answers to ``tag`` until the deadline (others, late answers to given-up requests, are skipped)."""
         sock = self._repairer.socket
         while (left := deadline - time.monotonic()) > 0 and sock.poll(int(left * 1000) + 1):

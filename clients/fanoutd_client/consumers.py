@@ -16,12 +16,14 @@ blocking I/O.  The asyncio twins are in :mod:`fanoutd_client.aio`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Unpack
 
 import zmq
 
-from ._base import DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, Data, Endpoints, Waits, run_blocking, validate_endpoint
+from ._base import (DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, Data, Endpoints, Waits, ms, run_blocking,
+                    validate_endpoint)
 from ._healing import Gap, Healer, Report
 from ._protocol import PullerProtocol, SubscriberProtocol, parse_json, split_message
 
@@ -81,6 +83,8 @@ class Subscriber(SubscriberProtocol):
         healer = self._healer
         if healer is None:
             return (yield from super()._message(timeout))
+        # One timeout for the call, however many messages it skips as already handed out.
+        deadline = None if timeout is None else time.monotonic() + ms(timeout, "timeout") / 1000
         while True:
             self._check_open()
             ready = healer.next()
@@ -88,7 +92,11 @@ class Subscriber(SubscriberProtocol):
                 self.last_stamp = ready[1]
                 return ready[0]
             previous = self.last_stamp
-            frames = yield from super()._message(timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                frames = yield from super()._message(left)
+            except TimeoutError:
+                raise self._timed_out(timeout or 0.0) from None
             if not frames:  # a READY came (a reconnect): heads asked, a gap at the end may be open
                 continue
             gaps = self._tracker()
