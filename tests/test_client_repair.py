@@ -19,7 +19,9 @@ import threading
 import time
 
 import pytest
-from fanoutd_client import Subscriber
+import zmq
+import zmq.auth
+from fanoutd_client import Subscriber, load_curve_keys
 
 from conftest import free_port, ready_producer, wait_for
 from test_tool import command, tool_env
@@ -80,6 +82,25 @@ def test_a_cut_off_subscriber_ends_with_every_message_exactly_once(start_daemon,
         assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
         assert sub.lost == 0 and sub.repaired > 0
     assert d.total("fanoutd_slow_consumers_total", socket="stamped") >= 1
+
+
+def test_with_curve_the_repair_socket_uses_the_subscribers_keys(start_daemon, sockets, tmp_path):
+    """The repair endpoint has the stamped output's access control: the subscriber's CURVE keys open both."""
+    for name in ("server", "me"):
+        zmq.auth.create_certificates(tmp_path, name)
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "me.key").write_bytes((tmp_path / "me.key").read_bytes())
+    d = start_daemon(*GUARD, "--curve-secret-key", str(tmp_path / "server.key_secret"),
+                     "--publish-curve", "--publish-clients", str(tmp_path / "allowed"))
+    keys = load_curve_keys(str(tmp_path / "me.key_secret"), str(tmp_path / "server.key"))
+    n = 40_000
+    with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000, **keys) as sub:
+        sub.wait_ready()
+        producer = produce(sockets, d.collector, n, 10_000)
+        got = read_all(sub, n, stall=2.5)
+        producer.join(30)
+        assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
+        assert sub.lost == 0 and sub.repaired > 0
 
 
 def test_a_gap_at_the_end_is_found_through_heads(start_daemon, sockets):

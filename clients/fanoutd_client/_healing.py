@@ -69,8 +69,8 @@ class Healer:
     """The repair side of one subscriber: its DEALER, its open gaps, the messages ready to hand out."""
 
     def __init__(self, endpoint: str, context: zmq.Context[Any], tracker: GapTracker, timeout: float,
-                 report: Report | None = None) -> None:
-        self._repairer = Repairer(endpoint, context)
+                 report: Report | None = None, options: dict[int, int | bytes] | None = None) -> None:
+        self._repairer = Repairer(endpoint, context, options)
         self._tracker = tracker
         self._timeout = timeout
         self._report = report

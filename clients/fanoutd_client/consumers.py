@@ -60,7 +60,8 @@ class Subscriber(SubscriberProtocol):
         super().__init__(endpoints, topics, stamped=stamped, **options)
         if repair is not None:
             try:
-                self._healer = Healer(repair, self._context, self._tracker(), repair_timeout, repair_report)
+                self._healer = Healer(repair, self._context, self._tracker(), repair_timeout, repair_report,
+                                      self._curve)  # the repair endpoint has the stamped output's access
             except BaseException:
                 self.close()
                 raise

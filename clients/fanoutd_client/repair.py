@@ -143,10 +143,14 @@ class Repairer:
     timed out are recognised by their tag and skipped.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_REPAIR, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str = DEFAULT_REPAIR, context: zmq.Context | None = None,
+                 options: dict[int, int | bytes] | None = None) -> None:
+        """``options``: socket options set before connecting (e.g. the stamped output's CURVE keys)."""
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            self.socket.setsockopt(option, value)
         self.socket.connect(endpoint)
         self._tag = 0
 
