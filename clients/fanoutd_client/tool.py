@@ -30,12 +30,12 @@ import zmq
 
 from . import __version__
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, DEFAULT_STAMPED, CurveKeys,
-                    load_curve_keys, normalize_endpoints)
+                    load_curve_keys, normalize_endpoints, validate_endpoint)
 from ._lines import emit, frames_to_line, printable
 from ._stamps import NotStamped
-from .repair import Gone
 from .consumers import Puller, Subscriber
 from .producer import MessageTooLarge, Producer, single_frame_topic
+from .repair import Gone
 
 __all__ = ["build_parser", "main", "printable"]
 
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read fanoutd's stamped output (default endpoint: $FANOUT_STAMPED or "
                           f"{DEFAULT_STAMPED}): strip each message's sequence stamp and report on stderr every "
                           "gap (messages missed), broker restart and reset, with totals at exit")
-    sub.add_argument("--repair", metavar="EP", default=os.environ.get("FANOUT_REPAIR") or None,
+    sub.add_argument("--repair", metavar="EP",
                      help="with --stamped: fill every gap from fanoutd's repair endpoint EP (default: "
                           "$FANOUT_REPAIR; none: report gaps only), and report on stderr one line for what each gap "
                           "got back and one for what is gone")
@@ -279,7 +279,13 @@ def _sub(args: argparse.Namespace) -> int:
     line = frames_to_line(args.sep, args.raw)
     if args.stamped:  # the stamped output has an endpoint of its own
         args.env, args.default_endpoint = "FANOUT_STAMPED", DEFAULT_STAMPED
-    elif args.repair:
+        args.repair = args.repair or os.environ.get("FANOUT_REPAIR", "").strip() or None
+        if args.repair:
+            try:
+                validate_endpoint(args.repair)
+            except ValueError as exc:
+                raise UsageError(f"fanout sub: --repair: {exc}") from None
+    elif args.repair:  # $FANOUT_REPAIR alone is ignored without --stamped, as $FANOUT_STAMPED is
         raise UsageError("fanout sub: --repair needs --stamped (only the stamps say what is missing)")
     with Subscriber(_endpoints(args), topics, stamped=args.stamped, repair=args.repair or None,
                     repair_report=_repair_note, **_curve(args)) as subscriber:
