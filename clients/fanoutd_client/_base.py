@@ -115,6 +115,7 @@ class Client:
         curve = curve_options(curve_serverkey, curve_publickey, curve_secretkey)
         options.update(curve)
         self._uses_curve = bool(curve)
+        self._curve: dict[int, int | bytes] = dict(curve)  # for a helper socket to the same broker (repair)
         if context is not None:
             self._check_context(context)
 

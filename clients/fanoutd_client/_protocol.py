@@ -109,6 +109,7 @@ class SubscriberProtocol(ReceiverProtocol):
         self._gaps = GapTracker(self._topics) if stamped else None
         self.last_stamp: Stamp | None = None
         self._ready: set[bytes] = set()  # prefixes the broker said are live for this subscriber
+        self._repairing = False  # a blocking Subscriber with a repair endpoint fills its gaps (consumers.py)
         super().__init__(endpoints, **options)
 
     def _readiness(self, timeout: float) -> Waits[None]:
@@ -149,13 +150,15 @@ class SubscriberProtocol(ReceiverProtocol):
                 return frames
             if not self._control(frames):
                 break
+            if self._repairing:  # its heads may have shown a gap at the end: the caller fills it first
+                return []
         try:
             if len(frames) < 2:
                 raise NotStamped("a message of one frame has no trailer")
             stamp = parse_trailer(frames[-1])
         except NotStamped as exc:
             raise NotStamped(f"{exc}: is {', '.join(self.endpoints)} fanoutd's stamped output?") from None
-        self._gaps.observe(frames[0], stamp)
+        self._gaps.observe(frames[0], stamp, count=not self._repairing)
         self.last_stamp = stamp
         return frames[:-1]
 

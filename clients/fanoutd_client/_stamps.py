@@ -78,6 +78,18 @@ class GapTracker:
         self.restarts = 0
         self.resets = 0
         self.untracked = 0
+        #: Set by :meth:`observe` when repairing (``count=False``): the range just missed, as
+        #: (key, epoch, stream, first, last), or None; ``stale``: the message was already seen.
+        self.gap: tuple[bytes, int, int, int, int] | None = None
+        self.stale = False
+
+    def streams(self, prefix: bytes) -> list[tuple[bytes, tuple[int, int, int]]]:
+        """The streams followed under ``prefix``: (key, (epoch, stream, last seq))."""
+        return [(k, v) for k, v in self._streams.items() if k.startswith(prefix)]
+
+    def advance(self, key: bytes, epoch: int, stream: int, seq: int) -> None:
+        """Take ``seq`` as the last seen of ``key`` (a gap at the end, found by asking for heads)."""
+        self._streams[key] = (epoch, stream, seq)
 
     def subscriptions_changed(self, prefixes: Iterable[bytes]) -> None:
         """New subscriptions: start every stream afresh (what arrived in between is not knowable)."""
@@ -87,9 +99,13 @@ class GapTracker:
     def _covered(self, key: bytes) -> bool:
         return any(len(p) <= len(key) and key.startswith(p) for p in self._prefixes)
 
-    def observe(self, first_frame: bytes, stamp: Stamp) -> int:
-        """Account for one received message; returns how many were missed just before it."""
+    def observe(self, first_frame: bytes, stamp: Stamp, count: bool = True) -> int:
+        """Account for one received message; returns how many were missed just before it.
+
+        ``count=False`` (a repairing subscriber): the gap goes to ``gap`` instead of ``lost``.
+        """
         key = first_frame[:stamp.key_length]
+        self.gap, self.stale = None, False
         if len(key) < stamp.key_length or not self._covered(key):
             self.untracked += 1
             return 0
@@ -108,10 +124,14 @@ class GapTracker:
                 missed = stamp.seq - last - 1
             else:  # an old or repeated stamp (the same broker reached twice): nothing new
                 self._streams[key] = previous
+                self.stale = True
                 return 0
         elif len(self._streams) >= self._max_streams:
             del self._streams[next(iter(self._streams))]  # the least recently seen
             self.resets += 1
         self._streams[key] = (stamp.epoch, stamp.stream, stamp.seq)
-        self.lost += missed
+        if count:
+            self.lost += missed
+        elif missed:
+            self.gap = (key, stamp.epoch, stamp.stream, stamp.seq - missed, stamp.seq - 1)
         return missed

@@ -29,9 +29,11 @@ from .wire import (GONE_EPOCH, GONE_EVICTED, GONE_FUTURE, GONE_LIMIT, GONE_UNKNO
 
 #: The daemon's repair endpoint by default (beside the stamped output, 5565).
 DEFAULT_REPAIR = "tcp://127.0.0.1:5566"
+#: Not a reason on the wire: the client's own, for a run that got no answer in time (Subscriber's repair).
+NO_ANSWER = 0
 #: An END's reasons by name, for reports.
-REASONS = {GONE_EVICTED: "evicted", GONE_EPOCH: "epoch", GONE_UNKNOWN: "unknown", GONE_LIMIT: "limit",
-           GONE_FUTURE: "future"}
+REASONS = {NO_ANSWER: "no answer", GONE_EVICTED: "evicted", GONE_EPOCH: "epoch", GONE_UNKNOWN: "unknown",
+           GONE_LIMIT: "limit", GONE_FUTURE: "future"}
 _TAG = struct.Struct(">I")
 _HEADS_BODY = struct.Struct(">IQH")   # tag, epoch, count
 _HEAD_ENTRY = struct.Struct(">QQB")   # stream, seq, key length
@@ -141,10 +143,14 @@ class Repairer:
     timed out are recognised by their tag and skipped.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_REPAIR, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str = DEFAULT_REPAIR, context: zmq.Context | None = None,
+                 options: dict[int, int | bytes] | None = None) -> None:
+        """``options``: socket options set before connecting (e.g. the stamped output's CURVE keys)."""
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            self.socket.setsockopt(option, value)
         self.socket.connect(endpoint)
         self._tag = 0
 

@@ -1,7 +1,7 @@
 """``fanout``: publish to, subscribe to and pull from fanoutd from a shell.
 
     fanout pub  [-e EP]... [--wait S] [--count N] [--json] TOPIC [MESSAGE]
-    fanout sub  [-e EP]... [--count N] [--timeout S] [--sep SEP] [--raw] [--stamped] [TOPIC...]
+    fanout sub  [-e EP]... [--count N] [--timeout S] [--sep SEP] [--raw] [--stamped [--repair EP]] [TOPIC...]
     fanout pull [-e EP]... [--count N] [--timeout S] [--sep SEP] [--json | --raw]
     fanout --version
 
@@ -30,11 +30,12 @@ import zmq
 
 from . import __version__
 from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, DEFAULT_STAMPED, CurveKeys,
-                    load_curve_keys, normalize_endpoints)
+                    load_curve_keys, normalize_endpoints, validate_endpoint)
 from ._lines import emit, frames_to_line, printable
 from ._stamps import NotStamped
 from .consumers import Puller, Subscriber
 from .producer import MessageTooLarge, Producer, single_frame_topic
+from .repair import Gone
 
 __all__ = ["build_parser", "main", "printable"]
 
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read fanoutd's stamped output (default endpoint: $FANOUT_STAMPED or "
                           f"{DEFAULT_STAMPED}): strip each message's sequence stamp and report on stderr every "
                           "gap (messages missed), broker restart and reset, with totals at exit")
+    sub.add_argument("--repair", metavar="EP",
+                     help="with --stamped: fill every gap from fanoutd's repair endpoint EP (default: "
+                          "$FANOUT_REPAIR; none: report gaps only), and report on stderr one line for what each gap "
+                          "got back and one for what is gone")
     sub.add_argument("topics", metavar="TOPIC", nargs="*", help="topic prefixes (default: everything)")
     sub.set_defaults(handler=_sub)
 
@@ -274,7 +279,16 @@ def _sub(args: argparse.Namespace) -> int:
     line = frames_to_line(args.sep, args.raw)
     if args.stamped:  # the stamped output has an endpoint of its own
         args.env, args.default_endpoint = "FANOUT_STAMPED", DEFAULT_STAMPED
-    with Subscriber(_endpoints(args), topics, stamped=args.stamped, **_curve(args)) as subscriber:
+        args.repair = args.repair or os.environ.get("FANOUT_REPAIR", "").strip() or None
+        if args.repair:
+            try:
+                validate_endpoint(args.repair)
+            except ValueError as exc:
+                raise UsageError(f"fanout sub: --repair: {exc}") from None
+    elif args.repair:  # $FANOUT_REPAIR alone is ignored without --stamped, as $FANOUT_STAMPED is
+        raise UsageError("fanout sub: --repair needs --stamped (only the stamps say what is missing)")
+    with Subscriber(_endpoints(args), topics, stamped=args.stamped, repair=args.repair or None,
+                    repair_report=_repair_note, **_curve(args)) as subscriber:
         if not args.stamped:
             return _receive(args, lambda timeout: line(subscriber.recv_multipart(timeout)))
 
@@ -286,7 +300,7 @@ def _sub(args: argparse.Namespace) -> int:
                 raise Failure(f"fanout sub: {exc}") from None
             lost, restarts, resets = subscriber.lost, subscriber.restarts, subscriber.resets
             key = frames[0][:subscriber.last_stamp.key_length if subscriber.last_stamp else 0]
-            if lost > before[0]:
+            if lost > before[0] and not args.repair:  # with repair, _repair_note says what is gone
                 _note(f"missed {lost - before[0]} message(s) of stream {key!r} before this one")
             if restarts > before[1]:
                 _note("the broker restarted (not a gap: nothing was published while it was down)")
@@ -296,8 +310,18 @@ def _sub(args: argparse.Namespace) -> int:
         try:
             return _receive(args, recv)
         finally:
-            _note(f"lost {subscriber.lost}, restarts {subscriber.restarts}, resets {subscriber.resets}, "
+            repaired = f", repaired {subscriber.repaired}" if args.repair else ""
+            _note(f"lost {subscriber.lost}{repaired}, restarts {subscriber.restarts}, resets {subscriber.resets}, "
                   f"untracked {subscriber.untracked}")
+
+
+def _repair_note(key: bytes, repaired: int, gone: list[Gone]) -> None:
+    """One line for what a gap got back, one for what of it is gone (and why)."""
+    if repaired:
+        _note(f"repaired {repaired} message(s) of stream {key!r}")
+    if gone:
+        runs = ", ".join(f"{run.first}..{run.last} ({run.why})" for run in gone)
+        _note(f"gone {sum(run.last - run.first + 1 for run in gone)} message(s) of stream {key!r}: seq {runs}")
 
 
 def _note(text: str) -> None:
