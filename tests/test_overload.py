@@ -84,7 +84,10 @@ def starved_io_threads(pid: int) -> Iterator[None]:
 
 @pytest.mark.timeout(90)
 def test_a_broker_behind_its_subscribers_holds_producers_back_and_loses_nothing(start_daemon, sockets):
-    d = start_daemon("--publish-hwm", "1000", "--push", "")
+    # The collector's queue must be deeper than the publish queue, or the starved I/O thread, which reads it too,
+    # feeds the loop too slowly ever to fill the publish queue: 1 KiB messages at most make the input bound
+    # (collector_max_pending, 32 MiB) 32,768 messages deep instead of the 512 it is for 1 MiB ones.
+    d = start_daemon("--publish-hwm", "1000", "--push", "", "--max-message-size", "1KiB")
     sub = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, d.publish, str(N)], stdout=subprocess.PIPE,
                            text=True, preexec_fn=lambda: os.sched_setaffinity(0, {1}))
     try:
