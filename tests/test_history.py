@@ -62,20 +62,13 @@ class Rig:
 
 
 @pytest.fixture
-def rig(ctx: zmq.Context) -> Iterator[Callable[..., Rig]]:
+def rig(ctx: zmq.Context, sockets: Callable[..., zmq.Socket]) -> Iterator[Callable[..., Rig]]:
     """rig(history_bytes, history_ns=0) -> a running loop with a stamped output and a repair endpoint."""
     zmqlib.bind()
-    made: list[zmq.Socket] = []
     running: list[tuple[_forward.Forwarder, threading.Thread]] = []
     repairers: list[Repairer] = []
 
-    def make(kind: int, **options: int) -> zmq.Socket:
-        sock = ctx.socket(kind)
-        made.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name), value)
-        return sock
+    make = sockets  # closed by the sockets fixture, after this one has stopped the loop
 
     def start(history_bytes: int, history_ns: int = 0, repair_hwm: int = 10_000) -> Rig:
         collector = make(zmq.SUB, RCVHWM=100_000)
@@ -106,8 +99,6 @@ def rig(ctx: zmq.Context) -> Iterator[Callable[..., Rig]]:
         assert not thread.is_alive(), "the loop did not stop"
     for r in repairers:
         r.close()
-    for sock in made:
-        sock.close()
 
 
 def heads(rig: Rig, prefix: bytes) -> dict[bytes, tuple[int, int]]:

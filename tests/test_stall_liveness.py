@@ -70,18 +70,10 @@ class Loop:
 
 
 @pytest.fixture
-def stalled(ctx: zmq.Context) -> Iterator[Loop]:
+def stalled(sockets: Callable[..., zmq.Socket]) -> Iterator[Loop]:
     """The loop with stall_ns 10 ms and a real eventfd, its publish output stalled (no answer given yet)."""
     zmqlib.bind()
-    made: list[zmq.Socket] = []
-
-    def make(kind: int, **options: int) -> zmq.Socket:
-        sock = ctx.socket(kind)
-        made.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        for name, value in options.items():
-            sock.setsockopt(getattr(zmq, name), value)
-        return sock
+    make = sockets  # closed by the sockets fixture, after this one has stopped the loop
 
     stall_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     loop: Loop | None = None
@@ -116,8 +108,6 @@ def stalled(ctx: zmq.Context) -> Iterator[Loop]:
             loop.forwarder.stop(True)
             loop.thread.join(10)
             assert not loop.thread.is_alive(), "the loop did not stop"
-        for sock in made:
-            sock.close()
         os.close(stall_fd)  # only once the loop, its only writer, has returned
 
 

@@ -121,9 +121,10 @@ static PyObject *Forwarder_windows(Forwarder *f, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Forwarder_held_bytes(Forwarder *f, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("(KKK)", (unsigned long long)ledger_bytes(f->held[OUT_PUBLISH]),
-                         (unsigned long long)ledger_bytes(f->held[OUT_RELAY]),
-                         (unsigned long long)ledger_bytes(f->held[OUT_STAMPED]));
+    uint64_t held[OUTS];
+    for (int o = 0; o < OUTS; o++)
+        held[o] = ledger_bytes(f->held[o]);
+    return per_output(held);
 }
 
 /* (bytes the history counts against history_bytes, as last published; frame bytes its ledger says are pinned,
