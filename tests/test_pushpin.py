@@ -240,13 +240,24 @@ def test_every_event_reaches_http_streams_and_a_browser_through_pushpin(start_da
             expected = [f"event {i}" for i in range(EVENTS)]
             for event in expected:
                 producer.send_multipart(CHANNEL, sse_frame(event))
-            wait_for(f"{EVENTS} events at every client", lambda: [len(_events_after_markers(r)) for r in clients],
-                     lambda counts: all(n >= EVENTS for n in counts), timeout=60, alive=browser)
+
+            def arrived(count: int) -> None:
+                wait_for(f"{count} events at every client", lambda: [len(_events_after_markers(r)) for r in clients],
+                         lambda counts: all(n >= count for n in counts), timeout=60, alive=browser)
+
+            arrived(EVENTS)
+            # Then the recipe's command, as docs/pushpin.md shows it (another connection: only once the rest is in).
+            expected.append("from the command line")
+            subprocess.run([sys.executable, str(CONTRIB / "publish.py"), "--collector", daemon.collector, CHANNEL,
+                            expected[-1]], check=True, timeout=30)
+            arrived(len(expected))
         finally:
             producer.close()
         for name, received in zip([*(f"stream {i}" for i in range(HTTP_CLIENTS)), "browser"], clients):
             assert _events_after_markers(received) == expected, f"{name} got them out of order or twice"
+        # Pushpin kept up: nothing cut or dropped on its way out of fanoutd.
         assert daemon.total("fanoutd_slow_consumers_total", socket="publish") == 0
+        assert daemon.total("fanoutd_dropped_messages_total", output="publish") == 0
     finally:
         server.shutdown()
         server.server_close()
