@@ -83,7 +83,9 @@ def _pushpin_conf(tmp_path: Path, publish: str, backend_port: int) -> Path:
                       ("zurl_in_specs", "zurl-out")):
         conf["proxy"][key] = "ipc://{rundir}/{ipc_prefix}" + name
     routes = tmp_path / "pushpin-routes"
-    routes.write_text((CONTRIB / "routes").read_text().replace("127.0.0.1:7990", f"127.0.0.1:{backend_port}"))
+    shipped = (CONTRIB / "routes").read_text()
+    assert "* 127.0.0.1:7990" in shipped, "the recipe's routes send everything to the backend on 7990"
+    routes.write_text(shipped.replace("127.0.0.1:7990", f"127.0.0.1:{backend_port}"))
     conf["proxy"]["routesfile"] = str(routes)
     handler = conf["handler"]
     for key in ("push_in_spec", "command_spec"):
