@@ -74,6 +74,7 @@ COUNTERS: tuple[Counter, ...] = (
     Counter("stream_evictions", "fanoutd_stamp_stream_evictions"),
     _drop("push", "no_puller", "push_dropped_no_puller"),
     _drop("push", "hwm", "push_dropped_hwm"),
+    _drop("push", "max_pending", "push_dropped_max_pending"),
     _drop("publish", "hwm", "publish_dropped"),
     _drop("relay", "hwm", "relay_dropped"),
     _drop("stamped", "hwm", "stamped_dropped"),

@@ -69,7 +69,8 @@ class BrokerCollector:
         yield _total("fanoutd_pushed_messages", "Messages handed to a puller on the PUSH output.", c)
         drops = CounterMetricFamily("fanoutd_dropped_messages",
                                     "Messages not delivered: push no_puller (nobody connected), push hwm "
-                                    "(every puller full), publish/relay/stamped hwm (sent on without at least one "
+                                    "(every puller full), push max_pending (the pullers' queues held "
+                                    "slow_consumer_max_pending bytes), publish/relay/stamped hwm (sent on without at least one "
                                     "subscriber whose queue was full).", labels=["output", "reason"])
         for (output, reason), key in DROPS.items():
             drops.add_metric([output, reason], c[key])
@@ -101,7 +102,8 @@ class BrokerCollector:
                                           labels=["socket", "rule"]), src.slow_consumers())
         yield _filled(GaugeMetricFamily("fanoutd_pending_bytes", "Message bytes fanoutd holds for an output's "
                                         "readers, per socket, exactly (shared among its readers: the furthest "
-                                        "behind one's backlog); bounded by slow_consumer_max_pending.",
+                                        "behind one's backlog; on push, what its pullers' queues hold); bounded "
+                                        "by slow_consumer_max_pending.",
                                         labels=["socket"]), src.pending())
         stalls = CounterMetricFamily("fanoutd_output_stalls", "Times the loop held all output because a "
                                      "subscriber's queue was full, per socket.", labels=["socket"])

@@ -141,7 +141,7 @@ def _sources() -> Any:
         auth_denied=lambda: {(r, why): 0 for r in POLICY_OWNERS for why in auth.DENIALS},
         slow_consumers=lambda: {(role.name, rule): 0 for role in ROLES if role.fans_out for rule in slowrules.RULES},
         upstream_errors=lambda: {("ENDPOINT", why): 0 for why in link_errors},
-        pending=lambda: {role.name: 0 for role in ROLES if role.fans_out},
+        pending=lambda: {role.name: 0 for role in ROLES if role.fans_out or role.name == "push"},
         producer_peers=lambda: {(r, kind): 0 for r in roles if r in peers.PRODUCER_ROLES for kind in senders.types_of(r)},
         config=lambda: config, node_id="NODE")
 

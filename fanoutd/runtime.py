@@ -60,7 +60,7 @@ class Runtime:
             handshake_failures=lambda: self.peers.handshake_failures, disconnects=lambda: self.peers.disconnects,
             auth_denied=lambda: self.zap.denied, config=lambda: self.config, node_id=node_id.hex(),
             slow_consumers=lambda: self.guard.cut, upstream_errors=lambda: self.upstreams.errors,
-            pending=self.engine.held_bytes,
+            pending=self.engine.pending_bytes,
             producer_peers=self.senders.counts)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         peers_view = (lambda: view.peers(self.peers, self.engine.held_bytes())) if config.peers_view else None

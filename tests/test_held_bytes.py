@@ -140,7 +140,7 @@ def test_an_output_past_stall_above_stalls_and_a_no_sends_without_a_drop(rig):
     assert rig.counter("publish_dropped") == 0, "a message held back by the byte bound alone reached everyone"
     assert rig.forwarder.windows()[PUBLISH] == 0, "no lossy window for a bound nobody was refused by"
     # Lifting the bound live ends the stall without the guard.
-    rig.forwarder.set_limits(max_message_size=1 << 20, max_frames=16, strip_topic=True, stall_above=0)
+    rig.forwarder.set_limits(max_message_size=1 << 20, max_frames=16, strip_topic=True, stall_above=0, push_above=0)
     wait_for("everything to be published", lambda: rig.counter("published_messages"), lambda n: n >= 101)
     for _ in range(100):
         stopped.recv_multipart()

@@ -69,7 +69,12 @@ def test_held_bytes_are_shown_exactly_per_output_and_per_connection_and_return_t
     held = wait_for("the publish output's held bytes to settle", lambda: d.value("fanoutd_pending_bytes",
                     socket="publish"), lambda v: v > 0 and v % frame == 0, timeout=10)
     assert held >= 50 * frame, f"{held} bytes held for a reader 100 x 64 KiB behind"
-    entries = {e["peer"]: e for e in peers(d)["connected"] if e["socket"] == "publish"}
+
+    def steady() -> tuple[float, dict]:  # /peers read between two equal counts: the fast reader's frames all back
+        first = d.value("fanoutd_pending_bytes", socket="publish")
+        entries = {e["peer"]: e for e in peers(d)["connected"] if e["socket"] == "publish"}
+        return first, entries if d.value("fanoutd_pending_bytes", socket="publish") == first else {}
+    held, entries = wait_for("/peers and the held bytes to agree in time", steady, lambda v: bool(v[1]))
     biggest = max(entries.values(), key=lambda e: e["pending_bytes"])
     assert biggest["pending_bytes"] == biggest["queued_bytes"] + held, biggest
     assert sorted(e["pending_bytes"] for e in entries.values())[0] < frame, "the reader that keeps up holds nothing"
@@ -122,3 +127,46 @@ def test_one_stalled_subscriber_costs_at_most_max_pending_and_a_fast_one_gets_ev
     assert d.value("fanoutd_dropped_messages_total", output="publish", reason="hwm") == 0
     assert max(pending) <= 64 * MIB, f"held {max(pending) / MIB:.1f} MiB"
     assert grown <= 128 * MIB, f"fanoutd grew by {grown / MIB:.0f} MiB (held at most {max(pending) / MIB:.1f} MiB)"
+
+
+@pytest.mark.parametrize("bound", ["4MiB", "0"])
+def test_a_puller_that_stops_reading_holds_at_most_max_pending_and_the_rest_is_dropped_and_counted(
+        start_daemon, sockets, bound):
+    """The PUSH output never holds anything back, so its byte bound drops: with a puller that takes nothing,
+    300 x 64 KiB (18.75 MiB) leave the pullers' queues holding at most slow_consumer_max_pending (4 MiB) plus
+    the one message that found it under the bound, and the rest are counted as push max_pending drops. Every
+    message is accounted for, the count returns to 0 once the puller has read, and with the bound off (0) no
+    message is dropped for it (push_hwm alone bounds the queue, in messages)."""
+    count, limit = 300, 4 * MIB
+    d = start_daemon("--slow-consumer-max-pending", bound)
+    puller = connected(sockets, zmq.PULL, d.push, rcvhwm=1, rcvbuf=16 * 1024)
+    settle(d, "push", 1)
+    sending = Sending(d.collector)
+    with sending.producer as producer:
+        warm_up(sending, puller)
+        before = {reason: d.value("fanoutd_dropped_messages_total", output="push", reason=reason)
+                  for reason in ("hwm", "no_puller", "max_pending")}
+        pushed_before = d.value("fanoutd_pushed_messages_total")
+        payload = b"p" * (SIZE - 2)
+        for _ in range(count):
+            producer.send(b"t", payload)
+        received = wait_for("the loop to take every message", lambda: d.value("fanoutd_received_messages_total"),
+                            lambda v: v >= pushed_before + count, timeout=30)
+        held = d.value("fanoutd_pending_bytes", socket="push")
+    dropped = {reason: d.value("fanoutd_dropped_messages_total", output="push", reason=reason) - n
+               for reason, n in before.items()}
+    pushed = d.value("fanoutd_pushed_messages_total") - pushed_before
+    assert pushed + sum(dropped.values()) == count, (pushed, dropped, received)
+    if bound == "0":
+        assert dropped["max_pending"] == 0 and held == 0, (dropped, held)  # nothing counted, nothing dropped for it
+    else:
+        assert 0 < held <= limit + SIZE, held
+        assert pushed * SIZE >= limit, pushed  # it took what the bound allows before dropping
+        assert dropped["max_pending"] > 0, dropped
+    got = 0
+    while puller.poll(2000):
+        puller.recv()
+        got += 1
+    assert got == pushed, (got, pushed)
+    wait_for("the push output's held bytes to return to 0", lambda: d.value("fanoutd_pending_bytes", socket="push"),
+             lambda v: v == 0)

@@ -15,7 +15,8 @@
     "federation link out) and 'stamped' are XPUB sockets with ZMQ_XPUB_NODROP set, 'push' a PUSH and " \
     "'repair' a ROUTER.\n" \
     "Limits (set_limits changes them live): max_message_size, max_frames, strip_topic, and stall_above: an " \
-    "output holding more message bytes for its readers than this stalls (0: no bound; held_bytes()).\n" \
+    "output holding more message bytes for its readers than this stalls (0: no bound; held_bytes()); " \
+    "push_above: a message finding the PUSH output holding more than this is dropped (0: no bound).\n" \
     "Counting: topics, an allowlist of topics to count received messages for; upstream_topics, the " \
     "upstream link's subscriptions (its gaps are counted for what they cover).\n" \
     "Stalls: stall_ns bounds how long output stalls for a full subscriber before the guard is asked " \
@@ -95,7 +96,7 @@ static int copy_topics(PyObject *topics, char **data, size_t *lens, int *count)
 }
 
 static int set_limits(Forwarder *f, unsigned long long max_size, int max_frames, int strip,
-                      unsigned long long stall_above)
+                      unsigned long long stall_above, unsigned long long push_above)
 {
     if (max_frames < 1 || max_frames > FRAMES_CAP) {
         PyErr_Format(PyExc_ValueError, "max_frames must be between 1 and %d", FRAMES_CAP);
@@ -105,6 +106,7 @@ static int set_limits(Forwarder *f, unsigned long long max_size, int max_frames,
     STORE(f->max_frames, max_frames);
     STORE(f->strip_topic, strip);
     STORE(f->stall_above, (uint64_t)stall_above);
+    STORE(f->push_above, (uint64_t)push_above);
     return 0;
 }
 
@@ -119,21 +121,21 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {
         "sockets",
-        "max_message_size", "max_frames", "strip_topic", "stall_above",  /* limits */
+        "max_message_size", "max_frames", "strip_topic", "stall_above", "push_above",  /* limits */
         "topics", "upstream_topics",                      /* counting */
         "stall_ns", "stall_fd",                           /* stalls */
         "node_id", "epoch", "stamp_streams",              /* stamping and federation */
         "history_bytes", "history_ns",                    /* repair */
         NULL};
     PyObject *sockets, *topics = NULL, *up_topics = NULL;
-    unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0, history_bytes = 0;
+    unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0, push_above = 0, history_bytes = 0;
     long long history_ns = 0;
     int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
     long long stall_ns = 0;
     const char *node_id = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipK" "OO" "Li" "y#Ki" "KL", names, &PyDict_Type, &sockets,
-                                     &max_size, &max_frames, &strip, &stall_above,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipKK" "OO" "Li" "y#Ki" "KL", names, &PyDict_Type, &sockets,
+                                     &max_size, &max_frames, &strip, &stall_above, &push_above,
                                      &topics, &up_topics,
                                      &stall_ns, &stall_fd,
                                      &node_id, &node_id_len, &epoch, &stamp_streams,
@@ -194,6 +196,10 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     f->relay = f->outs[OUT_RELAY] = s[S_RELAY];
     f->outs[OUT_STAMPED] = s[S_STAMPED];
     f->push = s[S_PUSH];
+    if (f->push && !(f->push_held = ledger_new())) {
+        PyErr_NoMemory();
+        return -1;
+    }
     for (int o = 0; o < OUTS; o++)
         if (f->outs[o] && !(f->held[o] = ledger_new())) {
             PyErr_NoMemory();
@@ -204,5 +210,5 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         PyErr_NoMemory();
         return -1;
     }
-    return set_limits(f, max_size, max_frames, strip, stall_above);
+    return set_limits(f, max_size, max_frames, strip, stall_above, push_above);
 }

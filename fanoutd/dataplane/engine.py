@@ -103,7 +103,8 @@ class Engine:
         self._forwarder = _forward.Forwarder(
             {role: sock.underlying for role, sock in self._sockets.items()},
             max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
-            stall_above=stall_above(c.slow_consumer_policy, c.slow_consumer_max_pending), topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
+            stall_above=stall_above(c.slow_consumer_policy, c.slow_consumer_max_pending),
+            push_above=c.slow_consumer_max_pending, topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
             node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams,
             history_bytes=c.history_bytes if c.stamped else 0, history_ns=int(c.history_seconds * 1e9))
@@ -193,6 +194,13 @@ class Engine:
             return {}
         return {role: n for role, n in zip(_forward.OUTPUTS, self._forwarder.held_bytes()) if self.spec(role)}
 
+    def pending_bytes(self) -> dict[str, int]:
+        """:meth:`held_bytes`, and the PUSH output's (its pullers' queues), counted the same way."""
+        held = self.held_bytes()
+        if self._forwarder is not None and self.spec("push"):
+            held["push"] = self._forwarder.push_held_bytes()
+        return held
+
     def stalls(self) -> dict[str, int]:
         """Fanning-out outputs the loop has stalled (a full subscriber queue) -> the number of that stall."""
         if self._forwarder is None:
@@ -250,7 +258,8 @@ class Engine:
                                        max_frames=config.max_frames,
                                        strip_topic=config.push_strip_topic,
                                        stall_above=stall_above(config.slow_consumer_policy,
-                                                               config.slow_consumer_max_pending))
+                                                               config.slow_consumer_max_pending),
+                                       push_above=config.slow_consumer_max_pending)
 
     def terminate(self, timeout: float) -> bool:
         """Terminate the context in the worker thread; False if it did not finish in time."""

@@ -101,6 +101,7 @@ static void publish_held(Forwarder *f)
 {
     for (int o = 0; o < OUTS; o++)
         ledger_reclaim(f->held[o]);
+    ledger_reclaim(f->push_held);
     history_reclaim(f);
 }
 

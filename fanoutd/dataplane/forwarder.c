@@ -45,12 +45,13 @@ static PyObject *Forwarder_stop(Forwarder *f, PyObject *args)
 
 static PyObject *Forwarder_set_limits(Forwarder *f, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"max_message_size", "max_frames", "strip_topic", "stall_above", NULL};
-    unsigned long long max_size, stall_above;
+    static char *names[] = {"max_message_size", "max_frames", "strip_topic", "stall_above", "push_above", NULL};
+    unsigned long long max_size, stall_above, push_above;
     int max_frames, strip;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "$KipK", names, &max_size, &max_frames, &strip, &stall_above))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "$KipKK", names, &max_size, &max_frames, &strip, &stall_above,
+                                     &push_above))
         return NULL;
-    if (set_limits(f, max_size, max_frames, strip, stall_above) < 0)
+    if (set_limits(f, max_size, max_frames, strip, stall_above, push_above) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -125,6 +126,11 @@ static PyObject *Forwarder_held_bytes(Forwarder *f, PyObject *Py_UNUSED(ignored)
     for (int o = 0; o < OUTS; o++)
         held[o] = ledger_bytes(f->held[o]);
     return per_output(held);
+}
+
+static PyObject *Forwarder_push_held_bytes(Forwarder *f, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLongLong(ledger_bytes(f->push_held));
 }
 
 /* (bytes the history counts against history_bytes, as last published; frame bytes its ledger says are pinned,
@@ -206,6 +212,7 @@ static void Forwarder_dealloc(Forwarder *f)
     streams_free(&f->seen);
     for (int o = 0; o < OUTS; o++)
         ledger_drop(f->held[o]);  /* freed now, or by the free callback of the last frame libzmq still holds */
+    ledger_drop(f->push_held);
     history_free(f->history);
     free(f->repair);
     Py_TYPE(f)->tp_free((PyObject *)f);
@@ -217,7 +224,7 @@ static PyMethodDef Forwarder_methods[] = {
     {"stop", (PyCFunction)Forwarder_stop, METH_VARARGS,
      "stop(abort=False): drain the collector then return, or return at once. Thread-safe."},
     {"set_limits", (PyCFunction)(void (*)(void))Forwarder_set_limits, METH_VARARGS | METH_KEYWORDS,
-     "Change max_message_size, max_frames, strip_topic and stall_above live. Thread-safe."},
+     "Change max_message_size, max_frames, strip_topic, stall_above and push_above live. Thread-safe."},
     {"set_push_peers", (PyCFunction)Forwarder_set_push_peers, METH_O,
      "Tell the loop how many pullers are connected, to label push drops. Thread-safe."},
     {"set_stamped_peers", (PyCFunction)Forwarder_set_stamped_peers, METH_O,
@@ -234,6 +241,9 @@ static PyMethodDef Forwarder_methods[] = {
     {"held_bytes", (PyCFunction)Forwarder_held_bytes, METH_NOARGS,
      "Per output (OUTPUTS order): the message bytes libzmq holds for its readers, exactly (frames of more "
      "than 256 bytes; shorter ones are bounded by the high-water mark). Thread-safe."},
+    {"push_held_bytes", (PyCFunction)Forwarder_push_held_bytes, METH_NOARGS,
+     "The message bytes libzmq holds for the PUSH output's pullers, exactly, as held_bytes() counts them "
+     "(0 with no push_above). Thread-safe."},
     {"stalls", (PyCFunction)Forwarder_stalls, METH_NOARGS,
      "Per output (OUTPUTS order): the number of the stall it is in (a full subscriber queue), or 0. "
      "Thread-safe."},

@@ -30,6 +30,7 @@ enum {
     C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS,
     C_HISTORY_BYTES, C_HISTORY_EVICTED, C_REPAIRED,  /* history.c, repair.c (C_HISTORY_BYTES: a gauge) */
     C_REPAIR_RANGE, C_REPAIR_HEADS, C_REPAIR_UNSENT, C_REPAIR_MALFORMED, C_REPAIR_OVERSIZE, C_REPAIR_FLOOD,
+    C_PUSH_MAX_PENDING,
     C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
@@ -43,6 +44,7 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "publish_held_ns", "relay_held_ns", "stamped_held_ns",
     "history_bytes", "history_evicted", "repaired_messages",
     "repair_range", "repair_heads", "repair_unsent", "repair_malformed", "repair_oversize", "repair_flood",
+    "push_dropped_max_pending",
 };
 
 /* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP), in the order of the module's OUTPUTS. */
@@ -79,6 +81,7 @@ typedef struct {
      * Forwarder while libzmq holds wrapped frames: their free callbacks (any thread, even inside
      * zmq_ctx_term) update it with atomics (held.c). */
     ledger_t *held[OUTS];
+    ledger_t *push_held;           /* likewise for the PUSH output (NULL: none) */
     /* The repair history and endpoint (NULL: none), the loop's alone once it runs: it records, evicts and
      * serves in its own thread, so nothing of them is shared but the counters (history.c, repair.c). */
     history_t *history;
@@ -98,6 +101,7 @@ typedef struct {
     int push_peers;                /* set_push_peers(): labels a refused push (no puller, or high-water mark) */
     int stamped_peers;             /* set_stamped_peers(): with none, the stamped output's sends are skipped */
     uint64_t stall_above;          /* set_limits(): an output holding more bytes than this stalls; 0: no bound */
+    uint64_t push_above;           /* set_limits(): a message finding PUSH holding more bytes is dropped; 0: none */
     /* The guard's answer to stall number n: n << 1 | 1 "stall on", n << 1 "no" (send lossy). The number
      * ties the answer to the stall it was given for; the loop ignores an answer to an earlier one. */
     uint64_t answer[OUTS];

@@ -40,21 +40,44 @@ static int close_parts(Forwarder *f, int n)
     return rc;
 }
 
-/* Hand the payload to one puller without blocking; count a drop otherwise. */
+/* Whether the PUSH output holds more bytes for its pullers than push_above (0: no bound). */
+static int push_over_bound(Forwarder *f, ledger_t *l, uint64_t above)
+{
+    if (!l || l->held <= above)  /* the count only ever overstates until entries are taken back */
+        return 0;
+    ledger_reclaim(l);
+    return l->held > above;
+}
+
+/* Hand the payload to one puller without blocking; count a drop otherwise. With a byte bound (push_above)
+ * each frame goes as a wrapper counted in the output's ledger while libzmq holds it (held.c), and a message
+ * finding the output over the bound is dropped: a PUSH never holds anything back, so its pullers' queues,
+ * push_hwm messages each, must not hold gigabytes of large messages either. */
 static int push_out(Forwarder *f, int n)
 {
     int strip = LOAD(f->strip_topic), flags, rc = 0;
+    uint64_t above = LOAD(f->push_above), counted = 0;
+    ledger_t *ledger = above ? f->push_held : NULL;
     zmsg_t out;
+    if (push_over_bound(f, ledger, above)) {
+        f->local[C_PUSH_MAX_PENDING]++;
+        return 0;
+    }
     if (n == 1) {
         const char *data = Z.msg_data(&f->parts[0]);
         size_t len = Z.msg_size(&f->parts[0]);
         size_t topic = strip ? wire_topic_len(data, len) : len;
         if (topic < len) {
+            zmsg_t payload;
             size_t off = topic + 1;
-            if (Z.msg_init_size(&out, len - off) < 0)
+            if (Z.msg_init_size(&payload, len - off) < 0)
                 return -1;
-            memcpy(Z.msg_data(&out), data + off, len - off);
-        } else if (copy_part(&out, &f->parts[0]) < 0) {
+            memcpy(Z.msg_data(&payload), data + off, len - off);
+            if (held_wrap(ledger, &out, &payload, 1, &counted) < 0) {
+                Z.msg_close(&payload);
+                return -1;
+            }
+        } else if (held_wrap(ledger, &out, &f->parts[0], 0, &counted) < 0) {
             return -1;
         }
         rc = send_now(&out, f->push, Z_DONTWAIT);
@@ -64,7 +87,7 @@ static int push_out(Forwarder *f, int n)
         /* Once the first frame is queued, libzmq keeps the rest of the
          * message on the same pipe, so only the first send can be refused. */
         for (int i = strip ? 1 : 0; i < n; i++) {
-            if (copy_part(&out, &f->parts[i]) < 0)
+            if (held_wrap(ledger, &out, &f->parts[i], 0, &counted) < 0)
                 return -1;
             flags = Z_DONTWAIT | (i < n - 1 ? Z_SNDMORE : 0);
             rc = send_now(&out, f->push, flags);
