@@ -166,7 +166,7 @@ def _section(value: Any, where: str, known: tuple[str, ...] | None) -> dict[str,
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {type(value).__name__}")
     for key in value if known is not None else ():
-        if key in REFUSED:
+        if key in REFUSED and key not in known:
             raise ConfigError(f"{where}: {key}: {REFUSED[key]}")
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (fanoutd reads {', '.join(known)})")
