@@ -77,6 +77,8 @@ def scrape(url: str, timeout: float = 5.0, via: Client = Client()) -> dict[tuple
                                                                           float]:
     try:
         text = via.read(url, timeout).decode()
+    except urllib.error.HTTPError as exc:  # a 401 says: credentials (--user, --password-file) wanted or wrong
+        raise ScrapeError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ScrapeError(f"cannot read {url}: {reason}") from None
