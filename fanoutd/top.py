@@ -53,24 +53,36 @@ def client(ca_file: str | None = None, cert: str | None = None, key: str | None 
            password_file: str | None = None) -> Client:
     """A Client for the flags given: the server verified against ``ca_file`` (else the system's CAs) for https,
     ``cert``/``key`` as the client certificate, ``user`` with the password in ``password_file`` (first line)."""
-    context = None
+    context, password = None, ""
     try:
         if ca_file or cert:
             context = ssl.create_default_context(cafile=ca_file)
-            if cert:
-                context.load_cert_chain(cert, key)
-        password = ""
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialsError(f"cannot use --ca-file {ca_file}: {_why(exc)}") from None
+    try:
+        if cert and context is not None:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialsError(f"cannot use --cert {cert}{f' with --key {key}' if key else ''}: {_why(exc)}") from None
+    try:
         if password_file:
             with open(password_file, encoding="utf-8") as fh:
                 password = fh.readline().rstrip("\r\n")
-    except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
-        raise CredentialsError(f"cannot use {exc.filename or ca_file or cert}: {getattr(exc, 'strerror', None) or exc}"
-                               if isinstance(exc, OSError) else str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError(f"cannot use --password-file {password_file}: {_why(exc)}") from None
     headers = ()
     if user is not None:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers = (("Authorization", f"Basic {token}"),)
     return Client(context, headers)
+
+
+def _why(exc: Exception) -> str:
+    """The few words of an OS or OpenSSL error (ssl's own text is "[SSL] PEM lib (_ssl.c:3900)")."""
+    if isinstance(exc, ssl.SSLError) and not exc.reason:  # OpenSSL's PEM_LIB: a certificate without its key
+        return "no key found in it (give --key), or not PEM"
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
+    return str(reason).lower().replace("_", " ") if reason else str(exc)
 
 
 def scrape(url: str, timeout: float = 5.0, via: Client = Client()) -> dict[tuple[str, tuple[tuple[str, str], ...]],
