@@ -177,3 +177,14 @@ def test_the_gate_checks_every_time_and_refuses_without_metric_bytes(pki):
     assert gate.failures["throttled"] == 1
     assert get("prom", "right", address="10.0.0.2")[0] == "200 OK"  # per address
     assert set(gate.failures) == set(REASONS)
+
+
+def test_a_relative_file_is_read_from_the_credentials_directory(tmp_path, monkeypatch):
+    """Under systemd's LoadCredential= the file and the certificates it names sit in $CREDENTIALS_DIRECTORY."""
+    credentials_dir = make_pki(tmp_path / "credentials")
+    web_config(credentials_dir / "web.yml", {"prom": "pw"})
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials_dir))
+    monkeypatch.chdir(tmp_path)
+    web = webconfig.load("web.yml")
+    assert web.path == str(credentials_dir / "web.yml")
+    assert web.tls is not None and web.tls.key_file == str(credentials_dir / "server.key")
