@@ -26,7 +26,8 @@ EXIT_CONFIG = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fanoutd",
-        usage="%(prog)s [options]\n       %(prog)s top [--url URL] [--interval S] [--once] [--ca-file F] [--cert F] [--key F]\n"
+        usage="%(prog)s [options]\n"
+              "       %(prog)s top [--url URL] [--interval S] [--once] [--ca-file F] [--cert F] [--key F]\n"
               "                   [--user U --password-file F]\n"
               "       %(prog)s keygen DIRECTORY NAME",
         description="ZeroMQ fanout broker: a SUB collector re-emitted on a PUB and a non-blocking PUSH. "

@@ -80,8 +80,8 @@ BAD = [
     ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  cert: inline\n", "inline certificates"),
     ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_allowed_sans: [a]\n",
      "client_allowed_sans"),
-    ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  max_version: TLS12\n  min_version: TLS13\n",
-     "max_version is below min_version"),
+    ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  max_version: TLS12\n"
+     "  min_version: TLS13\n", "max_version is below min_version"),
     ("http_server_config:\n  http2: true\n", "fanoutd serves HTTP/1.1 only"),
     ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "'Set-Cookie': only Content-Security-Policy"),
     ("rate_limit:\n  interval: 1s\n", "unknown key 'rate_limit'"),
