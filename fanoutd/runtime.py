@@ -70,11 +70,8 @@ class Runtime:
             producer_peers=self.senders.counts, http_auth_failures=lambda: self.gate.failures)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         peers_view = (lambda: view.peers(self.peers, self.engine.held_bytes())) if config.peers_view else None
-        app = metrics.make_app(registry, self.readiness, peers_view, self.endpoints)
-        try:
-            self.server = MetricsServer(config.metrics, self.gate, app)
-        except ConfigError as exc:  # its files changed since they were checked: as bad as at the check
-            raise StartupError(str(exc)) from None
+        self.server = MetricsServer(config.metrics, self.gate,
+                                    metrics.make_app(registry, self.readiness, peers_view, self.endpoints))
 
     def metrics_address(self) -> tuple[str, int]:
         """Where the HTTP server listens: the port it got once started (``metrics = HOST:0``), else as configured."""
@@ -115,6 +112,10 @@ class Runtime:
         return result
 
     def _serve_http(self) -> None:
+        try:
+            self.server.use(self.keys.web)  # TLS as metrics_web_config says, before the first connection
+        except ConfigError as exc:  # its files changed since they were checked: as bad as at the check
+            raise StartupError(str(exc)) from None
         try:
             self.server.start()
         except OSError as exc:

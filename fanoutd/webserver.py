@@ -35,13 +35,13 @@ IDLE_SECONDS = 60.0
 
 
 class MetricsServer(WSGIServer):
-    """The HTTP server for the hub, not yet listening: ``start()`` binds it (OSError if it cannot)."""
+    """The HTTP server for the hub, not yet listening: ``use(web)``, then ``start()`` binds it (OSError if it
+    cannot)."""
 
     def __init__(self, address: tuple[str, int], gate: Gate, app: App) -> None:
         super().__init__(address, gate.serving(app), log=None, error_log=log, spawn=Pool(CONNECTIONS))
         self.gate = gate
         self._tls: ssl.SSLContext | None = None
-        self.use(gate.web)
 
     def use(self, web: WebConfig | None) -> None:
         """Serve new connections as ``web`` says; ConfigError (and nothing changed) if its TLS files do not load."""
