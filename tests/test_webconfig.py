@@ -188,3 +188,34 @@ def test_a_relative_file_is_read_from_the_credentials_directory(tmp_path, monkey
     web = webconfig.load("web.yml")
     assert web.path == str(credentials_dir / "web.yml")
     assert web.tls is not None and web.tls.key_file == str(credentials_dir / "server.key")
+
+
+def test_bcrypt_runs_off_the_hub(tmp_path):
+    """While a slow hash is checked in the daemon's thread pool, other greenlets on the hub keep running."""
+    import bcrypt
+    import gevent
+    from gevent.threadpool import ThreadPool
+
+    path = tmp_path / "slow.yml"
+    path.write_text(f"basic_auth_users:\n  slow: '{bcrypt.hashpw(b'pw', bcrypt.gensalt(10)).decode()}'\n")
+    pool = ThreadPool(1)
+    gate = Gate(webconfig.load(str(path)), run=pool.apply)
+    served = gate.serving(lambda environ, start_response: [b"fanoutd_x 1\n"])
+    ticks = []
+
+    def ticker():
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.001)
+
+    turning = gevent.spawn(ticker)
+    statuses = []
+    environ = {"REMOTE_ADDR": "10.0.0.1",
+               "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"slow:wrong").decode()}
+    try:
+        served(environ, lambda status, headers, *_: statuses.append(status))
+    finally:
+        turning.kill()
+        pool.kill()
+    assert statuses == ["401 Unauthorized"]
+    assert len(ticks) > 3, ticks  # with the hash on the hub, the ticker would not have had a turn meanwhile
