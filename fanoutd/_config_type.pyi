@@ -17,6 +17,7 @@ class Config:
     push: tuple[str, ...]
     relay: tuple[str, ...]
     metrics: tuple[str, int]
+    metrics_web_config: str
     collector_topics: tuple[str, ...]
     metrics_topics: tuple[str, ...]
     push_strip_topic: bool

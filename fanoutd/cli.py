@@ -26,7 +26,9 @@ EXIT_CONFIG = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fanoutd",
-        usage="%(prog)s [options]\n       %(prog)s top [--url URL] [--interval S] [--once]\n"
+        usage="%(prog)s [options]\n"
+              "       %(prog)s top [--url URL] [--interval S] [--once] [--ca-file F] [--cert F] [--key F]\n"
+              "                   [--user U --password-file F]\n"
               "       %(prog)s keygen DIRECTORY NAME",
         description="ZeroMQ fanout broker: a SUB collector re-emitted on a PUB and a non-blocking PUSH. "
                     "`fanoutd top` shows a running daemon's live rates.",
@@ -60,6 +62,14 @@ def build_top_parser() -> argparse.ArgumentParser:
                         help="the daemon's metrics URL (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between screens")
     parser.add_argument("--once", action="store_true", help="print one screen (two scrapes apart) and exit")
+    web = parser.add_argument_group("a metrics port behind metrics_web_config (an https:// URL)")
+    web.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) to verify the daemon's certificate with "
+                     "(default: the system's)")
+    web.add_argument("--cert", metavar="FILE", help="client certificate (PEM), for client_auth_type "
+                     "RequireAndVerifyClientCert")
+    web.add_argument("--key", metavar="FILE", help="the client certificate's key (PEM; default: in --cert)")
+    web.add_argument("--user", help="basic-auth user")
+    web.add_argument("--password-file", metavar="FILE", help="file whose first line is --user's password")
     return parser
 
 
@@ -104,8 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if top_args.interval <= 0:
             print("fanoutd top: --interval must be positive", file=sys.stderr)
             return EXIT_CONFIG
-        from .top import run
-        return run(top_args.url, top_args.interval, top_args.once)
+        from .top import CredentialsError, client, run
+        try:
+            via = client(top_args.ca_file, top_args.cert, top_args.key, top_args.user, top_args.password_file)
+        except CredentialsError as exc:
+            print(f"fanoutd top: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return run(top_args.url, top_args.interval, top_args.once, via=via)
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config")
     check = args.pop("check_config")

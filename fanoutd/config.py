@@ -57,8 +57,12 @@ SETTINGS: tuple[Setting, ...] = (
     *(Setting(role.name, "endpoints", role.default, role.help) for role in ROLES),
     Setting("metrics", "hostport", "127.0.0.1:9560",
             "HOST:PORT of the HTTP server for /metrics, /healthz, /readyz, /peers and /endpoints (port 0: one "
-            "the kernel picks, reported by /endpoints; it asks for no credentials: keep it on loopback or a "
-            "management network)"),
+            "the kernel picks, reported by /endpoints; without metrics_web_config it asks for no credentials: keep "
+            "it on loopback or a management network)"),
+    Setting("metrics_web_config", "path", "",
+            "an exporter-toolkit web.config YAML file for the metrics port: tls_server_config (certificate, key, "
+            "client certificates) and basic_auth_users (bcrypt hashes); every path on the port then requires "
+            "what it says (docs/security.md); re-read on reload, a bad file keeping the running one", live=True),
     Setting("collector_topics", "topics", ("",),
             "topic prefixes the collector subscribes to (default: every topic)"),
     Setting("metrics_topics", "counted_topics", (),

@@ -1,4 +1,4 @@
-"""Prometheus metrics and health endpoints, served by gevent's WSGI server.
+"""Prometheus metrics and health endpoints, as one WSGI app (fanoutd.webserver serves it, behind fanoutd.webauth).
 
 Nothing is counted in Python per message: the native loop keeps its own
 counters and this module's collector turns a snapshot of them into metric
@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import zmq
-from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -43,6 +42,7 @@ class Sources:
     pending: Callable[[], Mapping[str, int]] = dict
     upstream_errors: Callable[[], Mapping[tuple[str, str], int]] = dict
     producer_peers: Callable[[], Mapping[tuple[str, str], int]] = dict
+    http_auth_failures: Callable[[], Mapping[str, int]] = dict
 
 
 class BrokerCollector:
@@ -154,6 +154,11 @@ class BrokerCollector:
         yield _filled(CounterMetricFamily("fanoutd_auth_denied", "Connections refused by access control, per "
                                           "socket: address (IP allow/deny lists), key (CURVE key not in the "
                                           "allowlist), mechanism.", labels=["socket", "reason"]), src.auth_denied())
+        yield _filled(CounterMetricFamily("fanoutd_http_auth_failures", "Requests and connections the metrics "
+                                          "port refused under metrics_web_config, by reason: missing, user, "
+                                          "password (basic auth), throttled (too many failures from the address: "
+                                          "refused before hashing), plain_http, certificate, tls (the TLS "
+                                          "handshake).", labels=["reason"]), src.http_auth_failures())
         yield from _limits(src.config())
         info = InfoMetricFamily("fanoutd_build", "Versions of fanoutd and the ZeroMQ stack it runs on, and this "
                                 "node's federation id (new at every start).")
@@ -234,8 +239,3 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]],
         return [body.encode()]
 
     return app
-
-
-def http_server(address: tuple[str, int], app: Callable[..., Any]) -> WSGIServer:
-    """The HTTP server for the hub, not yet listening: ``start()`` binds it (OSError if it cannot)."""
-    return WSGIServer(address, app, log=None, error_log=log)

@@ -124,7 +124,7 @@ configured has no terms."""
 
 def _sources() -> Any:
     """Sources of zeros that still name every label value, for a node with every socket."""
-    from . import auth, metrics, peers, senders, slowrules
+    from . import auth, metrics, peers, senders, slowrules, webauth
     from .config import load
 
     ends = {role.name: [f"tcp://127.0.0.1:{5560 + i}"] for i, role in enumerate(ROLES)}
@@ -143,7 +143,7 @@ def _sources() -> Any:
         upstream_errors=lambda: {("ENDPOINT", why): 0 for why in link_errors},
         pending=lambda: {role.name: 0 for role in ROLES if role.fans_out or role.name == "push"},
         producer_peers=lambda: {(r, kind): 0 for r in roles if r in peers.PRODUCER_ROLES for kind in senders.types_of(r)},
-        config=lambda: config, node_id="NODE")
+        http_auth_failures=lambda: dict.fromkeys(webauth.REASONS, 0), config=lambda: config, node_id="NODE")
 
 
 class _ZeroCounters(dict[str, int]):

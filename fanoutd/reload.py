@@ -43,10 +43,13 @@ def plan(current: Config, current_keys: Keys, new: Config, new_keys: Keys) -> Pl
         restart.append("curve_secret_key (the file's key)")
     config = dataclasses.replace(current, **{name: getattr(new, name) for name in live})
     # The secret and upstream server keys are bound into the sockets at start; client key sets apply live.
-    keys = Keys(current_keys.secret, new_keys.clients, current_keys.upstream_server)
+    # The metrics port's web config applies live too: new connections get its TLS and users.
+    keys = Keys(current_keys.secret, new_keys.clients, current_keys.upstream_server, new_keys.web)
     changes = tuple(line for role in sorted(set(current_keys.clients) | set(new_keys.clients))
                     if (line := _key_change(f"{role}_clients", current_keys.clients.get(role),
                                             new_keys.clients.get(role))))
+    if new_keys.web != current_keys.web:
+        changes += (f"metrics port: {new_keys.web.describe() if new_keys.web else 'no TLS and no basic auth'} now",)
     return Plan(config, keys, build_policies(config, keys), live, tuple(restart), changes)
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import gevent
 import zmq
+from gevent.threadpool import ThreadPool
 
-from . import auth, logs, metrics, status, view
+from . import auth, logs, metrics, status, view, webauth
 from .config import Config, log_level
 from .dataplane.engine import BindError, Engine
 from .keys import Keys
@@ -28,6 +29,8 @@ from .reload import Plan
 from .links import UpstreamWatch
 from .slow import Guard
 from .dataplane.zmqlib import LibzmqError
+from .values import ConfigError
+from .webserver import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +58,20 @@ class Runtime:
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         self.upstreams.heal_with(self.engine.reconnect, zmq.curve_public(keys.secret) if keys.secret else None)
         self.peers.on_refused, self.peers.on_linked = self.upstreams.refused, self.upstreams.linked
+        # bcrypt runs in these threads, off the hub (fanoutd.webauth); the server's connections are bounded too.
+        self.hashing = ThreadPool(webauth.HASH_THREADS)
+        self.gate = webauth.Gate(keys.web, run=self.hashing.apply)
         sources = metrics.Sources(
             counters=self.engine.counters, topics=self.engine.topic_counters, peers=self.peers.counts,
             handshake_failures=lambda: self.peers.handshake_failures, disconnects=lambda: self.peers.disconnects,
             auth_denied=lambda: self.zap.denied, config=lambda: self.config, node_id=node_id.hex(),
             slow_consumers=lambda: self.guard.cut, upstream_errors=lambda: self.upstreams.errors,
             pending=self.engine.pending_bytes,
-            producer_peers=self.senders.counts)
+            producer_peers=self.senders.counts, http_auth_failures=lambda: self.gate.failures)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
         peers_view = (lambda: view.peers(self.peers, self.engine.held_bytes())) if config.peers_view else None
-        self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view,
-                                                                           self.endpoints))
+        self.server = MetricsServer(config.metrics, self.gate,
+                                    metrics.make_app(registry, self.readiness, peers_view, self.endpoints))
 
     def metrics_address(self) -> tuple[str, int]:
         """Where the HTTP server listens: the port it got once started (``metrics = HOST:0``), else as configured."""
@@ -107,13 +113,19 @@ class Runtime:
 
     def _serve_http(self) -> None:
         try:
+            self.server.use(self.keys.web)  # TLS as metrics_web_config says, before the first connection
+        except ConfigError as exc:  # its files changed since they were checked: as bad as at the check
+            raise StartupError(str(exc)) from None
+        try:
             self.server.start()
         except OSError as exc:
             host, port = self.config.metrics
             raise StartupError(f"cannot serve metrics on {host}:{port}: {os.strerror(exc.errno or 0)}") from None
 
     def apply(self, plan: Plan) -> None:
-        """Put a reload plan into effect: limits into the loop, policies into ZAP, the log level."""
+        """Put a reload plan into effect: the metrics port's TLS and users, limits into the loop, policies into
+        ZAP, the log level. ConfigError, with nothing applied, if the web config's TLS files no longer load."""
+        self.server.use(plan.keys.web)
         self.engine.apply_limits(plan.config)
         self.zap.update(plan.policies)
         logs.configure(log_level(plan.config))
@@ -130,6 +142,7 @@ class Runtime:
 
         steps: list[tuple[str, Callable[[], bool | None]]] = [
             ("the HTTP server", lambda: self.server.stop(timeout=1.0) if self.server.started else None),
+            ("the hashing threads", lambda: self.hashing.kill()),
             ("the slow-consumer guard", self.guard.close),
             ("the producer types", self.senders.close),
             ("the upstream watch", self.upstreams.close),

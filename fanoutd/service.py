@@ -65,7 +65,8 @@ class Broker:
             result = runtime.open()
             result.rawlink(lambda _: self._wake.set())
             runtime.phase = "ready"
-            log.info("fanoutd ready: %s", status.endpoints(runtime.engine.endpoints, runtime.metrics_address()))
+            where = status.endpoints(runtime.engine.endpoints, runtime.metrics_address(), runtime.server.scheme)
+            log.info("fanoutd ready: %s", where)
             systemd.notify("READY=1", "STATUS=" + status_line(runtime))
             helpers = [gevent.spawn(status.report, runtime.engine.counters),
                        gevent.spawn(status.watchdog, runtime.engine.counters)]
@@ -138,10 +139,10 @@ class Broker:
         try:
             new = self._reload_source()
             plan = reload.plan(runtime.config, runtime.keys, new, load_keys(new))
+            runtime.apply(plan)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
         else:
-            runtime.apply(plan)
             log.info("reloaded: applied %s", plan.applied())
             if plan.restart:
                 log.warning("reload: %s changed but need a restart to take effect", ", ".join(plan.restart))

@@ -50,14 +50,14 @@ def hostport(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def endpoints(bound: Mapping[str, Sequence[str]], metrics: tuple[str, int]) -> str:
+def endpoints(bound: Mapping[str, Sequence[str]], metrics: tuple[str, int], scheme: str = "http") -> str:
     """Every endpoint as bound (or connected) by role, and the metrics URL: what the ready line shows.
 
     ``bound`` holds the ports the kernel gave for ``tcp://HOST:*``, so the
     line tells where the broker really listens.
     """
     parts = [f"{role} {','.join(eps)}" for role, eps in bound.items() if eps]
-    return ", ".join([*parts, f"metrics http://{hostport(metrics)}/metrics"])
+    return ", ".join([*parts, f"metrics {scheme}://{hostport(metrics)}/metrics"])
 
 
 def status_line(c: Mapping[str, int]) -> str:

@@ -6,7 +6,9 @@ what a dashboard would; rates are differences between two scrapes.
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import sys
 import time
 import urllib.error
@@ -30,10 +32,65 @@ class ScrapeError(RuntimeError):
     """The metrics endpoint could not be read; the message is one line."""
 
 
-def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+class CredentialsError(ValueError):
+    """A file given for TLS or basic auth could not be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Client:
+    """How to reach a metrics port behind metrics_web_config: a TLS context and an Authorization header."""
+
+    context: ssl.SSLContext | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def read(self, url: str, timeout: float) -> bytes:
+        request = urllib.request.Request(url, headers=dict(self.headers))
+        with urllib.request.urlopen(request, timeout=timeout, context=self.context) as resp:
+            return bytes(resp.read())
+
+
+def client(ca_file: str | None = None, cert: str | None = None, key: str | None = None, user: str | None = None,
+           password_file: str | None = None) -> Client:
+    """A Client for the flags given: the server verified against ``ca_file`` (else the system's CAs) for https,
+    ``cert``/``key`` as the client certificate, ``user`` with the password in ``password_file`` (first line)."""
+    context, password = None, ""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            text = resp.read().decode()
+        if ca_file or cert:
+            context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialsError(f"cannot use --ca-file {ca_file}: {_why(exc)}") from None
+    try:
+        if cert and context is not None:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialsError(f"cannot use --cert {cert}{f' with --key {key}' if key else ''}: {_why(exc)}") from None
+    try:
+        if password_file:
+            with open(password_file, encoding="utf-8") as fh:
+                password = fh.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError(f"cannot use --password-file {password_file}: {_why(exc)}") from None
+    headers = ()
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers = (("Authorization", f"Basic {token}"),)
+    return Client(context, headers)
+
+
+def _why(exc: Exception) -> str:
+    """The few words of an OS or OpenSSL error (ssl's own text is "[SSL] PEM lib (_ssl.c:3900)")."""
+    if isinstance(exc, ssl.SSLError) and not exc.reason:  # OpenSSL's PEM_LIB: a certificate without its key
+        return "no key found in it (give --key), or not PEM"
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
+    return str(reason).lower().replace("_", " ") if reason else str(exc)
+
+
+def scrape(url: str, timeout: float = 5.0, via: Client = Client()) -> dict[tuple[str, tuple[tuple[str, str], ...]],
+                                                                          float]:
+    try:
+        text = via.read(url, timeout).decode()
+    except urllib.error.HTTPError as exc:  # a 401 says: credentials (--user, --password-file) wanted or wrong
+        raise ScrapeError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ScrapeError(f"cannot read {url}: {reason}") from None
@@ -80,12 +137,11 @@ def _present(sample: Sample, name: str) -> list[str]:
     return [role.name for role in ROLES if role.name in sockets]
 
 
-def peers_view(url: str, timeout: float = 5.0) -> dict[str, list[dict[str, object]]] | None:
+def peers_view(url: str, timeout: float = 5.0, via: Client = Client()) -> dict[str, list[dict[str, object]]] | None:
     """The daemon's /peers beside its /metrics, or None where it is turned off or unreadable."""
     peers_url = urllib.parse.urljoin(url, "/peers")
     try:
-        with urllib.request.urlopen(peers_url, timeout=timeout) as resp:
-            view = json.loads(resp.read())
+        view = json.loads(via.read(peers_url, timeout))
     except (urllib.error.URLError, OSError, ValueError):
         return None
     return view if isinstance(view, dict) else None
@@ -125,14 +181,14 @@ def render(url: str, before: Sample, after: Sample, seconds: float,
     return "\n".join(lines) + "\n"
 
 
-def run(url: str, interval: float, once: bool, out: TextIO = sys.stdout) -> int:
+def run(url: str, interval: float, once: bool, out: TextIO = sys.stdout, via: Client = Client()) -> int:
     """Redraw every ``interval`` seconds until interrupted; ``once`` prints one screen and exits."""
     try:
-        before, t0 = scrape(url), time.monotonic()
+        before, t0 = scrape(url, via=via), time.monotonic()
         while True:
             time.sleep(interval)
-            after, t1 = scrape(url), time.monotonic()
-            out.write(("" if once else CLEAR) + render(url, before, after, t1 - t0, peers_view(url)))
+            after, t1 = scrape(url, via=via), time.monotonic()
+            out.write(("" if once else CLEAR) + render(url, before, after, t1 - t0, peers_view(url, via=via)))
             out.flush()
             if once:
                 return 0

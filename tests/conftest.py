@@ -128,13 +128,18 @@ class Daemon:
     fixed_ports: list[int] = field(default_factory=list)
     _given: dict[str, str] = field(default_factory=dict)  # the fixed ports' endpoints, known before it is up
     _bound: dict[str, Any] = field(default_factory=dict)
+    via: Any = None  # a fanoutd.top.Client (TLS context, credentials) for a port behind metrics_web_config
+
+    def _open(self, url: str) -> Any:
+        headers, context = (dict(self.via.headers), self.via.context) if self.via is not None else ({}, None)
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5, context=context)
 
     def bound(self, timeout: float = 15.0) -> dict[str, Any]:
         """GET /endpoints: each role's endpoints as bound, and ``metrics`` HOST:PORT (waits for the ready line)."""
         if not self._bound:
             line = wait_logged(self, "fanoutd ready: ", timeout)
             url = line.rpartition(" metrics ")[2].strip().removesuffix("/metrics")
-            with urllib.request.urlopen(url + "/endpoints", timeout=5) as resp:
+            with self._open(url + "/endpoints") as resp:
                 self._bound.update(json.loads(resp.read()))
         return self._bound
 
@@ -169,11 +174,12 @@ class Daemon:
 
     @property
     def http(self) -> str:
-        return "http://" + (self._given.get("metrics") or str(self.bound()["metrics"]))
+        scheme = "https://" if self.via is not None and self.via.context is not None else "http://"
+        return scheme + (self._given.get("metrics") or str(self.bound()["metrics"]))
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.http + path, timeout=5) as resp:
+            with self._open(self.http + path) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -226,18 +232,20 @@ def daemon_command(*args: str) -> list[str]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """start_daemon(*flags, env=None, ready=True, ports=None, restartable=False, prefix=()) -> Daemon.
+    """start_daemon(*flags, env=None, ready=True, ports=None, restartable=False, prefix=(), via=None) -> Daemon.
 
     It binds port 0 everywhere unless given ``ports`` (collector, publish,
     push, metrics, stamped), or ``restartable``: fixed free ports, which a
     restart passes on (``ports=d.ports``) to come back where it was.
-    ``prefix`` runs the daemon under a wrapper command (e.g. setpriv).
+    ``prefix`` runs the daemon under a wrapper command (e.g. setpriv); ``via`` (a fanoutd.top.Client) is how
+    the test reaches a metrics port behind metrics_web_config.
     Every daemon started is killed at teardown.
     """
     started: list[Daemon] = []
 
     def start(*flags: str, env: dict[str, str] | None = None, ready: bool = True,
-              ports: list[int] | None = None, restartable: bool = False, prefix: tuple[str, ...] = ()) -> Daemon:
+              ports: list[int] | None = None, restartable: bool = False, prefix: tuple[str, ...] = (),
+              via: Any = None) -> Daemon:
         if restartable and not ports:
             ports = [free_port() for _ in range(5)]
         given = [str(p) for p in ports] if ports else ["0"] * 5
@@ -251,7 +259,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         with open(log_path, "w") as log:
             proc = subprocess.Popen([*prefix, *daemon_command(*args)], stdout=log, stderr=subprocess.STDOUT,
                                     text=True, env=environ, cwd=tmp_path)
-        daemon = Daemon(proc, log_path, fixed_ports=list(ports or []))
+        daemon = Daemon(proc, log_path, fixed_ports=list(ports or []), via=via)
         if ports:  # known before it is up: a test may connect first (a restart's clients reconnect)
             daemon._given.update(collector=endpoints[0], publish=endpoints[1], push=endpoints[2],
                                  stamped=endpoints[3], metrics=f"127.0.0.1:{given[3]}")
