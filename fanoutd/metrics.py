@@ -131,6 +131,11 @@ class BrokerCollector:
         if src.config().upstream:
             yield _total("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
                          "that never arrived over the link (sequence gaps).", c)
+            yield _total("fanoutd_upstream_repaired_messages", "Messages the upstream's relay_repair endpoint "
+                         "supplied for gaps on the link (upstream_repair), delivered as new messages.", c)
+            yield _total("fanoutd_upstream_unrepaired_messages", "Of the gaps on the upstream link, messages that "
+                         "could not be repaired: gone from the upstream's history, another epoch, unanswered "
+                         "within 10 s, or past the 256 gaps waiting (0 without upstream_repair: not asked).", c)
             yield _total("fanoutd_upstream_hellos", "Relay hellos read on the upstream links: greetings, "
                          "not messages (none of them is counted as received).", c)
             yield _total("fanoutd_upstream_untracked_messages", "Messages from upstream whose stream this node's "

@@ -24,12 +24,16 @@
 "this run's, non-zero (needed with stamped or relay); stamp_streams, how many topic streams are kept.\n" \
     "Repair (with a stamped output): history_bytes, the bytes the history of stamped messages may hold (0: " \
     "none); history_ns, the age past which it forgets one (0: none); 'repair' (a ROUTER with " \
-    "ZMQ_ROUTER_MANDATORY) is served from it."
+    "ZMQ_ROUTER_MANDATORY) is served from it; 'relay_repair' (likewise, with a relay output) serves the same " \
+    "history with each message's route, as the relay sent it. 'upstream_repair' (a DEALER connected to the " \
+    "upstream's relay_repair, with an upstream) asks for the upstream link's gaps."
 
 /* The roles Forwarder() knows in its sockets mapping. */
-enum { S_COLLECTOR, S_INGRESS, S_UPSTREAM, S_PUBLISH, S_PUSH, S_RELAY, S_STAMPED, S_REPAIR, S_COUNT };
+enum { S_COLLECTOR, S_INGRESS, S_UPSTREAM, S_PUBLISH, S_PUSH, S_RELAY, S_STAMPED, S_REPAIR, S_RELAY_REPAIR,
+       S_UPSTREAM_REPAIR, S_COUNT };
 static const char *const SOCKET_ROLES[S_COUNT] = {
-    "collector", "ingress", "upstream", "publish", "push", "relay", "stamped", "repair",
+    "collector", "ingress", "upstream", "publish", "push", "relay", "stamped", "repair", "relay_repair",
+    "upstream_repair",
 };
 
 /* Read the sockets mapping into handles (by S_* role; NULL where absent); -1 with an exception set. */
@@ -49,7 +53,7 @@ static int parse_sockets(PyObject *sockets, void *handles[S_COUNT])
             i++;
         if (i == S_COUNT) {
             PyErr_Format(PyExc_ValueError, "unknown socket role %R: the roles are collector, ingress, upstream, "
-                         "publish, push, relay, stamped and repair", role);
+                         "publish, push, relay, stamped, repair, relay_repair and upstream_repair", role);
             return -1;
         }
         unsigned long long handle = PyLong_AsUnsignedLongLong(value);
@@ -159,8 +163,20 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "stamping (a stamped or relay output) needs a non-zero epoch");
         return -1;
     }
-    if ((s[S_REPAIR] || history_bytes) && !s[S_STAMPED]) {
-        PyErr_SetString(PyExc_ValueError, "history and repair are of the stamped output: they need one");
+    if (s[S_REPAIR] && !s[S_STAMPED]) {
+        PyErr_SetString(PyExc_ValueError, "the repair endpoint is the stamped output's: it needs one");
+        return -1;
+    }
+    if (s[S_RELAY_REPAIR] && !s[S_RELAY]) {
+        PyErr_SetString(PyExc_ValueError, "relay_repair is the relay output's: it needs one");
+        return -1;
+    }
+    if (history_bytes && !f->stamping) {
+        PyErr_SetString(PyExc_ValueError, "history keeps what is stamped: it needs a stamped or relay output");
+        return -1;
+    }
+    if (s[S_UPSTREAM_REPAIR] && !s[S_UPSTREAM]) {
+        PyErr_SetString(PyExc_ValueError, "upstream_repair repairs the upstream link: it needs one");
         return -1;
     }
     if (history_ns < 0) {
@@ -200,7 +216,9 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
             return -1;
         }
     if ((history_bytes && !(f->history = history_new(history_bytes, history_ns))) ||
-        (s[S_REPAIR] && !(f->repair = repair_new(s[S_REPAIR])))) {
+        (s[S_REPAIR] && !(f->repair = repair_new(s[S_REPAIR], 0))) ||
+        (s[S_RELAY_REPAIR] && !(f->relay_repair = repair_new(s[S_RELAY_REPAIR], 1))) ||
+        (s[S_UPSTREAM_REPAIR] && !(f->uprepair = uprepair_new(s[S_UPSTREAM_REPAIR])))) {
         PyErr_NoMemory();
         return -1;
     }

@@ -208,6 +208,8 @@ static void Forwarder_dealloc(Forwarder *f)
         ledger_drop(f->held[o]);  /* freed now, or by the free callback of the last frame libzmq still holds */
     history_free(f->history);
     free(f->repair);
+    free(f->relay_repair);
+    free(f->uprepair);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 
