@@ -7,12 +7,14 @@ reconnects, sees the gap at the next message and asks the hub for it.
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 
 import pytest
 import zmq
 import zmq.auth
+from fanoutd.config import ConfigError, load
 from fanoutd_client._stamps import is_ready, parse_trailer
 from fanoutd_client.repair import Repairer
 
@@ -21,7 +23,7 @@ from conftest import connected, ready_producer, settle, wait_for
 PAYLOAD = b"x" * 4096
 
 
-class Collector:
+class Reader:
     """A SUB on an edge's publish output read in a thread, so the edge never waits for the test to read."""
 
     def __init__(self, sock: zmq.Socket) -> None:
@@ -89,7 +91,7 @@ def link(edge) -> dict[str, float]:
             for what in ("gaps", "repaired_messages", "unrepaired_messages")}
 
 
-def finish(edge, prod, sent: int, reader: Collector) -> tuple[list[bytes], int]:
+def finish(edge, prod, sent: int, reader: Reader) -> tuple[list[bytes], int]:
     """Publish one more message at a time (the first shows the gap to the edge) until the reader has every one."""
     def more() -> tuple[int, dict[str, float]]:
         nonlocal sent
@@ -104,7 +106,7 @@ def finish(edge, prod, sent: int, reader: Collector) -> tuple[list[bytes], int]:
 
 def test_a_gap_on_the_link_is_repaired_from_the_hub_and_the_edge_reader_gets_every_message(start_daemon, sockets):
     hub, edge, sub, prod = tree(start_daemon, sockets)
-    reader = Collector(sub)
+    reader = Reader(sub)
     sent = make_gap(hub, edge, prod)
     got, sent = finish(edge, prod, sent, reader)
     gaps = edge.value("fanoutd_upstream_gaps_total")
@@ -119,7 +121,7 @@ def test_a_gap_older_than_the_hub_history_is_counted_as_not_repaired_exactly(sta
     """The hub keeps about 15 of these messages: the edge gets those back and counts the rest as gone."""
     hub, edge, sub, prod = tree(start_daemon, sockets, hub_flags=("--max-message-size", "65536",
                                                                    "--history-bytes", "65536"))
-    reader = Collector(sub)
+    reader = Reader(sub)
     sent = make_gap(hub, edge, prod)
     sent += 1
     prod.send(b"t %d %s" % (sent, PAYLOAD))  # shows the gap
@@ -162,7 +164,7 @@ def test_repair_over_curve_uses_the_link_keys_and_the_relay_policy(start_daemon,
     edge_curve = ("--upstream-server-key", str(tmp_path / "hub.key"),
                   "--curve-secret-key", str(tmp_path / "edge.key_secret"))
     hub, edge, sub, prod = tree(start_daemon, sockets, hub_curve, edge_curve)
-    reader = Collector(sub)
+    reader = Reader(sub)
     sent = make_gap(hub, edge, prod)
     got, sent = finish(edge, prod, sent, reader)
     gaps = edge.value("fanoutd_upstream_gaps_total")
@@ -173,3 +175,23 @@ def test_repair_over_curve_uses_the_link_keys_and_the_relay_policy(start_daemon,
     # the relay's policy: a peer without an admitted key gets no answer at all
     with Repairer(hub.bound()["relay_repair"][0]) as stranger, pytest.raises(TimeoutError):
         stranger.heads(timeout=1)
+
+
+@pytest.mark.parametrize("settings, error", [
+    ({"relay_repair": ["tcp://127.0.0.1:5567"]}, "relay_repair serves the relay output's history: it needs a relay"),
+    ({"upstream_repair": ["tcp://127.0.0.1:5567"]}, "upstream_repair asks one upstream for its link's gaps: it needs "
+     "exactly one upstream (there are 0)"),
+    ({"upstream": ["tcp://a:5563", "tcp://b:5563"], "upstream_repair": ["tcp://a:5567"]},
+     "upstream_repair asks one upstream for its link's gaps: it needs exactly one upstream (there are 2)"),
+    ({"upstream": ["tcp://a:5563"], "upstream_repair": ["tcp://a:*"]},
+     "upstream_repair: tcp://a:* names no host and port to connect to"),
+])
+def test_repair_settings_that_cannot_work_are_refused(settings, error):
+    with pytest.raises(ConfigError, match="^" + re.escape(error) + "$"):
+        load(settings, {})
+
+
+def test_a_tree_with_repair_on_both_ends_is_accepted():
+    hub = load({"relay": ["tcp://0.0.0.0:5563"], "relay_repair": ["tcp://0.0.0.0:5567"]}, {})
+    edge = load({"upstream": ["tcp://hub:5563"], "upstream_repair": ["tcp://hub:5567"]}, {})
+    assert hub.relay_repair == ("tcp://0.0.0.0:5567",) and edge.upstream_repair == ("tcp://hub:5567",)
