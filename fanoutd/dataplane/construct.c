@@ -8,7 +8,7 @@
 #define FORWARDER_DOC \
     "Forwarder(sockets, *, max_message_size=1 MiB, max_frames=16, strip_topic=True, stall_above=0, topics=(), " \
     "upstream_topics=(), stall_ns=0, stall_fd=-1, node_id=b'', epoch=0, stamp_streams=65536, history_bytes=0, " \
-    "history_ns=0)\n\n" \
+    "history_ns=0, upstream_repair_endpoint=None)\n\n" \
     "The forwarding loop between the data sockets. sockets maps a role to a pyzmq Socket.underlying " \
     "address (a missing role or 0: no such socket): 'collector' (required), 'ingress' (a PULL input read " \
     "like the collector) and 'upstream' (the federation link in) are read; 'publish', 'relay' (the " \
@@ -26,7 +26,8 @@
     "none); history_ns, the age past which it forgets one (0: none); 'repair' (a ROUTER with " \
     "ZMQ_ROUTER_MANDATORY) is served from it; 'relay_repair' (likewise, with a relay output) serves the same " \
     "history with each message's route, as the relay sent it. 'upstream_repair' (a DEALER connected to the " \
-    "upstream's relay_repair, with an upstream) asks for the upstream link's gaps."
+    "upstream's relay_repair, with an upstream) asks for the upstream link's gaps; upstream_repair_endpoint, " \
+    "where it connects, is connected afresh whenever the hub has the link connected afresh (reconnect())."
 
 /* The roles Forwarder() knows in its sockets mapping. */
 enum { S_COLLECTOR, S_INGRESS, S_UPSTREAM, S_PUBLISH, S_PUSH, S_RELAY, S_STAMPED, S_REPAIR, S_RELAY_REPAIR,
@@ -128,20 +129,21 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         "stall_ns", "stall_fd",                           /* stalls */
         "node_id", "epoch", "stamp_streams",              /* stamping and federation */
         "history_bytes", "history_ns",                    /* repair */
+        "upstream_repair_endpoint",                       /* federation repair */
         NULL};
     PyObject *sockets, *topics = NULL, *up_topics = NULL;
     unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0, history_bytes = 0;
     long long history_ns = 0;
     int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
     long long stall_ns = 0;
-    const char *node_id = NULL;
+    const char *node_id = NULL, *upstream_repair_endpoint = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipK" "OO" "Li" "y#Ki" "KL", names, &PyDict_Type, &sockets,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipK" "OO" "Li" "y#Ki" "KL" "z", names, &PyDict_Type, &sockets,
                                      &max_size, &max_frames, &strip, &stall_above,
                                      &topics, &up_topics,
                                      &stall_ns, &stall_fd,
                                      &node_id, &node_id_len, &epoch, &stamp_streams,
-                                     &history_bytes, &history_ns))
+                                     &history_bytes, &history_ns, &upstream_repair_endpoint))
         return -1;
     if (f->ninputs) {
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
@@ -218,7 +220,7 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     if ((history_bytes && !(f->history = history_new(history_bytes, history_ns))) ||
         (s[S_REPAIR] && !(f->repair = repair_new(s[S_REPAIR], 0))) ||
         (s[S_RELAY_REPAIR] && !(f->relay_repair = repair_new(s[S_RELAY_REPAIR], 1))) ||
-        (s[S_UPSTREAM_REPAIR] && !(f->uprepair = uprepair_new(s[S_UPSTREAM_REPAIR])))) {
+        (s[S_UPSTREAM_REPAIR] && !(f->uprepair = uprepair_new(s[S_UPSTREAM_REPAIR], upstream_repair_endpoint)))) {
         PyErr_NoMemory();
         return -1;
     }

@@ -162,6 +162,7 @@ static void publish_counters(Forwarder *f)
 static void uprepair_gap(Forwarder *f, uint64_t epoch, uint64_t stream, uint64_t first, uint64_t last, int front);
 static int uprepair_pass(Forwarder *f);
 static void *uprepair_socket(const uprepair_t *u);
+static void uprepair_reconnect(Forwarder *f);
 
 /* The libzmq functions, set once by bind_libzmq before any loop runs (libzmq.c). */
 static struct zabi Z;

@@ -288,6 +288,8 @@ static void take_reconnect(Forwarder *f)
      * context terminates (the endpoint was connected at start), which the next socket call reports as ETERM. */
     (void)!Z.disconnect(up, f->reconnect_to);
     (void)!Z.connect(up, f->reconnect_to);
+    if (f->uprepair)  /* refused with the link (the relay's policy), so healed with it */
+        uprepair_reconnect(f);
     __atomic_store_n(&f->reconnect_pending, 0, __ATOMIC_RELEASE);
 }
 

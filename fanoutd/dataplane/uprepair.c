@@ -34,18 +34,35 @@ typedef struct {
 
 struct uprepair {
     void *sock;
+    char endpoint[512];   /* the hub's relay_repair, connected afresh when the link is (take_reconnect) */
     uint32_t last_tag;
     upgap_t flight[UPREPAIR_IN_FLIGHT];
     upgap_t queue[UPREPAIR_QUEUE];  /* a ring: queue[(head + i) % UPREPAIR_QUEUE], i < count */
     uint32_t head, count;
 };
 
-static uprepair_t *uprepair_new(void *sock)
+static uprepair_t *uprepair_new(void *sock, const char *endpoint)
 {
     uprepair_t *u = calloc(1, sizeof *u);
-    if (u)
+    if (u) {
         u->sock = sock;
+        snprintf(u->endpoint, sizeof u->endpoint, "%s", endpoint ? endpoint : "");
+    }
     return u;
+}
+
+/* Connect the repair socket afresh, as the hub's guard of the link asks for the link itself: libzmq never
+ * retries a connection the hub's ZAP handler refused, and the link and this socket are refused together
+ * (relay_repair has the relay's access control). Requests in flight on the old connection time out. */
+static void uprepair_reconnect(Forwarder *f)
+{
+    uprepair_t *u = f->uprepair;
+    if (!u->endpoint[0])
+        return;
+    /* as take_reconnect: a refused connection may be gone already (ENOENT), and connect fails only as the
+     * context terminates, which the next socket call reports */
+    (void)!Z.disconnect(u->sock, u->endpoint);
+    (void)!Z.connect(u->sock, u->endpoint);
 }
 
 static void *uprepair_socket(const uprepair_t *u)
