@@ -120,8 +120,10 @@ class BrokerCollector:
                                 "history_bytes.", value=c[HISTORY_BYTES])
         yield _total("fanoutd_history_evicted_messages", "Messages the repair history let go to stay within "
                      "history_bytes and history_seconds (or could not keep): a repair of them is answered as gone.", c)
-        yield _total("fanoutd_repaired_messages", "Messages the repair endpoint sent back to subscribers.", c)
-        repairs = CounterMetricFamily("fanoutd_repair_requests", "Requests to the repair endpoint by result: range, "
+        yield _total("fanoutd_repaired_messages", "Messages the repair endpoints (repair, and relay_repair for "
+                     "downstream nodes) sent back.", c)
+        repairs = CounterMetricFamily("fanoutd_repair_requests", "Requests to the repair endpoints (repair, "
+                                      "relay_repair) by result: range, "
                                       "heads (answered), unsent (the reply could not be sent: the peer gone or "
                                       "full), malformed, oversize, flood (over the per-peer rate: refused, no "
                                       "answer).", labels=["result"])
