@@ -22,7 +22,7 @@
     "again (0: send lossy at once), stall_fd (an eventfd) is written when a stall begins.\n" \
     "Stamping and federation: node_id, this node's 8-byte id (needed with upstream or relay); epoch, " \
 "this run's, non-zero (needed with stamped or relay); stamp_streams, how many topic streams are kept.\n" \
-    "Repair (with a stamped output): history_bytes, the bytes the history of stamped messages may hold (0: " \
+    "Repair (with a stamped or relay output): history_bytes, the bytes the history of stamped messages may hold (0: " \
     "none); history_ns, the age past which it forgets one (0: none); 'repair' (a ROUTER with " \
     "ZMQ_ROUTER_MANDATORY) is served from it; 'relay_repair' (likewise, with a relay output) serves the same " \
     "history with each message's route, as the relay sent it. 'upstream_repair' (a DEALER connected to the " \
