@@ -11,11 +11,13 @@ class Config:
     collector: tuple[str, ...]
     ingress: tuple[str, ...]
     upstream: tuple[str, ...]
+    upstream_repair: tuple[str, ...]
     publish: tuple[str, ...]
     stamped: tuple[str, ...]
     repair: tuple[str, ...]
     push: tuple[str, ...]
     relay: tuple[str, ...]
+    relay_repair: tuple[str, ...]
     metrics: tuple[str, int]
     metrics_web_config: str
     collector_topics: tuple[str, ...]

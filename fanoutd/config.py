@@ -94,7 +94,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Like slow_consumer_max_pending (NATS's max_pending): enough for a reader cut after slow_consumer_timeout
     # to get its gap back at tens of MB/s of traffic, in memory shared with what the outputs hold (no copies).
     Setting("history_bytes", "budget", 64 * MIB,
-            "bytes the repair history of the stamped output may hold (frames, shared with the outputs, plus "
+            "bytes the repair history of the stamped output and the relay may hold (frames, shared with the outputs, plus "
             "about 200 bytes per message), oldest evicted first; 0: no history (the repair endpoint then "
             "answers every range as gone)"),
     Setting("history_seconds", "seconds", 0.0,
@@ -291,6 +291,16 @@ def _check_whole(config: Config) -> None:
         raise ConfigError("upstream_server_key needs curve_secret_key: this node's key pair for its upstream links")
     if config.upstream_server_key and not config.upstream:
         raise ConfigError("upstream_server_key is set but there is no upstream")
+    if config.relay_repair and not config.relay:
+        raise ConfigError("relay_repair serves the relay output's history: it needs a relay")
+    if config.upstream_repair and len(config.upstream) != 1:
+        raise ConfigError("upstream_repair asks one upstream for its link's gaps: it needs exactly one upstream "
+                          f"(there are {len(config.upstream)})")
+    if len(config.upstream_repair) > 1:
+        raise ConfigError("upstream_repair: one endpoint, the relay_repair of the one upstream")
+    for ep in config.upstream_repair:
+        if any_port(ep) or "*" in ep:
+            raise ConfigError(f"upstream_repair: {ep} names no host and port to connect to")
     for role in POLICY_OWNERS:
         if getattr(config, f"{role}_curve") and not config.curve_secret_key:
             raise ConfigError(f"{role}_curve needs curve_secret_key (create one with `fanoutd keygen`)")

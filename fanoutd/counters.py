@@ -69,6 +69,8 @@ COUNTERS: tuple[Counter, ...] = (
     Counter(PUSHED, "fanoutd_pushed_messages", screen="pushed"),
     Counter(RELAYED, "fanoutd_relayed_messages", screen="relayed"),
     Counter("upstream_gaps", "fanoutd_upstream_gaps", screen="upstream gaps"),
+    Counter("upstream_repaired_messages", "fanoutd_upstream_repaired_messages", screen="upstream repaired"),
+    Counter("upstream_unrepaired_messages", "fanoutd_upstream_unrepaired_messages", screen="upstream unrepaired"),
     Counter("upstream_untracked", "fanoutd_upstream_untracked_messages"),
     Counter("upstream_hellos", "fanoutd_upstream_hellos"),  # a relay's greeting on the upstream link: not a message
     Counter("stream_evictions", "fanoutd_stamp_stream_evictions"),

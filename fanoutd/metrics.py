@@ -122,8 +122,10 @@ class BrokerCollector:
                                 "history_bytes.", value=c[HISTORY_BYTES])
         yield _total("fanoutd_history_evicted_messages", "Messages the repair history let go to stay within "
                      "history_bytes and history_seconds (or could not keep): a repair of them is answered as gone.", c)
-        yield _total("fanoutd_repaired_messages", "Messages the repair endpoint sent back to subscribers.", c)
-        repairs = CounterMetricFamily("fanoutd_repair_requests", "Requests to the repair endpoint by result: range, "
+        yield _total("fanoutd_repaired_messages", "Messages the repair endpoints (repair, and relay_repair for "
+                     "downstream nodes) sent back.", c)
+        repairs = CounterMetricFamily("fanoutd_repair_requests", "Requests to the repair endpoints (repair, "
+                                      "relay_repair) by result: range, "
                                       "heads (answered), unsent (the reply could not be sent: the peer gone or "
                                       "full), malformed, oversize, flood (over the per-peer rate: refused, no "
                                       "answer).", labels=["result"])
@@ -133,6 +135,11 @@ class BrokerCollector:
         if src.config().upstream:
             yield _total("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
                          "that never arrived over the link (sequence gaps).", c)
+            yield _total("fanoutd_upstream_repaired_messages", "Messages the upstream's relay_repair endpoint "
+                         "supplied for gaps on the link (upstream_repair), delivered as new messages.", c)
+            yield _total("fanoutd_upstream_unrepaired_messages", "Of the gaps on the upstream link, messages that "
+                         "could not be repaired: gone from the upstream's history, another epoch, unanswered "
+                         "within 10 s, or past the 256 gaps waiting (0 without upstream_repair: not asked).", c)
             yield _total("fanoutd_upstream_hellos", "Relay hellos read on the upstream links: greetings, "
                          "not messages (none of them is counted as received).", c)
             yield _total("fanoutd_upstream_untracked_messages", "Messages from upstream whose stream this node's "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Pattern = Literal["SUB", "PULL", "XPUB", "PUSH", "ROUTER"]
+Pattern = Literal["SUB", "PULL", "XPUB", "PUSH", "ROUTER", "DEALER"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ ROLES: tuple[Role, ...] = (
          "of drops (they connect PUSH sockets; empty: none)", "collector_hwm", "collector"),
     Role("upstream", "SUB", "federation: relay endpoint(s) of upstream fanoutd nodes this node's collector also "
          "reads from", "collector_hwm", None, connects=True),
+    # The edge's side of relay_repair: a DEALER the loop owns, with the upstream link's CURVE keys.
+    Role("upstream_repair", "DEALER", "federation: the relay_repair endpoint of this node's upstream, asked for the "
+         "messages the upstream link missed (docs/concepts.md, \"Federation: past one machine\"; one upstream only; "
+         "empty: gaps are only counted)", "repair_hwm", None, connects=True),
     Role("publish", "XPUB", "endpoint(s) the PUB output binds; subscribers connect here (empty: no PUB output)",
          "publish_hwm", "publish", ("tcp://127.0.0.1:5561",)),
     Role("stamped", "XPUB", "endpoint(s) of a second PUB output whose messages end in a sequence stamp, so "
@@ -64,6 +68,10 @@ ROLES: tuple[Role, ...] = (
          "output)", "push_hwm", "push", ("tcp://127.0.0.1:5562",)),
     Role("relay", "XPUB", "federation: endpoint(s) where downstream fanoutd nodes connect their upstream (empty: "
          "none)", "publish_hwm", "relay"),
+    # The relay's sequences are the stamped output's (one stamp per message): the same history serves both.
+    Role("relay_repair", "ROUTER", "federation: endpoint(s) where downstream nodes get back what their relay link "
+         "missed, from the repair history (docs/concepts.md, \"Federation: past one machine\"; only with a relay "
+         "output; access control is the relay's, relay_*; empty: none)", "repair_hwm", "relay"),
 )
 BY_NAME: dict[str, Role] = {role.name: role for role in ROLES}
 INPUTS: tuple[str, ...] = tuple(role.name for role in ROLES if role.is_input)

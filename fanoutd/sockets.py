@@ -18,7 +18,8 @@ from fanoutd_client import wire
 from .config import Config, queue_hwm
 from .roles import ROLES, Role
 
-_KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "XPUB": zmq.XPUB, "PUSH": zmq.PUSH, "ROUTER": zmq.ROUTER}
+_KIND = {"SUB": zmq.SUB, "PULL": zmq.PULL, "XPUB": zmq.XPUB, "PUSH": zmq.PUSH, "ROUTER": zmq.ROUTER,
+         "DEALER": zmq.DEALER}
 # The socket-monitor events peer counts, disconnects and handshake failures are built from.
 MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -162,10 +163,14 @@ def describe(config: Config, secret_key: bytes | None = None,
         endpoints = getattr(config, role.name)
         if not endpoints or (role.name == "repair" and not config.stamped):  # repair serves the stamped output's
             continue
+        if role.name == "relay_repair" and not config.relay:  # refused by the configuration; here for Config()s
+            continue
         hwm = queue_hwm(config, role)
         options: tuple[tuple[int, int | bytes], ...] = ((zmq.LINGER, 0), (zmq.IPV6, needs_ipv6(endpoints)),
                                                         (zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS))
-        if role.is_input:
+        if role.pattern == "DEALER":  # reads repaired messages, as large as the upstream link's
+            options += ((zmq.SNDHWM, hwm), (zmq.RCVHWM, hwm), (zmq.MAXMSGSIZE, frame_guard(config)))
+        elif role.is_input:
             options += ((zmq.RCVHWM, hwm), (zmq.MAXMSGSIZE, frame_guard(config)))
             if not role.connects:
                 options += ((zmq.METADATA, limits_metadata(config)),)
@@ -179,6 +184,8 @@ def describe(config: Config, secret_key: bytes | None = None,
             options += ((zmq.XPUB_VERBOSE, 1),)
         if role.name == "relay":
             options += ((zmq.METADATA, RELAY_METADATA), (zmq.XPUB_WELCOME_MSG, wire.RELAY_HELLO))
+        if role.name == "relay_repair":  # a repaired message passes the edge's checks as the relay's do
+            options += ((zmq.METADATA, RELAY_METADATA),)
         if role.pattern == "ROUTER":  # a reply to a peer gone or full fails, and is counted, instead of vanishing
             options += ((zmq.ROUTER_MANDATORY, 1),)
         if role.connects:

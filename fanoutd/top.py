@@ -168,9 +168,9 @@ def render(url: str, before: Sample, after: Sample, seconds: float,
     for row in rows(before, after, seconds):
         lines.append(f"{row.label:28}{row.rate:>14,.0f}{row.total:>16,.0f}")
     lines.append("")
-    lines.append(f"{'socket':12}{'peers':>8}{'disconnects':>14}{'auth denied':>14}")
+    lines.append(f"{'socket':16}{'peers':>8}{'disconnects':>14}{'auth denied':>14}")
     for sock in _present(after, "fanoutd_connected_peers"):
-        lines.append(f"{sock:12}{_sum(after, 'fanoutd_connected_peers', socket=sock):>8,.0f}"
+        lines.append(f"{sock:16}{_sum(after, 'fanoutd_connected_peers', socket=sock):>8,.0f}"
                      f"{_sum(after, 'fanoutd_disconnects_total', socket=sock):>14,.0f}"
                      f"{_sum(after, 'fanoutd_auth_denied_total', socket=sock):>14,.0f}")
     if peers is not None:

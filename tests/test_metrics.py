@@ -175,7 +175,10 @@ def test_per_socket_families_cover_every_socket(start_daemon):
     relay_port = free_port()  # named as its own upstream before it listens: port 0 cannot be
     # Its upstream is its own relay (named differently, as two endpoints may not be equal): the link comes up,
     # so the node is ready, and whatever loops back is counted as `loop`.
+    repair_port = free_port()  # likewise the relay's repair endpoint, which its own upstream_repair asks
     d = start_daemon("--relay", f"tcp://127.0.0.1:{relay_port}", "--upstream", f"tcp://localhost:{relay_port}",
+                     "--relay-repair", f"tcp://127.0.0.1:{repair_port}",
+                     "--upstream-repair", f"tcp://localhost:{repair_port}",
                      "--ingress", "tcp://127.0.0.1:*", "--metrics-topics", "orders")
     _, text = d.get("/metrics")
     # Per-socket families cover every socket this daemon has, from the one role table.

@@ -18,6 +18,7 @@
  *   history.c     the repair history: what the stamped output sent, per stream, bounded
  *   repair.c      the repair endpoint, served from the history in the loop
  *   loop.c        the loop: read, check, count and hand each message out
+ *   uprepair.c    an edge asking its hub for the messages its upstream link missed
  *   kernel.c      the kernel's view of connections, for the guard
  *   construct.c   Forwarder(sockets, *, settings)
  *   forwarder.c   the Forwarder's methods and type
@@ -56,6 +57,7 @@
 #include "history.c"
 #include "repair.c"
 #include "loop.c"
+#include "uprepair.c"
 #include "kernel.c"
 #include "construct.c"
 #include "forwarder.c"

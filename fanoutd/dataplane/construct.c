@@ -8,7 +8,7 @@
 #define FORWARDER_DOC \
     "Forwarder(sockets, *, max_message_size=1 MiB, max_frames=16, strip_topic=True, stall_above=0, topics=(), " \
     "upstream_topics=(), stall_ns=0, stall_fd=-1, node_id=b'', epoch=0, stamp_streams=65536, history_bytes=0, " \
-    "history_ns=0)\n\n" \
+    "history_ns=0, upstream_repair_endpoint=None)\n\n" \
     "The forwarding loop between the data sockets. sockets maps a role to a pyzmq Socket.underlying " \
     "address (a missing role or 0: no such socket): 'collector' (required), 'ingress' (a PULL input read " \
     "like the collector) and 'upstream' (the federation link in) are read; 'publish', 'relay' (the " \
@@ -23,14 +23,19 @@
     "again (0: send lossy at once), stall_fd (an eventfd) is written when a stall begins.\n" \
     "Stamping and federation: node_id, this node's 8-byte id (needed with upstream or relay); epoch, " \
 "this run's, non-zero (needed with stamped or relay); stamp_streams, how many topic streams are kept.\n" \
-    "Repair (with a stamped output): history_bytes, the bytes the history of stamped messages may hold (0: " \
+    "Repair (with a stamped or relay output): history_bytes, the bytes the history of stamped messages may hold (0: " \
     "none); history_ns, the age past which it forgets one (0: none); 'repair' (a ROUTER with " \
-    "ZMQ_ROUTER_MANDATORY) is served from it."
+    "ZMQ_ROUTER_MANDATORY) is served from it; 'relay_repair' (likewise, with a relay output) serves the same " \
+    "history with each message's route, as the relay sent it. 'upstream_repair' (a DEALER connected to the " \
+    "upstream's relay_repair, with an upstream) asks for the upstream link's gaps; upstream_repair_endpoint, " \
+    "where it connects, is connected afresh whenever the hub has the link connected afresh (reconnect())."
 
 /* The roles Forwarder() knows in its sockets mapping. */
-enum { S_COLLECTOR, S_INGRESS, S_UPSTREAM, S_PUBLISH, S_PUSH, S_RELAY, S_STAMPED, S_REPAIR, S_COUNT };
+enum { S_COLLECTOR, S_INGRESS, S_UPSTREAM, S_PUBLISH, S_PUSH, S_RELAY, S_STAMPED, S_REPAIR, S_RELAY_REPAIR,
+       S_UPSTREAM_REPAIR, S_COUNT };
 static const char *const SOCKET_ROLES[S_COUNT] = {
-    "collector", "ingress", "upstream", "publish", "push", "relay", "stamped", "repair",
+    "collector", "ingress", "upstream", "publish", "push", "relay", "stamped", "repair", "relay_repair",
+    "upstream_repair",
 };
 
 /* Read the sockets mapping into handles (by S_* role; NULL where absent); -1 with an exception set. */
@@ -50,7 +55,7 @@ static int parse_sockets(PyObject *sockets, void *handles[S_COUNT])
             i++;
         if (i == S_COUNT) {
             PyErr_Format(PyExc_ValueError, "unknown socket role %R: the roles are collector, ingress, upstream, "
-                         "publish, push, relay, stamped and repair", role);
+                         "publish, push, relay, stamped, repair, relay_repair and upstream_repair", role);
             return -1;
         }
         unsigned long long handle = PyLong_AsUnsignedLongLong(value);
@@ -126,20 +131,21 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         "stall_ns", "stall_fd",                           /* stalls */
         "node_id", "epoch", "stamp_streams",              /* stamping and federation */
         "history_bytes", "history_ns",                    /* repair */
+        "upstream_repair_endpoint",                       /* federation repair */
         NULL};
     PyObject *sockets, *topics = NULL, *up_topics = NULL;
     unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0, push_above = 0, history_bytes = 0;
     long long history_ns = 0;
     int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
     long long stall_ns = 0;
-    const char *node_id = NULL;
+    const char *node_id = NULL, *upstream_repair_endpoint = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipKK" "OO" "Li" "y#Ki" "KL", names, &PyDict_Type, &sockets,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipKK" "OO" "Li" "y#Ki" "KL" "z", names, &PyDict_Type, &sockets,
                                      &max_size, &max_frames, &strip, &stall_above, &push_above,
                                      &topics, &up_topics,
                                      &stall_ns, &stall_fd,
                                      &node_id, &node_id_len, &epoch, &stamp_streams,
-                                     &history_bytes, &history_ns))
+                                     &history_bytes, &history_ns, &upstream_repair_endpoint))
         return -1;
     if (f->ninputs) {
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
@@ -161,8 +167,20 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "stamping (a stamped or relay output) needs a non-zero epoch");
         return -1;
     }
-    if ((s[S_REPAIR] || history_bytes) && !s[S_STAMPED]) {
-        PyErr_SetString(PyExc_ValueError, "history and repair are of the stamped output: they need one");
+    if (s[S_REPAIR] && !s[S_STAMPED]) {
+        PyErr_SetString(PyExc_ValueError, "the repair endpoint is the stamped output's: it needs one");
+        return -1;
+    }
+    if (s[S_RELAY_REPAIR] && !s[S_RELAY]) {
+        PyErr_SetString(PyExc_ValueError, "relay_repair is the relay output's: it needs one");
+        return -1;
+    }
+    if (history_bytes && !f->stamping) {
+        PyErr_SetString(PyExc_ValueError, "history keeps what is stamped: it needs a stamped or relay output");
+        return -1;
+    }
+    if (s[S_UPSTREAM_REPAIR] && !s[S_UPSTREAM]) {
+        PyErr_SetString(PyExc_ValueError, "upstream_repair repairs the upstream link: it needs one");
         return -1;
     }
     if (history_ns < 0) {
@@ -206,7 +224,9 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
             return -1;
         }
     if ((history_bytes && !(f->history = history_new(history_bytes, history_ns))) ||
-        (s[S_REPAIR] && !(f->repair = repair_new(s[S_REPAIR])))) {
+        (s[S_REPAIR] && !(f->repair = repair_new(s[S_REPAIR], 0))) ||
+        (s[S_RELAY_REPAIR] && !(f->relay_repair = repair_new(s[S_RELAY_REPAIR], 1))) ||
+        (s[S_UPSTREAM_REPAIR] && !(f->uprepair = uprepair_new(s[S_UPSTREAM_REPAIR], upstream_repair_endpoint)))) {
         PyErr_NoMemory();
         return -1;
     }

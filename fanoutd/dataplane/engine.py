@@ -107,7 +107,9 @@ class Engine:
             push_above=c.slow_consumer_max_pending, topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
             node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams,
-            history_bytes=c.history_bytes if c.stamped else 0, history_ns=int(c.history_seconds * 1e9))
+            history_bytes=c.history_bytes if c.stamped or c.relay_repair else 0,
+            history_ns=int(c.history_seconds * 1e9),
+            upstream_repair_endpoint=c.upstream_repair[0] if c.upstream_repair else None)
         return None
 
     def start(self) -> Any:

@@ -215,6 +215,8 @@ static void Forwarder_dealloc(Forwarder *f)
     ledger_drop(f->push_held);
     history_free(f->history);
     free(f->repair);
+    free(f->relay_repair);
+    free(f->uprepair);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 

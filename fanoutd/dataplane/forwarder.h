@@ -31,6 +31,7 @@ enum {
     C_HISTORY_BYTES, C_HISTORY_EVICTED, C_REPAIRED,  /* history.c, repair.c (C_HISTORY_BYTES: a gauge) */
     C_REPAIR_RANGE, C_REPAIR_HEADS, C_REPAIR_UNSENT, C_REPAIR_MALFORMED, C_REPAIR_OVERSIZE, C_REPAIR_FLOOD,
     C_PUSH_MAX_PENDING,
+    C_UPSTREAM_REPAIRED, C_UPSTREAM_UNREPAIRED,  /* uprepair.c */
     C_COUNT
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
@@ -45,6 +46,7 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "history_bytes", "history_evicted", "repaired_messages",
     "repair_range", "repair_heads", "repair_unsent", "repair_malformed", "repair_oversize", "repair_flood",
     "push_dropped_max_pending",
+    "upstream_repaired_messages", "upstream_unrepaired_messages",
 };
 
 /* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP), in the order of the module's OUTPUTS. */
@@ -64,6 +66,7 @@ typedef struct { uint64_t epoch, stream, seq; uint16_t keylen; } stamp_t;
 typedef struct ledger ledger_t;  /* bytes libzmq holds for one output's readers (held.c) */
 typedef struct history history_t;  /* the repair history (history.c) */
 typedef struct repair repair_t;    /* the repair endpoint's state (repair.c) */
+typedef struct uprepair uprepair_t;  /* an edge asking its hub for what its upstream link missed (uprepair.c) */
 
 typedef struct {
     PyObject_HEAD
@@ -86,6 +89,8 @@ typedef struct {
      * serves in its own thread, so nothing of them is shared but the counters (history.c, repair.c). */
     history_t *history;
     repair_t *repair;
+    repair_t *relay_repair;        /* the relay's repair endpoint: the same history, replies with their route */
+    uprepair_t *uprepair;          /* the edge's side: the upstream link's gaps asked of the hub (NULL: not asked) */
     int64_t stall_ns;              /* how long a stall lasts before the loop asks the guard again; 0: lossy at once */
     int ntopics;                   /* per-topic counting (off when 0): the allowlist */
     char *topic_data[TOPICS_CAP];
@@ -156,6 +161,12 @@ static void publish_counters(Forwarder *f)
     for (int i = 0; i < f->ntopics + 1; i++)
         STORE(f->topic_shared[i], f->topic_local[i]);
 }
+
+/* The upstream link's gaps, asked of the hub (uprepair.c, included after the loop that calls it). */
+static void uprepair_gap(Forwarder *f, uint64_t epoch, uint64_t stream, uint64_t first, uint64_t last, int front);
+static int uprepair_pass(Forwarder *f);
+static void *uprepair_socket(const uprepair_t *u);
+static void uprepair_reconnect(Forwarder *f);
 
 /* The libzmq functions, set once by bind_libzmq before any loop runs (libzmq.c). */
 static struct zabi Z;

@@ -36,8 +36,16 @@ typedef struct hentry {
     uint64_t frame_bytes;     /* its frames' sizes: what a reply of it sends */
     uint16_t keylen;
     int nframes;
+    int hops;                 /* the route it came with from upstream (0: a producer's): after the frames */
     zmsg_t frames[];          /* wrappers sharing the received frames (held.c) */
 } hentry_t;
+
+/* The node ids of the route an entry came with (hops of them), kept so a relay repair replies with the route
+ * the relay sent: the edge's loop check then sees it as it saw the live message. */
+static const unsigned char *hentry_route(const hentry_t *e)
+{
+    return (const unsigned char *)&e->frames[e->nframes];
+}
 
 /* One stream's entries: ring[(head + i) & (cap - 1)] has sequence first + i; NULL where a message could not be
  * kept. stream 0 marks a free slot of the index. */
@@ -226,13 +234,14 @@ static void history_free(history_t *h)
     free(h);
 }
 
-/* Record the message in f->parts[0..n) under its stamp. A message the history cannot keep (larger than the
+/* Record the message in f->parts[0..n) under its stamp (and the route it came with: ids[0..hops)). A message the history cannot keep (larger than the
  * bound, or out of memory) counts as evicted; if its stream goes on, it is a NULL slot in the ring, so the
  * stream's sequences stay one run. Never fails the loop. */
-static void history_record(Forwarder *f, int n, const stamp_t *stamp)
+static void history_record(Forwarder *f, int n, const stamp_t *stamp, const unsigned char *ids, int hops)
 {
     history_t *h = f->history;
-    size_t cost = sizeof(hentry_t) + (size_t)n * sizeof(zmsg_t);
+    size_t route = (size_t)hops * WIRE_NODE_ID_LEN;
+    size_t cost = sizeof(hentry_t) + (size_t)n * sizeof(zmsg_t) + route;
     uint64_t frame_bytes = 0;
     for (int i = 0; i < n; i++) {
         size_t size = Z.msg_size(&f->parts[i]);
@@ -240,7 +249,7 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp)
         cost += size + (size > HELD_WRAP_MIN ? sizeof(held_t) : 0);
     }
     history_trim(h, cost <= h->bound ? cost : 0, f->tick_ns);
-    hentry_t *e = cost <= h->bound ? malloc(sizeof *e + (size_t)n * sizeof(zmsg_t)) : NULL;
+    hentry_t *e = cost <= h->bound ? malloc(sizeof *e + (size_t)n * sizeof(zmsg_t) + route) : NULL;
     uint64_t counted = 0;
     int wrapped = 0;
     while (e && wrapped < n && held_wrap(h->ledger, &e->frames[wrapped], &f->parts[wrapped], 0, &counted) == 0)
@@ -267,7 +276,9 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp)
             s->first = stamp->seq;
         s->last = stamp->seq;
         *e = (hentry_t){.stream = stamp->stream, .seq = stamp->seq, .at_ns = f->tick_ns, .cost = cost,
-                        .frame_bytes = frame_bytes, .keylen = stamp->keylen, .nframes = n};
+                        .frame_bytes = frame_bytes, .keylen = stamp->keylen, .nframes = n, .hops = hops};
+        if (route)
+            memcpy(&e->frames[n], ids, route);
         h->bytes += cost;
         if (h->newest)
             h->newest->younger = e;

@@ -157,19 +157,25 @@ static int read_subscriptions(Forwarder *f, int out)
     return 0;
 }
 
+/* What a message is, by where it came from: the loop's inputs, and repaired messages the hub supplied for a gap
+ * on the upstream link (uprepair.c). */
+enum { FROM_PRODUCER = 0, FROM_UPSTREAM = 1, FROM_REPAIR = 2 };
+
 /* The counter a message from the upstream link earns, or -1 when it may pass
  * (its trailer then parsed into t).  It must come from a fanoutd relay (the
  * relay's ZMTP metadata, on every message) and end in a trailer with a
  * route that does not already name this node: a message can never
- * circulate, whatever the topology. */
-static int check_upstream(Forwarder *f, int n, trailer_t *t)
+ * circulate, whatever the topology. A repaired message passes the same
+ * checks (the hub's relay_repair endpoint announces itself as its relay
+ * does) but is no sighting of the link: its stamp is not tracked again. */
+static int check_upstream(Forwarder *f, int n, trailer_t *t, int from)
 {
     const char *relay = Z.msg_gets(&f->parts[0], WIRE_RELAY_PROPERTY);
     if (!relay || strcmp(relay, WIRE_RELAY_PROPERTY_VALUE) != 0)
         return C_REJECT_NOT_RELAY;
     if (n < 2 || parse_trailer(&f->parts[n - 1], t) < 0 || !(t->flags & WIRE_ROUTE))
         return C_REJECT_ROUTE;
-    if (t->flags & WIRE_STAMP)
+    if ((t->flags & WIRE_STAMP) && from == FROM_UPSTREAM)
         track_upstream(f, &f->parts[0], &t->stamp);
     for (int i = 0; i < t->hops; i++)
         if (memcmp(t->ids + (size_t)i * WIRE_NODE_ID_LEN, f->node_id, WIRE_NODE_ID_LEN) == 0)
@@ -177,59 +183,58 @@ static int check_upstream(Forwarder *f, int n, trailer_t *t)
     return -1;
 }
 
-/* Forward one message from input (the collector, or the upstream link whose
- * messages end in a route frame): 1 done, 0 input empty, -1 error (errno_). */
-static int forward_one(Forwarder *f, void *input, int from_upstream)
+/* Read the rest of a message whose first frame is in parts[0] (multipart messages arrive whole: the remaining
+ * frames never block); frames past max_frames are read and dropped (*overflow). 0, or -1 (parts closed). */
+static int read_rest(Forwarder *f, void *input, int max_frames, int *n, uint64_t *total, int *overflow)
 {
     zmsg_t *p = f->parts;
-    if (Z.msg_init(&p[0]) < 0)
-        return -1;
-    if (Z.msg_recv(&p[0], input, Z_DONTWAIT) < 0) {
-        int err = Z.errno_();
-        Z.msg_close(&p[0]);
-        return err == EAGAIN ? 0 : -1;
-    }
-    if (!from_upstream)
-        note_sender(f, &p[0]);  /* which kind of producer sent it (senders.c) */
-    int n = 1, overflow = 0, max_frames = LOAD(f->max_frames) + from_upstream;
-    uint64_t total = Z.msg_size(&p[0]);
+    *n = 1;
+    *overflow = 0;
+    *total = Z.msg_size(&p[0]);
     int more = Z.msg_more(&p[0]);
-    /* Multipart messages arrive whole: the remaining frames never block. */
     while (more) {
-        zmsg_t *dst = n < max_frames ? &p[n] : &f->scratch;
+        zmsg_t *dst = *n < max_frames ? &p[*n] : &f->scratch;
         if (Z.msg_init(dst) < 0) {
-            close_parts(f, n);
+            close_parts(f, *n);
             return -1;
         }
         if (Z.msg_recv(dst, input, 0) < 0) {
             Z.msg_close(dst);
-            close_parts(f, n);
+            close_parts(f, *n);
             return -1;
         }
-        total += Z.msg_size(dst);
+        *total += Z.msg_size(dst);
         more = Z.msg_more(dst);
         if (dst == &f->scratch) {
-            overflow = 1;
+            *overflow = 1;
             if (Z.msg_close(dst) < 0) {
-                close_parts(f, n);
+                close_parts(f, *n);
                 return -1;
             }
         } else {
-            n++;
+            (*n)++;
         }
     }
-    if (from_upstream && !overflow && is_hello(f, n)) {
+    return 0;
+}
+
+/* Check, count, stamp and hand to the outputs the message in parts[0..n) (n read, overflow if frames were
+ * dropped), then close its parts: 0, or -1 (errno_). */
+static int forward_parts(Forwarder *f, int n, uint64_t total, int overflow, int from)
+{
+    zmsg_t *p = f->parts;
+    if (from == FROM_UPSTREAM && !overflow && is_hello(f, n)) {
         f->local[C_UPSTREAM_HELLOS]++;  /* a link's greeting, not a message */
-        return close_parts(f, n) < 0 ? -1 : 1;
+        return close_parts(f, n);
     }
     f->local[C_RECEIVED]++;
     f->local[C_RECEIVED_BYTES] += total;
-    trailer_t from, *route = NULL;
+    trailer_t trailer, *route = NULL;
     int verdict = -1, rc = 0, stripped = 0;
-    if (from_upstream) {
+    if (from != FROM_PRODUCER) {
         f->local[C_RECEIVED_UPSTREAM]++;
-        if (!overflow && (verdict = check_upstream(f, n, &from)) < 0) {
-            route = &from;
+        if (!overflow && (verdict = check_upstream(f, n, &trailer, from)) < 0) {
+            route = &trailer;
             total -= Z.msg_size(&p[--n]);
             stripped = 1;
         }
@@ -246,8 +251,8 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
         stamp_t stamp;
         if (f->stamping)
             next_stamp(f, n, &stamp);
-        if (f->history)
-            history_record(f, n, &stamp);  /* also when the stamped output below skips its send */
+        if (f->history)  /* also when the stamped output below skips its send */
+            history_record(f, n, &stamp, route ? route->ids : NULL, route ? route->hops : 0);
         if (f->push)
             rc = push_out(f, n);
         if (rc == 0 && f->relay)
@@ -263,7 +268,28 @@ static int forward_one(Forwarder *f, void *input, int from_upstream)
     }
     if (close_parts(f, n + stripped) < 0)
         rc = -1;
-    return rc < 0 ? -1 : 1;
+    return rc;
+}
+
+/* Forward one message from input (the collector, or the upstream link whose
+ * messages end in a route frame): 1 done, 0 input empty, -1 error (errno_). */
+static int forward_one(Forwarder *f, void *input, int from_upstream)
+{
+    zmsg_t *p = f->parts;
+    if (Z.msg_init(&p[0]) < 0)
+        return -1;
+    if (Z.msg_recv(&p[0], input, Z_DONTWAIT) < 0) {
+        int err = Z.errno_();
+        Z.msg_close(&p[0]);
+        return err == EAGAIN ? 0 : -1;
+    }
+    if (!from_upstream)
+        note_sender(f, &p[0]);  /* which kind of producer sent it (senders.c) */
+    int n, overflow;
+    uint64_t total;
+    if (read_rest(f, input, LOAD(f->max_frames) + from_upstream, &n, &total, &overflow) < 0)
+        return -1;
+    return forward_parts(f, n, total, overflow, from_upstream ? FROM_UPSTREAM : FROM_PRODUCER) < 0 ? -1 : 1;
 }
 
 /* Forward up to BATCH messages from one input; returns the count, or -1. */
@@ -285,6 +311,8 @@ static void take_reconnect(Forwarder *f)
      * context terminates (the endpoint was connected at start), which the next socket call reports as ETERM. */
     (void)!Z.disconnect(up, f->reconnect_to);
     (void)!Z.connect(up, f->reconnect_to);
+    if (f->uprepair)  /* refused with the link (the relay's policy), so healed with it */
+        uprepair_reconnect(f);
     __atomic_store_n(&f->reconnect_pending, 0, __ATOMIC_RELEASE);
 }
 
@@ -316,6 +344,8 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
             failed = f->outs[o] && read_subscriptions(f, o) < 0;
         if (!failed)
             failed = repair_pass(f) < 0;  /* repair.c: within its budget per pass */
+        if (!failed && f->uprepair)
+            failed = uprepair_pass(f) < 0;  /* uprepair.c: the link's gaps asked of the hub, its answers delivered */
         f->local[C_TICKS]++;
         publish_counters(f);
         publish_held(f);
@@ -334,12 +364,16 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
                 return "drained";
             wait_ms = 5;
         }
-        zpollitem_t items[INPUTS_CAP + 1];
+        zpollitem_t items[INPUTS_CAP + 3];
         int nitems = f->ninputs;
         for (int i = 0; i < f->ninputs; i++)
             items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
         if (f->repair)  /* a request wakes the loop too */
             items[nitems++] = (zpollitem_t){f->repair->sock, 0, Z_POLLIN, 0};
+        if (f->relay_repair)
+            items[nitems++] = (zpollitem_t){f->relay_repair->sock, 0, Z_POLLIN, 0};
+        if (f->uprepair)  /* and the hub's answers to this node's repair requests */
+            items[nitems++] = (zpollitem_t){uprepair_socket(f->uprepair), 0, Z_POLLIN, 0};
         if (Z.poll(items, nitems, wait_ms) < 0 && (*err = Z.errno_()) != EINTR)
             return *err == Z_ETERM ? "terminated" : NULL;
     }

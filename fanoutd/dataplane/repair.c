@@ -30,17 +30,20 @@
 
 struct repair {
     void *sock;
+    int route;  /* the relay's repair endpoint (relay_repair): replies carry the route, as the relay sent them */
     struct { double tokens; int64_t at; } rate[REPAIR_RATE_SLOTS];
     unsigned char heads[HEADS_MAX_BYTES];
 };
 
 typedef struct { uint64_t first, last; int reason; } run_t;
 
-static repair_t *repair_new(void *sock)
+static repair_t *repair_new(void *sock, int route)
 {
     repair_t *r = calloc(1, sizeof *r);
-    if (r)
+    if (r) {
         r->sock = sock;
+        r->route = route;
+    }
     return r;
 }
 
@@ -87,10 +90,10 @@ static int send_routing_id(repair_t *r, zmsg_t *id)
     return copy_part(&m, id) < 0 ? -1 : repair_send(r, &m, 1);
 }
 
-/* Send one held message, as the stamped output sent it, behind an answer head; -1 if it could not go. */
-static int send_repaired(Forwarder *f, zmsg_t *id, uint32_t tag, hentry_t *e)
+/* Send one held message, as the stamped output (or, on relay_repair, the relay) sent it, behind an answer head;
+ * -1 if it could not go. */
+static int send_repaired(Forwarder *f, repair_t *r, zmsg_t *id, uint32_t tag, hentry_t *e)
 {
-    repair_t *r = f->repair;
     zmsg_t m;
     unsigned char *p;
     if (send_routing_id(r, id) < 0 || !(p = trailer_head(&m, WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN,
@@ -103,7 +106,7 @@ static int send_repaired(Forwarder *f, zmsg_t *id, uint32_t tag, hentry_t *e)
         if (copy_part(&m, &e->frames[i]) < 0 || repair_send(r, &m, 1) < 0)
             return -1;
     stamp_t s = {f->epoch, e->stream, e->seq, e->keylen};
-    return make_trailer(f, &m, &s, 0, NULL, 0) < 0 ? -1 : repair_send(r, &m, 0);
+    return make_trailer(f, &m, &s, r->route, hentry_route(e), e->hops) < 0 ? -1 : repair_send(r, &m, 0);
 }
 
 /* Name sequences first..last as gone for reason, joined to the run before when it continues it. */
@@ -126,7 +129,7 @@ static uint64_t stamped_head(Forwarder *f, uint64_t stream)
 }
 
 /* RANGE: every held message of stream in first..last, then an END naming each sequence not supplied. */
-static int serve_range(Forwarder *f, zmsg_t *id, const unsigned char *b)
+static int serve_range(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned char *b)
 {
     uint32_t tag = (uint32_t)(get_u64(b) >> 32);
     uint64_t epoch = get_u64(b + 4), stream = get_u64(b + 12), first = get_u64(b + 20), last = get_u64(b + 28);
@@ -157,7 +160,7 @@ static int serve_range(Forwarder *f, zmsg_t *id, const unsigned char *b)
                 reason = WIRE_GONE_EVICTED;
             else if (sent == REPAIR_MAX_MESSAGES || (sent && bytes + e->frame_bytes > REPAIR_MAX_BYTES))
                 upto = last, reason = WIRE_GONE_LIMIT;
-            else if (send_repaired(f, id, tag, e) < 0)
+            else if (send_repaired(f, r, id, tag, e) < 0)
                 return C_REPAIR_UNSENT;
             else
                 sent++, bytes += e->frame_bytes, f->local[C_REPAIRED]++;
@@ -175,7 +178,7 @@ static int serve_range(Forwarder *f, zmsg_t *id, const unsigned char *b)
     zmsg_t m;
     size_t len = WIRE_HEAD_LEN + WIRE_REPAIR_RANGE_LEN + 2 + (size_t)nruns * WIRE_REPAIR_RUN_LEN;
     unsigned char *p;
-    if (send_routing_id(f->repair, id) < 0 ||
+    if (send_routing_id(r, id) < 0 ||
         !(p = trailer_head(&m, len, WIRE_REPAIR_ANSWER | WIRE_REPAIR_RANGE | WIRE_REPAIR_END)))
         return C_REPAIR_UNSENT;
     memcpy(p, b, WIRE_REPAIR_RANGE_LEN);  /* the request's tag, epoch, stream, first and last */
@@ -187,13 +190,12 @@ static int serve_range(Forwarder *f, zmsg_t *id, const unsigned char *b)
         put_u64(p + 8, runs[i].last);
         p[16] = (unsigned char)runs[i].reason;
     }
-    return repair_send(f->repair, &m, 0) < 0 ? C_REPAIR_UNSENT : C_REPAIR_RANGE;
+    return repair_send(r, &m, 0) < 0 ? C_REPAIR_UNSENT : C_REPAIR_RANGE;
 }
 
 /* HEADS: the last (stream, sequence, key) the stamper gave each stream whose key starts with the prefix. */
-static int serve_heads(Forwarder *f, zmsg_t *id, const unsigned char *b, size_t prefix_len)
+static int serve_heads(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned char *b, size_t prefix_len)
 {
-    repair_t *r = f->repair;
     const unsigned char *prefix = b + WIRE_REPAIR_TAG_LEN;
     size_t at = WIRE_REPAIR_TAG_LEN + 8 + 2;
     int count = 0, more = 0;
@@ -226,11 +228,11 @@ static int serve_heads(Forwarder *f, zmsg_t *id, const unsigned char *b, size_t 
 }
 
 /* The counter a request earns, answering it if it is one to answer. */
-static int repair_request(Forwarder *f, zmsg_t *id, zmsg_t *req, int frames)
+static int repair_request(Forwarder *f, repair_t *r, zmsg_t *id, zmsg_t *req, int frames)
 {
     const unsigned char *d = Z.msg_data(req);
     size_t len = Z.msg_size(req);
-    if (!repair_allowed(f->repair, id, f->tick_ns))
+    if (!repair_allowed(r, id, f->tick_ns))
         return C_REPAIR_FLOOD;
     if (frames != 1)
         return C_REPAIR_MALFORMED;
@@ -240,24 +242,16 @@ static int repair_request(Forwarder *f, zmsg_t *id, zmsg_t *req, int frames)
         d[4] != WIRE_VERSION)
         return C_REPAIR_MALFORMED;
     if (d[5] == WIRE_REPAIR_RANGE && len == WIRE_HEAD_LEN + WIRE_REPAIR_RANGE_LEN)
-        return serve_range(f, id, d + WIRE_HEAD_LEN);
+        return serve_range(f, r, id, d + WIRE_HEAD_LEN);
     if (d[5] == WIRE_REPAIR_HEADS)
-        return serve_heads(f, id, d + WIRE_HEAD_LEN, len - WIRE_HEAD_LEN - WIRE_REPAIR_TAG_LEN);
+        return serve_heads(f, r, id, d + WIRE_HEAD_LEN, len - WIRE_HEAD_LEN - WIRE_REPAIR_TAG_LEN);
     return C_REPAIR_MALFORMED;
 }
 
-/* One pass's share of repair: age the history out, then read and answer requests within the budget. 0, or
- * -1 when libzmq failed (errno_). */
-static int repair_pass(Forwarder *f)
+/* Read and answer one endpoint's requests within the budget of a pass. 0, or -1 when libzmq failed (errno_). */
+static int repair_serve(Forwarder *f, repair_t *r)
 {
-    if (f->history) {
-        history_trim(f->history, 0, f->tick_ns);
-        f->local[C_HISTORY_BYTES] = f->history->bytes;
-        f->local[C_HISTORY_EVICTED] = f->history->evicted;
-    }
-    if (!f->repair)
-        return 0;
-    void *sock = f->repair->sock;
+    void *sock = r->sock;
     for (int read = 0, served = 0; read < REPAIR_READ_PER_PASS && served < REPAIR_SERVED_PER_PASS; read++) {
         zmsg_t id, req, part;
         if (Z.msg_init(&id) < 0 || Z.msg_init(&req) < 0)
@@ -278,7 +272,7 @@ static int repair_pass(Forwarder *f)
             if (frames)
                 Z.msg_close(&part);
         }
-        int result = failed ? -1 : repair_request(f, &id, &req, frames);
+        int result = failed ? -1 : repair_request(f, r, &id, &req, frames);
         Z.msg_close(&id);
         Z.msg_close(&req);
         if (result < 0)
@@ -287,4 +281,18 @@ static int repair_pass(Forwarder *f)
         served += result == C_REPAIR_RANGE || result == C_REPAIR_HEADS || result == C_REPAIR_UNSENT;
     }
     return 0;
+}
+
+/* One pass's share of repair: age the history out, then serve the repair endpoint and the relay's, each within
+ * its budget. 0, or -1 when libzmq failed (errno_). */
+static int repair_pass(Forwarder *f)
+{
+    if (f->history) {
+        history_trim(f->history, 0, f->tick_ns);
+        f->local[C_HISTORY_BYTES] = f->history->bytes;
+        f->local[C_HISTORY_EVICTED] = f->history->evicted;
+    }
+    if (f->repair && repair_serve(f, f->repair) < 0)
+        return -1;
+    return f->relay_repair ? repair_serve(f, f->relay_repair) : 0;
 }

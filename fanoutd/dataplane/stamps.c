@@ -71,8 +71,10 @@ static void track_upstream(Forwarder *f, zmsg_t *first, const stamp_t *s)
     put_u64(key, s->epoch);
     put_u64(key + 8, s->stream);
     stream_entry *e = streams_get(&f->seen, key, sizeof key, &created);
-    if (!created && s->seq > e->seq + 1)
+    if (!created && s->seq > e->seq + 1) {
         f->local[C_UPSTREAM_GAPS] += s->seq - e->seq - 1;
+        uprepair_gap(f, s->epoch, s->stream, e->seq + 1, s->seq - 1, 0);  /* asked of the hub when it can be */
+    }
     if (created || s->seq > e->seq)
         e->seq = s->seq;
 }

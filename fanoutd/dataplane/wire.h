@@ -15,7 +15,8 @@
  * repair endpoint only (a ROUTER; clients/README.md, "Repair"):
  *   request:  head(RANGE) | tag u32 | epoch u64 | stream u64 | first u64 | last u64
  *             head(HEADS) | tag u32 | prefix (0..WIRE_STREAM_KEY_CAP bytes)
- *   answers:  [head(ANSWER|RANGE) | tag u32] + the message as the stamped output sent it
+ *   answers:  [head(ANSWER|RANGE) | tag u32] + the message as the stamped output sent it (on relay_repair: as
+ *                 the relay sent it, its trailer with the route)
  *             head(ANSWER|RANGE|END) | tag u32 | epoch | stream | first | last | runs u16 |
  *                 runs x (first u64 | last u64 | reason u8)
  *             head(ANSWER|HEADS[|MORE]) | tag u32 | epoch u64 | count u16 |
