@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -41,22 +43,39 @@ from ._options import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, DEFAULT
                        to_bytes, validate_endpoint)
 
 __all__ = ["DEFAULT_COLLECTOR", "DEFAULT_PUBLISH", "DEFAULT_PUSH", "DEFAULT_STAMPED", "Client", "ClientOptions",
-           "CurveKeys", "Data", "Endpoints", "Waits", "load_curve_keys", "ms", "normalize_endpoints", "run_blocking",
-           "to_bytes", "validate_endpoint"]
+           "CurveKeys", "Data", "Endpoints", "Poll", "Waits", "load_curve_keys", "ms", "normalize_endpoints",
+           "run_blocking", "to_bytes", "validate_endpoint"]
 
 log = logging.getLogger("fanoutd_client")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Poll:
+    """A wait on something other than the client's socket: input on ``socket`` (a helper socket on the
+    client's context, e.g. the repair DEALER), or with ``socket`` None a pause; ``timeout`` in ms."""
+
+    socket: zmq.Socket[Any] | None
+    timeout: int
+
+
 #: A protocol step: yields how long to poll the socket for input (ms; None:
-#: forever), is resumed once the poll returned, and returns its result.
-Waits = Generator[int | None, None, T]
+#: forever) or a :class:`Poll`, is resumed once the wait is over, and returns its result.
+Waits = Generator[int | None | Poll, None, T]
 
 
 def run_blocking(sock: zmq.Socket[Any], steps: Waits[T]) -> T:
     """Drive a protocol step with blocking polls (under gevent, green ones)."""
     try:
         while True:
-            sock.poll(next(steps), zmq.POLLIN)
+            wait = next(steps)
+            if not isinstance(wait, Poll):
+                sock.poll(wait, zmq.POLLIN)
+            elif wait.socket is not None:
+                wait.socket.poll(wait.timeout, zmq.POLLIN)
+            else:
+                time.sleep(wait.timeout / 1000)
     except StopIteration as done:
         result: T = done.value
         return result

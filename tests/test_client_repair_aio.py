@@ -1,0 +1,160 @@
+"""fanoutd_client.aio.Subscriber repairs by itself, as the blocking one does (tests/test_client_repair.py).
+
+The same daemon as a subprocess, the same producer thread, the same
+assertions; only the subscriber awaits. The protocol is shared
+(:mod:`fanoutd_client._healing`), so these check the asyncio driver: the
+repair DEALER is polled by ``await``, its pauses are ``asyncio.sleep``,
+and nothing in it blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import zmq
+
+from fanoutd_client import aio, wire
+from fanoutd_client.repair import range_request
+from test_client_repair import GUARD, produce, wait_cut
+from test_clients import await_subscription, bound, nowhere
+from test_clients_aio import run
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def read_all(sub: aio.Subscriber, n: int, stall: float, idle: float = 5.0) -> list[int]:
+    """Receive until ``n`` messages or ``idle`` s without one; stop reading ``stall`` s after the first."""
+    got: list[int] = []
+    while len(got) < n:
+        try:
+            topic, payload = await sub.recv(idle)
+        except TimeoutError:
+            break
+        assert topic == b"t"
+        got.append(int(payload[:6]))
+        if len(got) == 1:
+            await asyncio.sleep(stall)
+    return got
+
+
+def test_a_cut_off_subscriber_ends_with_every_message_exactly_once(start_daemon, sockets):
+    d = start_daemon(*GUARD, "--history-bytes", str(256 << 20))
+    n = 40_000
+
+    async def main() -> tuple[list[int], int, int]:
+        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
+            await sub.wait_ready()
+            producer = produce(sockets, d.collector, n, 10_000)
+            got = await read_all(sub, n, stall=2.5)
+            producer.join(30)
+            return got, sub.lost, sub.repaired
+
+    got, lost, repaired = run(main(), 90)
+    assert got == list(range(n)), (len(got), lost, repaired)
+    assert lost == 0 and repaired > 0
+    assert d.total("fanoutd_slow_consumers_total", socket="stamped") >= 1
+
+
+def test_a_gap_at_the_end_is_found_through_heads(start_daemon, sockets):
+    """No message after the cut shows the gap: only the heads asked on the reconnect's READY do."""
+    d = start_daemon(*GUARD, "--history-bytes", str(256 << 20))
+    n = 20_000
+
+    async def main() -> tuple[list[int], int, int]:
+        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
+            await sub.wait_ready()
+            go = threading.Event()
+            producer = produce(sockets, d.collector, n, 20_000, go)
+            go.set()
+            got = [int((await sub.recv(5))[1][:6])]
+            await asyncio.to_thread(producer.join, 30)
+            await asyncio.to_thread(wait_cut, d)
+            got += await read_all(sub, n - 1, stall=0)
+            return got, sub.lost, sub.repaired
+
+    got, lost, repaired = run(main(), 90)
+    assert got == list(range(n)), (len(got), lost, repaired)
+    assert lost == 0 and repaired > 0
+
+
+def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, sockets):
+    d = start_daemon(*GUARD, "--history-bytes", str(1 << 20))
+    n = 30_000
+    gaps: list[tuple[bytes, int, int]] = []
+
+    async def main() -> tuple[list[int], int, int]:
+        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000,
+                                  repair_report=lambda key, repaired, gone: gaps.append((key, repaired, len(gone)))
+                                  ) as sub:
+            await sub.wait_ready()
+            producer = produce(sockets, d.collector, n, 10_000)
+            got = await read_all(sub, n, stall=2.5)
+            producer.join(30)
+            return got, sub.lost, sub.repaired
+
+    got, lost, repaired = run(main(), 90)
+    assert got == sorted(set(got)) and got[0] == 0
+    assert lost > 0 and repaired > 0
+    assert lost == n - len(got), (lost, n - len(got), repaired)
+    assert gaps and all(key == b"t " for key, _, _ in gaps)
+
+
+def test_a_repair_endpoint_that_is_down_counts_the_gap_lost(start_daemon, sockets):
+    d = start_daemon(*GUARD)
+    n = 50_000  # it goes on for twice the stall: a later message shows the gap
+
+    async def main() -> tuple[list[int], int, int]:
+        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=nowhere(), repair_timeout=0.5,
+                                  hwm=1000) as sub:
+            await sub.wait_ready()
+            producer = produce(sockets, d.collector, n, 10_000)
+            got = await read_all(sub, n, stall=2.5, idle=3)
+            await asyncio.to_thread(producer.join, 30)
+            return got, sub.lost, sub.repaired
+
+    got, lost, repaired = run(main(), 90)
+    assert repaired == 0 and lost > 0
+    assert lost == n - len(got)
+
+
+def test_waiting_for_the_repair_endpoint_never_blocks_the_event_loop(sockets):
+    """A stand-in stamped output sends seq 1 then 5; a stand-in repair endpoint takes the RANGE and never
+    answers. The recv that waits for it all repair_timeout lets another task run meanwhile."""
+    xpub, stamped = bound(sockets, zmq.XPUB)
+    router, repair = bound(sockets, zmq.ROUTER)
+
+    def message(seq: int) -> list[bytes]:
+        return [b"t %d" % seq, wire.stamp_trailer(7, 1, seq, 2)]
+
+    async def main() -> tuple[int, int, bytes]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async with aio.Subscriber(stamped, [b"t"], stamped=True, repair=repair, repair_timeout=1.0) as sub:
+            await asyncio.to_thread(await_subscription, xpub, b"t")
+            xpub.send_multipart([b"t", wire.READY_TRAILER])
+            await sub.wait_ready()
+            xpub.send_multipart(message(1))
+            assert await sub.recv(5) == (b"t", b"1")
+            xpub.send_multipart(message(5))
+            tick = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            before = ticks
+            assert await sub.recv(5) == (b"t", b"5")
+            ticked = ticks - before
+            tick.cancel()
+            request = router.recv_multipart()[1]  # RCVTIMEO bounds it: the RANGE did go out
+            return ticked, sub.lost, request
+
+    ticked, lost, request = run(main())
+    assert request == range_request(1, 7, 1, 2, 4)
+    assert lost == 3
+    # Blocking on the answer would hold the loop for all of repair_timeout: not one tick in that recv.
+    assert ticked >= 3, ticked
