@@ -187,3 +187,91 @@ def test_fanout_sub_repair_says_what_it_got_back_and_what_is_gone(start_daemon, 
     assert any(line.startswith("fanout sub: repaired ") for line in lines), lines
     assert any(line.startswith("fanout sub: gone ") and "(evicted)" in line for line in lines), lines
     assert proc.returncode == 0, lines
+
+
+STREAMS = (b"prices.a", b"prices.b", b"prices.c", b"prices.m")  # prices.m is sent multipart
+
+
+def send_values(producer, values: range, streams=STREAMS) -> None:
+    for v in values:
+        for topic in streams:
+            if topic.endswith(b".m"):
+                producer.send_multipart([topic, b"%d" % v])
+            else:
+                producer.send(topic + b" %d" % v)
+
+
+def by_stream(received: list[tuple[bytes, bytes]]) -> dict[bytes, list[int]]:
+    out: dict[bytes, list[int]] = {}
+    for topic, payload in received:
+        out.setdefault(topic, []).append(int(payload))
+    return out
+
+
+def test_last_value_gives_the_latest_of_each_stream_then_the_live_ones_without_gap_or_duplicate(start_daemon,
+                                                                                                   sockets):
+    """Values sent before the subscriber exists; it gets the latest of each stream under its prefix (single-
+    and multipart, not the stream outside it), then every live one. Then a second subscriber joins while
+    values flow: per stream one contiguous run, no gap and no duplicate where last value meets live."""
+    d = start_daemon()
+    producer = ready_producer(sockets, d.collector)
+    send_values(producer, range(1, 6))
+    producer.send(b"other 1")
+    d.wait_value("fanoutd_received_messages_total", 21)
+    with Subscriber(d.stamped, [b"prices."], stamped=True, repair=d.repair, last_value=True) as sub:
+        sub.wait_ready()
+        first = [sub.recv(5) for _ in STREAMS]
+        assert sorted(first) == [(topic, b"5") for topic in STREAMS]
+        send_values(producer, range(6, 9))
+        live = [sub.recv(5) for _ in range(3 * len(STREAMS))]
+        assert by_stream(live) == {topic: [6, 7, 8] for topic in STREAMS}
+        with pytest.raises(TimeoutError):
+            sub.recv(0.5)
+        assert (sub.lost, sub.repaired) == (0, 0)
+
+    stop = threading.Event()
+
+    def flow() -> None:
+        v = 9
+        while not stop.is_set() and v < 2000:
+            send_values(producer, range(v, v + 1))
+            v += 1
+            time.sleep(0.002)
+        send_values(producer, range(v, v + 1))
+        sent.append(v)
+
+    sent: list[int] = []
+    thread = threading.Thread(target=flow, daemon=True)
+    thread.start()
+    try:
+        with Subscriber(d.stamped, [b"prices."], stamped=True, repair=d.repair, last_value=True) as sub:
+            sub.wait_ready()
+            received = [sub.recv(5) for _ in range(len(STREAMS) * 20)]
+            stop.set()
+            thread.join(10)
+            last = sent[0]
+            while True:
+                try:
+                    received.append(sub.recv(2))
+                except TimeoutError:
+                    break
+            assert sub.lost == 0
+    finally:
+        stop.set()
+    runs = by_stream(received)
+    assert set(runs) == set(STREAMS)
+    for topic, values in runs.items():
+        assert values == list(range(values[0], last + 1)), (topic, values[:5], values[-5:])
+        assert values[0] >= 8, (topic, values[0])  # the latest when it joined, never an older one
+
+
+def test_fanout_sub_last_value_prints_the_latest_of_each_stream_first(start_daemon, sockets):
+    d = start_daemon()
+    producer = ready_producer(sockets, d.collector)
+    send_values(producer, range(1, 4))
+    d.wait_value("fanoutd_received_messages_total", 12)
+    result = subprocess.run(command("sub", "--stamped", "-e", d.stamped, "--repair", d.repair, "--last-value",
+                                    "--count", "4", "--timeout", "5", "prices."),
+                            capture_output=True, timeout=30, env=tool_env({}))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.decode().splitlines()) == [f"{t.decode()} 3" for t in STREAMS]

@@ -17,7 +17,8 @@ import zmq
 
 from fanoutd_client import aio, wire
 from fanoutd_client.repair import range_request
-from test_client_repair import GUARD, produce, wait_cut
+from conftest import ready_producer
+from test_client_repair import GUARD, STREAMS, by_stream, produce, send_values, wait_cut
 from test_clients import await_subscription, bound, nowhere
 from test_clients_aio import run
 
@@ -158,3 +159,28 @@ def test_waiting_for_the_repair_endpoint_never_blocks_the_event_loop(sockets):
     assert lost == 3
     # Blocking on the answer would hold the loop for all of repair_timeout: not one tick in that recv.
     assert ticked >= 3, ticked
+
+
+@pytest.mark.parametrize("history", [64 << 20, 0])
+def test_last_value_gives_the_latest_of_each_stream_then_the_live_ones(start_daemon, sockets, history):
+    """As the blocking one; with the history off there is no last value to give, and live ones still come."""
+    d = start_daemon("--history-bytes", str(history))
+    producer = ready_producer(sockets, d.collector)
+    send_values(producer, range(1, 6))
+    d.wait_value("fanoutd_received_messages_total", 20)
+
+    async def main() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], int]:
+        async with aio.Subscriber(d.stamped, [b"prices."], stamped=True, repair=d.repair,
+                                  last_value=True) as sub:
+            await sub.wait_ready()
+            first = [await sub.recv(5) for _ in STREAMS] if history else []
+            send_values(producer, range(6, 9))
+            live = [await sub.recv(5) for _ in range(3 * len(STREAMS))]
+            with pytest.raises(TimeoutError):
+                await sub.recv(0.5)
+            return first, live, sub.lost
+
+    first, live, lost = run(main())
+    assert sorted(first) == ([(topic, b"5") for topic in STREAMS] if history else [])
+    assert by_stream(live) == {topic: [6, 7, 8] for topic in STREAMS}
+    assert lost == 0

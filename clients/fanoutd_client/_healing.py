@@ -25,6 +25,10 @@ SUB's own queue (its ``hwm``) holds what arrives live. Each request waits at
 most ``timeout``: a repair endpoint that is down or slow delays a ``recv``
 by at most that, and the gap is then counted lost.
 
+Last values (``last_value=True``): at the first READY of a prefix, a LAST
+request brings the latest held message of each stream under it; each is
+handed out first and its stream followed from there (:meth:`Healer.last_values`).
+
 Heads: when the stamped output confirms a subscription again (READY after a
 reconnect), the Healer asks HEADS for that prefix; a stream whose head is
 past the last message seen has a gap at its end, repaired the same way,
@@ -209,3 +213,31 @@ class Healer:
             if seq >= first:
                 self._tracker.advance(key, answer.epoch, stream, seq)
                 self.open(Gap(key, answer.epoch, stream, first, seq, None))
+
+    def last_values(self, prefix: bytes) -> Waits[None]:
+        """On the first READY of ``prefix`` (``last_value``): the latest held message of each stream under it
+        not followed yet, handed out first; from there on the stream is followed, so live messages up to
+        that sequence are skipped and the next one continues it: no gap, no duplicate."""
+        followed = dict(self._tracker.streams(prefix))
+        asked = yield from self._ask(lambda tag: heads_request(tag, prefix, last=True))
+        values: list[Repaired] = []
+        answer = None
+        while asked is not None and (answer := (yield from self._answer(*asked))) is not None:
+            if isinstance(answer, Heads):
+                break
+            if isinstance(answer, Repaired):
+                values.append(answer)
+        if not isinstance(answer, Heads):
+            log.warning("repair endpoint: no last values for %r in time; live messages only", prefix)
+            return
+        if answer.more:
+            log.warning("repair endpoint: last values of some streams under %r left out (past a reply's bounds)",
+                        prefix)
+        for value in values:
+            stamp, frames = value.stamp, value.frames[:-1]
+            key = frames[0][:stamp.key_length]
+            if key in followed or stamp.epoch != answer.epoch:
+                continue  # already followed here: its messages come in order from where they are
+            self._tracker.observe(frames[0], stamp, count=False)
+            if self._tracker.gap is None and not self._tracker.stale:
+                self._ready.append((frames, stamp))

@@ -31,20 +31,26 @@ class RepairingSubscriber(SubscriberProtocol):
     ``repaired`` counts those it got back, ``lost`` only those it could not
     (gone from the broker's history, or no answer within ``repair_timeout`` s,
     the longest one repair request waits). ``repair_report`` is called once
-    per gap closed with (stream key, messages repaired, runs gone).
+    per gap closed with (stream key, messages repaired, runs gone). With
+    ``last_value=True`` the first messages are the latest held one of each
+    stream under each subscription, then live ones from the next sequence on.
     """
 
     def __init__(self, endpoints: Endpoints, topics: Data | Iterable[Data] = (b"",), *, stamped: bool = False,
                  repair: str | None = None, repair_timeout: float = 2.0, repair_report: Report | None = None,
-                 **options: Unpack[ClientOptions]) -> None:
+                 last_value: bool = False, **options: Unpack[ClientOptions]) -> None:
         if repair is not None and not stamped:
             raise ValueError("repair needs stamped=True: only the stamps say what is missing")
+        if last_value and repair is None:
+            raise ValueError("last_value needs repair=EP: the last values come from the repair endpoint")
         if repair is not None:
             validate_endpoint(repair)
         if not repair_timeout > 0:
             raise ValueError(f"repair_timeout must be > 0 seconds, not {repair_timeout!r}")
         self._healer: Healer | None = None
         self._heads_due: collections.deque[bytes] = collections.deque()  # READY prefixes not asked about yet
+        self._last_value = last_value
+        self._valued: set[bytes] = set()  # prefixes whose last values were asked for (once: the first READY)
         super().__init__(endpoints, topics, stamped=stamped, **options)
         if repair is not None:
             try:
@@ -77,7 +83,12 @@ class RepairingSubscriber(SubscriberProtocol):
         while True:
             self._check_open()
             while self._heads_due:  # dropped only once asked: a cancelled wait asks again
-                yield from healer.heads(self._heads_due[0])
+                prefix = self._heads_due[0]
+                if self._last_value and prefix not in self._valued:
+                    yield from healer.last_values(prefix)
+                    self._valued.add(prefix)
+                else:
+                    yield from healer.heads(prefix)
                 self._heads_due.popleft()
             ready = yield from healer.next()
             if ready is not None:

@@ -213,9 +213,10 @@ class Subscriber(RepairingSubscriber, _AsyncClient):
 
     def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",), *,
                  stamped: bool = False, repair: str | None = None, repair_timeout: float = 2.0,
-                 repair_report: Report | None = None, **options: Unpack[ClientOptions]) -> None:
+                 repair_report: Report | None = None, last_value: bool = False,
+                 **options: Unpack[ClientOptions]) -> None:
         super().__init__(endpoints, topics, stamped=stamped, repair=repair, repair_timeout=repair_timeout,
-                         repair_report=repair_report, **options)
+                         repair_report=repair_report, last_value=last_value, **options)
 
     async def wait_ready(self, timeout: float = 5.0) -> None:
         """Stamped subscribers: return once the broker confirmed every subscription is live (TimeoutError after

@@ -44,13 +44,19 @@ class Subscriber(RepairingSubscriber):
     the broker's history, or no answer within ``repair_timeout`` s, the
     longest one repair request waits). ``repair_report`` is called once per
     gap closed with (stream key, messages repaired, runs gone).
+
+    ``last_value=True`` (with ``repair``): after the broker confirms a
+    subscription, the latest held message of each stream under it comes
+    first, then live messages from the next sequence on, with no gap and no
+    duplicate between the two (the zguide's Clone pattern, exact by the stamps).
     """
 
     def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",), *,
                  stamped: bool = False, repair: str | None = None, repair_timeout: float = 2.0,
-                 repair_report: Report | None = None, **options: Unpack[ClientOptions]) -> None:
+                 repair_report: Report | None = None, last_value: bool = False,
+                 **options: Unpack[ClientOptions]) -> None:
         super().__init__(endpoints, topics, stamped=stamped, repair=repair, repair_timeout=repair_timeout,
-                         repair_report=repair_report, **options)
+                         repair_report=repair_report, last_value=last_value, **options)
 
     def wait_ready(self, timeout: float = 5.0) -> None:
         """Stamped subscribers: block until the broker confirmed every subscription is live (TimeoutError after
