@@ -10,7 +10,8 @@ fails at construction with a message that says what was expected.
 One protocol, two kinds of I/O.  The protocol (options, framing, topic
 rules, readiness, limits, error messages) is written once, in this module
 and :mod:`._protocol`, without a single blocking call: where the protocol
-needs to wait it *yields* a poll timeout (see :data:`Waits`), and a driver
+needs to wait it *yields* a poll timeout (or a :class:`Poll` of a helper
+socket, the repair DEALER; see :data:`Waits`), and a driver
 does the waiting, :func:`run_blocking` for the blocking clients (plain or
 gevent-green sockets) and an ``await`` in :mod:`fanoutd_client.aio`.  Every
 message is taken off the socket synchronously, after a poll said it is

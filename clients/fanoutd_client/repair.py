@@ -5,8 +5,9 @@ one stream with every message it still holds, each exactly as the stamped
 output sent it (behind one answer frame), then an END naming every sequence
 it could not supply and why; and HEADS with the last stamp of each stream
 under a prefix (LAST: with each one's latest held message first). The
-format is in clients/README.md ("Repair") and :mod:`.wire`. A refused request (malformed, too large, or over the per-peer
-rate) gets no answer at all: a caller waits with a timeout and may ask again.
+format is in clients/README.md ("Repair") and :mod:`.wire`. A refused
+request (malformed, too large, or over the per-peer rate) gets no answer at
+all: a caller waits with a timeout and may ask again.
 
 This is the smallest piece the automatic repair of ``Subscriber`` (issue #26)
 builds on: the codec (:func:`range_request`, :func:`heads_request`,
