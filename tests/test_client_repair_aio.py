@@ -10,6 +10,7 @@ and nothing in it blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 
 import pytest
@@ -184,3 +185,90 @@ def test_last_value_gives_the_latest_of_each_stream_then_the_live_ones(start_dae
     assert sorted(first) == ([(topic, b"5") for topic in STREAMS] if history else [])
     assert by_stream(live) == {topic: [6, 7, 8] for topic in STREAMS}
     assert lost == 0
+
+
+# --- against stand-ins: a bound XPUB as the stamped output, a bound ROUTER as the repair endpoint -----------
+
+
+def stamped_message(seq: int, epoch: int = 7, stream: int = 1) -> list[bytes]:
+    return [b"t %d" % seq, wire.stamp_trailer(epoch, stream, seq, 2)]
+
+
+def answer(tag: int, flags: int, body: bytes = b"", *frames: bytes) -> list[bytes]:
+    """A repair answer as a ROUTER sends it, without the routing id."""
+    return [wire.HEAD.pack(wire.MAGIC, wire.VERSION, wire.REPAIR_ANSWER | flags) + struct.pack(">I", tag) + body,
+            *frames]
+
+
+def end(tag: int, first: int, last: int, epoch: int = 7, stream: int = 1) -> list[bytes]:
+    body = wire.REPAIR_RANGE_BODY.pack(tag, epoch, stream, first, last)[4:] + b"\0\0"
+    return answer(tag, wire.REPAIR_RANGE | wire.REPAIR_END, body)
+
+
+def request(router: zmq.Socket) -> tuple[bytes, int, int, bytes]:
+    """The next request the stand-in endpoint got: (routing id, flags, tag, rest of the body)."""
+    peer, frame = router.recv_multipart()  # RCVTIMEO bounds it
+    return peer, frame[5], struct.unpack_from(">I", frame, 6)[0], frame[10:]
+
+
+async def ready_subscriber(sockets, **options) -> tuple[aio.Subscriber, zmq.Socket, zmq.Socket]:
+    xpub, stamped = bound(sockets, zmq.XPUB)
+    router, repair = bound(sockets, zmq.ROUTER)
+    sub = aio.Subscriber(stamped, [b"t"], stamped=True, repair=repair, **options)
+    await asyncio.to_thread(await_subscription, xpub, b"t")
+    xpub.send_multipart([b"t", wire.READY_TRAILER])
+    await sub.wait_ready(5)
+    return sub, xpub, router
+
+
+def test_a_recv_cancelled_while_it_waits_for_a_repair_loses_nothing(sockets):
+    """Cancelled mid-wait, the gap stays open; the next recv asks again and hands out 2, 3, 4, then 5."""
+    async def main() -> tuple[list[bytes], int, int]:
+        sub, xpub, router = await ready_subscriber(sockets, repair_timeout=5.0)
+        async with sub:
+            xpub.send_multipart(stamped_message(1))
+            assert await sub.recv(5) == (b"t", b"1")
+            xpub.send_multipart(stamped_message(5))
+            waiting = asyncio.create_task(sub.recv(5))
+            peer, flags, _, body = await asyncio.to_thread(request, router)
+            assert flags == wire.REPAIR_RANGE and body[16:] == struct.pack(">QQ", 2, 4)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            again = asyncio.create_task(sub.recv(5))
+            peer, flags, tag, body = await asyncio.to_thread(request, router)
+            assert flags == wire.REPAIR_RANGE and body[16:] == struct.pack(">QQ", 2, 4)
+            for seq in (2, 3, 4):
+                router.send_multipart([peer, *answer(tag, wire.REPAIR_RANGE, b"", *stamped_message(seq))])
+            router.send_multipart([peer, *end(tag, 2, 4)])
+            got = [(await again)[1]] + [(await sub.recv(5))[1] for _ in range(3)]
+            return got, sub.lost, sub.repaired
+
+    got, lost, repaired = run(main())
+    assert got == [b"2", b"3", b"4", b"5"]
+    assert (lost, repaired) == (0, 3)
+
+
+def test_last_value_is_asked_for_the_subscribers_own_prefixes_only(sockets):
+    """LAST for its own READY (the value, then live from the next sequence); the READY another subscriber's
+    longer prefix brings it is no reason to ask for values again."""
+    async def main() -> list[bytes]:
+        sub, xpub, router = await ready_subscriber(sockets, last_value=True)
+        async with sub:
+            xpub.send_multipart(stamped_message(2))  # live, published before the LAST was answered
+            xpub.send_multipart(stamped_message(3))
+            first = asyncio.create_task(sub.recv(5))
+            peer, flags, tag, prefix = await asyncio.to_thread(request, router)
+            assert (flags, prefix) == (wire.REPAIR_LAST, b"t")
+            router.send_multipart([peer, *answer(tag, wire.REPAIR_LAST, b"", *stamped_message(2))])
+            heads = struct.pack(">QH", 7, 1) + struct.pack(">QQB", 1, 2, 2) + b"t "
+            router.send_multipart([peer, *answer(tag, wire.REPAIR_HEADS, heads)])
+            got = [(await first)[1], (await sub.recv(5))[1]]
+            xpub.send_multipart([b"t.x", wire.READY_TRAILER])  # another subscriber's, which "t" covers
+            xpub.send_multipart(stamped_message(4))
+            got.append((await sub.recv(5))[1])
+            assert not router.poll(300), "a request for another subscriber's prefix"
+            assert (sub.lost, sub.repaired) == (0, 0)
+            return got
+
+    assert run(main()) == [b"2", b"3", b"4"]

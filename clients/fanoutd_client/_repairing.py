@@ -84,7 +84,9 @@ class RepairingSubscriber(SubscriberProtocol):
             self._check_open()
             while self._heads_due:  # dropped only once asked: a cancelled wait asks again
                 prefix = self._heads_due[0]
-                if self._last_value and prefix not in self._valued:
+                # Its own subscriptions only: the READY a subscriber gets for another's longer prefix (which
+                # its own covers) is a heads question, never a reason to hand out old values.
+                if self._last_value and prefix not in self._valued and prefix in self._topics:
                     yield from healer.last_values(prefix)
                     self._valued.add(prefix)
                 else:
