@@ -9,9 +9,10 @@ of it, so a cancelled asyncio task never loses an answer it had taken.
 
 A stamped subscriber (:mod:`._repairing`, blocking or asyncio) owns one
 :class:`Healer` when it is given ``repair=EP``. The subscriber's gap
-tracker (:mod:`._stamps`) names each gap instead of counting it; the Healer asks the endpoint for it (RANGE,
-:mod:`.repair`) and hands back, in sequence order, first the messages it got
-back, then the message that showed the gap. What the END names as gone
+tracker (:mod:`._stamps`) names each gap instead of counting it; the Healer
+asks the endpoint for it (RANGE, :mod:`.repair`) and hands back, in
+sequence order, first the messages it got back, then the message that
+showed the gap. What the END names as gone
 (evicted, another epoch, unknown stream, not stamped yet), or what does not
 come within ``timeout``, is added to the tracker's ``lost``, exactly.
 
