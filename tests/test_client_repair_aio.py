@@ -26,8 +26,10 @@ from test_clients_aio import run
 pytestmark = pytest.mark.timeout(120)
 
 
-async def read_all(sub: aio.Subscriber, n: int, stall: float, idle: float = 5.0) -> list[int]:
-    """Receive until ``n`` messages or ``idle`` s without one; stop reading ``stall`` s after the first."""
+async def read_all(sub: aio.Subscriber, n: int, cut: object = None, idle: float = 5.0) -> list[int]:
+    """Receive until ``n`` messages or ``idle`` s without one; after the first, stop reading until daemon ``cut``
+    has cut a reader off the stamped output (waiting for the state, not for a time: under load the guard
+    may take longer to decide)."""
     got: list[int] = []
     while len(got) < n:
         try:
@@ -36,8 +38,8 @@ async def read_all(sub: aio.Subscriber, n: int, stall: float, idle: float = 5.0)
             break
         assert topic == b"t"
         got.append(int(payload[:6]))
-        if len(got) == 1:
-            await asyncio.sleep(stall)
+        if len(got) == 1 and cut is not None:
+            await asyncio.to_thread(wait_cut, cut)
     return got
 
 
@@ -49,7 +51,7 @@ def test_a_cut_off_subscriber_ends_with_every_message_exactly_once(start_daemon,
         async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
             await sub.wait_ready()
             producer = produce(sockets, d.collector, n, 10_000)
-            got = await read_all(sub, n, stall=2.5)
+            got = await read_all(sub, n, cut=d)
             producer.join(30)
             return got, sub.lost, sub.repaired
 
@@ -73,7 +75,7 @@ def test_a_gap_at_the_end_is_found_through_heads(start_daemon, sockets):
             got = [int((await sub.recv(5))[1][:6])]
             await asyncio.to_thread(producer.join, 30)
             await asyncio.to_thread(wait_cut, d)
-            got += await read_all(sub, n - 1, stall=0)
+            got += await read_all(sub, n - 1)
             return got, sub.lost, sub.repaired
 
     got, lost, repaired = run(main(), 90)
@@ -92,7 +94,7 @@ def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, soc
                                   ) as sub:
             await sub.wait_ready()
             producer = produce(sockets, d.collector, n, 10_000)
-            got = await read_all(sub, n, stall=2.5)
+            got = await read_all(sub, n, cut=d)
             producer.join(30)
             return got, sub.lost, sub.repaired
 
@@ -112,7 +114,7 @@ def test_a_repair_endpoint_that_is_down_counts_the_gap_lost(start_daemon, socket
                                   hwm=1000) as sub:
             await sub.wait_ready()
             producer = produce(sockets, d.collector, n, 10_000)
-            got = await read_all(sub, n, stall=2.5, idle=3)
+            got = await read_all(sub, n, cut=d, idle=3)
             await asyncio.to_thread(producer.join, 30)
             return got, sub.lost, sub.repaired
 
