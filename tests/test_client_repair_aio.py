@@ -107,7 +107,7 @@ def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, soc
 
 def test_a_repair_endpoint_that_is_down_counts_the_gap_lost(start_daemon, sockets):
     d = start_daemon(*GUARD)
-    n = 50_000  # it goes on for twice the stall: a later message shows the gap
+    n = 50_000  # it goes on after the cut: a later message shows the gap
 
     async def main() -> tuple[list[int], int, int]:
         async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=nowhere(), repair_timeout=0.5,
