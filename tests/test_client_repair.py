@@ -21,9 +21,11 @@ import time
 import pytest
 import zmq
 import zmq.auth
-from fanoutd_client import Subscriber, load_curve_keys
+from fanoutd_client import Subscriber, load_curve_keys, wire
+from fanoutd_client.repair import range_request
 
 from conftest import free_port, ready_producer, wait_for
+from test_clients import await_subscription, bound, close_within
 from test_tool import command, tool_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -276,3 +278,45 @@ def test_fanout_sub_last_value_prints_the_latest_of_each_stream_first(start_daem
                             capture_output=True, timeout=30, env=tool_env({}))
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.decode().splitlines()) == [f"{t.decode()} 3" for t in STREAMS]
+
+
+def test_under_gevent_waiting_for_the_repair_endpoint_lets_other_greenlets_run(sockets):
+    """A green context: the repair DEALER is green too, so the recv that waits all repair_timeout for an answer
+    that never comes (a stand-in endpoint that only takes the RANGE) yields to the hub."""
+    import gevent
+    import zmq.green
+
+    xpub, stamped = bound(sockets, zmq.XPUB)
+    router, repair = bound(sockets, zmq.ROUTER)
+    green = zmq.green.Context()
+    ticks = 0
+
+    def ticker() -> None:
+        nonlocal ticks
+        while True:
+            gevent.sleep(0.01)
+            ticks += 1
+
+    def message(seq: int) -> list[bytes]:
+        return [b"t %d" % seq, wire.stamp_trailer(7, 1, seq, 2)]
+
+    try:
+        with Subscriber(stamped, [b"t"], stamped=True, repair=repair, repair_timeout=1.0, context=green) as sub:
+            await_subscription(xpub, b"t")
+            xpub.send_multipart([b"t", wire.READY_TRAILER])
+            sub.wait_ready(5)
+            xpub.send_multipart(message(1))
+            assert sub.recv(5) == (b"t", b"1")
+            xpub.send_multipart(message(5))
+            tick = gevent.spawn(ticker)
+            gevent.sleep(0)
+            before = ticks
+            assert sub.recv(5) == (b"t", b"5")
+            ticked = ticks - before
+            tick.kill()
+            assert router.recv_multipart()[1] == range_request(1, 7, 1, 2, 4)
+            assert sub.lost == 3
+        # A blocking wait would hold the hub for all of repair_timeout: not one tick in that recv.
+        assert ticked >= 3, ticked
+    finally:
+        close_within(green)

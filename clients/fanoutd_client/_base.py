@@ -76,10 +76,21 @@ def run_blocking(sock: zmq.Socket[Any], steps: Waits[T]) -> T:
             elif wait.socket is not None:
                 wait.socket.poll(wait.timeout, zmq.POLLIN)
             else:
-                time.sleep(wait.timeout / 1000)
+                _pause(sock, wait.timeout / 1000)
     except StopIteration as done:
         result: T = done.value
         return result
+
+
+def _pause(sock: zmq.Socket[Any], seconds: float) -> None:
+    """Sleep; a gevent client (a green socket) sleeps green, so the hub's other greenlets run meanwhile."""
+    green = sys.modules.get("zmq.green")  # not imported: no green socket can exist, and gevent stays unloaded
+    if green is not None and isinstance(sock, green.Socket):
+        import gevent
+
+        gevent.sleep(seconds)
+    else:
+        time.sleep(seconds)
 
 
 def _asyncio_context(context: zmq.Context[Any]) -> bool:
