@@ -21,9 +21,11 @@ import time
 import pytest
 import zmq
 import zmq.auth
-from fanoutd_client import Subscriber, load_curve_keys
+from fanoutd_client import Subscriber, load_curve_keys, wire
+from fanoutd_client.repair import range_request
 
 from conftest import free_port, ready_producer, wait_for
+from test_clients import await_subscription, bound, close_within
 from test_tool import command, tool_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,8 +58,9 @@ def wait_cut(d) -> None:
              lambda cuts: cuts >= 1, 20, alive=d.proc)
 
 
-def read_all(sub: Subscriber, n: int, stall: float, stall_after: int = 1, idle: float = 5.0) -> list[int]:
-    """Receive until ``n`` messages or ``idle`` s without one; stop reading ``stall`` s after ``stall_after``."""
+def read_all(sub: Subscriber, n: int, cut: object = None, idle: float = 5.0) -> list[int]:
+    """Receive until ``n`` messages or ``idle`` s without one; after the first, stop reading until daemon ``cut``
+    has cut a reader off the stamped output (the state, not a time: under load the guard may take longer)."""
     got: list[int] = []
     while len(got) < n:
         try:
@@ -66,8 +69,8 @@ def read_all(sub: Subscriber, n: int, stall: float, stall_after: int = 1, idle: 
             break
         assert topic == b"t"
         got.append(int(payload[:6]))
-        if len(got) == stall_after:
-            time.sleep(stall)
+        if len(got) == 1 and cut is not None:
+            wait_cut(cut)
     return got
 
 
@@ -77,7 +80,7 @@ def test_a_cut_off_subscriber_ends_with_every_message_exactly_once(start_daemon,
     with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
         sub.wait_ready()
         producer = produce(sockets, d.collector, n, 10_000)
-        got = read_all(sub, n, stall=2.5)
+        got = read_all(sub, n, cut=d)
         producer.join(30)
         assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
         assert sub.lost == 0 and sub.repaired > 0
@@ -97,7 +100,7 @@ def test_with_curve_the_repair_socket_uses_the_subscribers_keys(start_daemon, so
     with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000, **keys) as sub:
         sub.wait_ready()
         producer = produce(sockets, d.collector, n, 10_000)
-        got = read_all(sub, n, stall=2.5)
+        got = read_all(sub, n, cut=d)
         producer.join(30)
         assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
         assert sub.lost == 0 and sub.repaired > 0
@@ -115,7 +118,7 @@ def test_a_gap_at_the_end_is_found_through_heads(start_daemon, sockets):
         got = [int(sub.recv(5)[1][:6])]
         producer.join(30)
         wait_cut(d)
-        got += read_all(sub, n - 1, stall=0, idle=5)
+        got += read_all(sub, n - 1, idle=5)
         assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
         assert sub.lost == 0 and sub.repaired > 0
 
@@ -126,7 +129,7 @@ def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, soc
     with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
         sub.wait_ready()
         producer = produce(sockets, d.collector, n, 10_000)
-        got = read_all(sub, n, stall=2.5)
+        got = read_all(sub, n, cut=d)
         producer.join(30)
         assert got == sorted(set(got)) and got[0] == 0
         assert sub.lost > 0 and sub.repaired > 0
@@ -135,7 +138,7 @@ def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, soc
 
 def test_a_repair_endpoint_that_is_down_bounds_recv_and_counts_the_gap_lost(start_daemon, sockets):
     d = start_daemon(*GUARD)
-    n, timeout = 50_000, 0.5  # it goes on for twice the stall: a later message shows the gap
+    n, timeout = 50_000, 0.5  # it goes on after the cut: a later message shows the gap
     nowhere = f"tcp://127.0.0.1:{free_port()}"
     with Subscriber(d.stamped, [b"t"], stamped=True, repair=nowhere, repair_timeout=timeout, hwm=1000) as sub:
         sub.wait_ready()
@@ -149,7 +152,7 @@ def test_a_repair_endpoint_that_is_down_bounds_recv_and_counts_the_gap_lost(star
                 break
             longest = max(longest, time.monotonic() - t0)
             if len(got) == 1:
-                time.sleep(2.5)
+                wait_cut(d)
         producer.join(30)
         assert sub.repaired == 0 and sub.lost > 0
         assert sub.lost == n - len(got)
@@ -187,3 +190,133 @@ def test_fanout_sub_repair_says_what_it_got_back_and_what_is_gone(start_daemon, 
     assert any(line.startswith("fanout sub: repaired ") for line in lines), lines
     assert any(line.startswith("fanout sub: gone ") and "(evicted)" in line for line in lines), lines
     assert proc.returncode == 0, lines
+
+
+STREAMS = (b"prices.a", b"prices.b", b"prices.c", b"prices.m")  # prices.m is sent multipart
+
+
+def send_values(producer, values: range, streams=STREAMS) -> None:
+    for v in values:
+        for topic in streams:
+            if topic.endswith(b".m"):
+                producer.send_multipart([topic, b"%d" % v])
+            else:
+                producer.send(topic + b" %d" % v)
+
+
+def by_stream(received: list[tuple[bytes, bytes]]) -> dict[bytes, list[int]]:
+    out: dict[bytes, list[int]] = {}
+    for topic, payload in received:
+        out.setdefault(topic, []).append(int(payload))
+    return out
+
+
+def test_last_value_gives_the_latest_of_each_stream_then_the_live_ones_without_gap_or_duplicate(start_daemon,
+                                                                                                   sockets):
+    """Values sent before the subscriber exists; it gets the latest of each stream under its prefix (single-
+    and multipart, not the stream outside it), then every live one. Then a second subscriber joins while
+    values flow: per stream one contiguous run, no gap and no duplicate where last value meets live."""
+    d = start_daemon()
+    producer = ready_producer(sockets, d.collector)
+    send_values(producer, range(1, 6))
+    producer.send(b"other 1")
+    d.wait_value("fanoutd_received_messages_total", 21)
+    with Subscriber(d.stamped, [b"prices."], stamped=True, repair=d.repair, last_value=True) as sub:
+        sub.wait_ready()
+        first = [sub.recv(5) for _ in STREAMS]
+        assert sorted(first) == [(topic, b"5") for topic in STREAMS]
+        send_values(producer, range(6, 9))
+        live = [sub.recv(5) for _ in range(3 * len(STREAMS))]
+        assert by_stream(live) == {topic: [6, 7, 8] for topic in STREAMS}
+        with pytest.raises(TimeoutError):
+            sub.recv(0.5)
+        assert (sub.lost, sub.repaired) == (0, 0)
+
+    stop = threading.Event()
+
+    def flow() -> None:
+        v = 9
+        while not stop.is_set() and v < 2000:
+            send_values(producer, range(v, v + 1))
+            v += 1
+            time.sleep(0.002)
+        send_values(producer, range(v, v + 1))
+        sent.append(v)
+
+    sent: list[int] = []
+    thread = threading.Thread(target=flow, daemon=True)
+    thread.start()
+    try:
+        with Subscriber(d.stamped, [b"prices."], stamped=True, repair=d.repair, last_value=True) as sub:
+            sub.wait_ready()
+            received = [sub.recv(5) for _ in range(len(STREAMS) * 20)]
+            stop.set()
+            thread.join(10)
+            last = sent[0]
+            while True:
+                try:
+                    received.append(sub.recv(2))
+                except TimeoutError:
+                    break
+            assert sub.lost == 0
+    finally:
+        stop.set()
+    runs = by_stream(received)
+    assert set(runs) == set(STREAMS)
+    for topic, values in runs.items():
+        assert values == list(range(values[0], last + 1)), (topic, values[:5], values[-5:])
+        assert values[0] >= 8, (topic, values[0])  # the latest when it joined, never an older one
+
+
+def test_fanout_sub_last_value_prints_the_latest_of_each_stream_first(start_daemon, sockets):
+    d = start_daemon()
+    producer = ready_producer(sockets, d.collector)
+    send_values(producer, range(1, 4))
+    d.wait_value("fanoutd_received_messages_total", 12)
+    result = subprocess.run(command("sub", "--stamped", "-e", d.stamped, "--repair", d.repair, "--last-value",
+                                    "--count", "4", "--timeout", "5", "prices."),
+                            capture_output=True, timeout=30, env=tool_env({}))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.decode().splitlines()) == [f"{t.decode()} 3" for t in STREAMS]
+
+
+def test_under_gevent_waiting_for_the_repair_endpoint_lets_other_greenlets_run(sockets):
+    """A green context: the repair DEALER is green too, so the recv that waits all repair_timeout for an answer
+    that never comes (a stand-in endpoint that only takes the RANGE) yields to the hub."""
+    import gevent
+    import zmq.green
+
+    xpub, stamped = bound(sockets, zmq.XPUB)
+    router, repair = bound(sockets, zmq.ROUTER)
+    green = zmq.green.Context()
+    ticks = 0
+
+    def ticker() -> None:
+        nonlocal ticks
+        while True:
+            gevent.sleep(0.01)
+            ticks += 1
+
+    def message(seq: int) -> list[bytes]:
+        return [b"t %d" % seq, wire.stamp_trailer(7, 1, seq, 2)]
+
+    try:
+        with Subscriber(stamped, [b"t"], stamped=True, repair=repair, repair_timeout=1.0, context=green) as sub:
+            await_subscription(xpub, b"t")
+            xpub.send_multipart([b"t", wire.READY_TRAILER])
+            sub.wait_ready(5)
+            xpub.send_multipart(message(1))
+            assert sub.recv(5) == (b"t", b"1")
+            xpub.send_multipart(message(5))
+            tick = gevent.spawn(ticker)
+            gevent.sleep(0)
+            before = ticks
+            assert sub.recv(5) == (b"t", b"5")
+            ticked = ticks - before
+            tick.kill()
+            assert router.recv_multipart()[1] == range_request(1, 7, 1, 2, 4)
+            assert sub.lost == 3
+        # A blocking wait would hold the hub for all of repair_timeout: not one tick in that recv.
+        assert ticked >= 3, ticked
+    finally:
+        close_within(green)

@@ -66,6 +66,16 @@ def c_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]
 
 
 @pytest.fixture(scope="module")
+def c_repair(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """clients/c/fanout_repair.c compiled like the others (C only: it shows the repair wire in raw bytes)."""
+    out = tmp_path_factory.mktemp("c-repair") / "repair"
+    checked_run([need("cc", "Debian: apt-get install gcc"), "-O2", "-Wall", "-Werror", "-o", str(out),
+                 str(CLIENTS / "c" / "fanout_repair.c"), "-lzmq"], CLIENTS / "c", 120,
+                "libzmq headers: Debian apt-get install libzmq3-dev")
+    return [str(out)]
+
+
+@pytest.fixture(scope="module")
 def node_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """The Node examples in a temporary copy with `npm ci --ignore-scripts` done: name -> command prefix."""
     node = need("node", "Debian: apt-get install nodejs")
@@ -377,3 +387,38 @@ def link_carries_a_probe(hub, edge_publish: str) -> bool:
         sub.close()
         pub.close()
 
+
+
+def test_c_repair_asks_for_heads_and_a_range_and_prints_the_answers(c_repair, start_daemon, sockets, run):
+    """Messages go into the history with nobody subscribed; the example's HEADS names their stream and its
+    last sequence, its RANGE prints the held ones exactly as sent and names the rest as not stamped yet."""
+    d = start_daemon()
+    producer = ready_producer(sockets, d.collector)
+    for n in range(1, 6):
+        producer.send(b"orders data-%d" % n)
+    producer.send_multipart([b"other", b"x"])
+    d.wait_value("fanoutd_received_messages_total", 6)
+
+    status, out, err = run([*c_repair, d.repair, "heads", "ord", "5000"]).finish()
+    assert status == 0, err
+    epoch, heads = out[0].split(), out[1:]
+    assert epoch[0] == "epoch" and len(heads) == 1, out
+    words = heads[0].split()
+    assert words[:2] == ["stream", words[1]] and words[2:] == ["seq", "5", "key", "orders"], heads
+    # The key is "orders " (its topic and the space that ends it): printed, the line ends in that space.
+    assert heads[0].endswith("key orders ")
+
+    status, out, err = run([*c_repair, d.repair, "range", epoch[1], words[1], "2", "7", "5000"]).finish()
+    assert status == 0, err
+    assert out == ["orders data-2", "orders data-3", "orders data-4", "orders data-5", "gone 6..7 future"]
+
+    status, out, err = run([*c_repair, d.repair, "range", str(int(epoch[1]) ^ 1), words[1], "1", "1",
+                            "5000"]).finish()
+    assert (status, out) == (0, ["gone 1..1 epoch"]), err
+
+
+def test_c_repair_exits_1_when_nothing_answers(c_repair, run):
+    status, out, err = run([*c_repair, f"tcp://127.0.0.1:{free_port()}", "heads", "", "300"]).finish()
+    assert (status, out) == (1, []) and "no answer within 300 ms" in err
+    status, _, err = run([*c_repair, "tcp://127.0.0.1:1", "range", "1", "2", "x", "4", "300"]).finish()
+    assert status == 2 and "bad FIRST" in err

@@ -203,7 +203,7 @@ def test_malformed_and_oversize_requests_are_counted_and_never_answered(rig):
         [range_request(1, EPOCH, 1, 5, 2)],                        # first after last
         [range_request(1, EPOCH, 1, 0, 2)],                        # sequences start at 1
         [range_request(1, EPOCH, 1, 1, 2)[:-1]],                   # one byte short
-        [wire.HEAD.pack(wire.MAGIC, wire.VERSION, wire.REPAIR_RANGE | wire.REPAIR_HEADS) + b"\0" * 36],
+        [wire.HEAD.pack(wire.MAGIC, wire.VERSION, wire.REPAIR_RANGE | wire.REPAIR_END) + b"\0" * 36],  # no such kind
         [wire.HEAD.pack(wire.MAGIC, 2, wire.REPAIR_HEADS) + b"\0" * 4],
         [heads_request(1, b""), b"a second frame"],
     ]
@@ -288,3 +288,32 @@ def test_heads_past_its_bound_says_more(rig):
     assert answer.more and len(answer.streams) == 1000
     assert all(seq == 1 and key.startswith(b"s") for _, seq, key in answer.streams)
     assert not r.repairer().heads(b"s1").more  # a longer prefix lists the rest
+
+
+def test_last_gives_each_streams_latest_held_message_then_its_heads(rig):
+    """LAST: per stream under the prefix its message at the head, byte for byte as sent, then the HEADS answer,
+    which also lists a stream whose latest is evicted (with no message)."""
+    r = rig(2 << 20)
+    sub = r.subscriber(b"p.")
+    r.send([b"e.a 1"], [b"p.a 1"], [b"p.a 2"], [b"p.b", b"1"], [b"q 1"])
+    sent = [sub.recv_multipart() for _ in range(3)]
+    values, answer = r.repairer().last(b"p.")
+    assert [v.frames for v in values] == [sent[1], sent[2]]  # p.a's 2 and p.b's 1, with their trailers
+    assert (answer.epoch, answer.more) == (EPOCH, False)
+    assert {key: seq for _, seq, key in answer.streams} == {b"p.a ": 2, b"p.b": 1}
+
+    r.send(*[[b"e.b %d " % i + b"x" * 100_000] for i in range(30)])  # 3 MB: e.a's only message is evicted
+    values, answer = r.repairer().last(b"e.")
+    assert [v.stamp.seq for v in values] == [30] and values[0].frames[0].startswith(b"e.b 29 ")
+    assert {key: seq for _, seq, key in answer.streams} == {b"e.a ": 1, b"e.b ": 30}
+
+
+
+def test_last_stops_at_a_replys_bytes_and_says_more(rig):
+    r = rig(64 << 20)
+    r.send(*[[b"big.%d" % i, b"y" * 1_000_000] for i in range(8)])  # 1 MB each; a reply carries 4 MiB
+    values, answer = r.repairer().last(b"big.")
+    taken = [b"big.%d" % i for i in range(4)]
+    assert [v.frames[0] for v in values] == taken
+    assert answer.more and [key for _, _, key in answer.streams] == taken
+    wait_for("the values counted as repaired", lambda: r.counter("repaired_messages"), lambda n: n == 4)

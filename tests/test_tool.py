@@ -312,6 +312,7 @@ def test_pull_times_out_with_status_1():
     (["pull"], {"FANOUT_PUSH": "localhost:5562"}, "FANOUT_PUSH: bad endpoint"),
     (["pull", "--json", "--sep", ","], {}, "--sep does not apply to --json"),
     (["sub", "--sep"], {}, "expected one argument"),
+    (["sub", "--stamped", "--last-value"], {}, "--last-value needs --stamped and --repair"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(args, env, says):
     result = fanout(*args, env=env)

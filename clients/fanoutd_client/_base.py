@@ -10,7 +10,8 @@ fails at construction with a message that says what was expected.
 One protocol, two kinds of I/O.  The protocol (options, framing, topic
 rules, readiness, limits, error messages) is written once, in this module
 and :mod:`._protocol`, without a single blocking call: where the protocol
-needs to wait it *yields* a poll timeout (see :data:`Waits`), and a driver
+needs to wait it *yields* a poll timeout (or a :class:`Poll` of a helper
+socket, the repair DEALER; see :data:`Waits`), and a driver
 does the waiting, :func:`run_blocking` for the blocking clients (plain or
 gevent-green sockets) and an ``await`` in :mod:`fanoutd_client.aio`.  Every
 message is taken off the socket synchronously, after a poll said it is
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -41,25 +44,53 @@ from ._options import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, DEFAULT
                        to_bytes, validate_endpoint)
 
 __all__ = ["DEFAULT_COLLECTOR", "DEFAULT_PUBLISH", "DEFAULT_PUSH", "DEFAULT_STAMPED", "Client", "ClientOptions",
-           "CurveKeys", "Data", "Endpoints", "Waits", "load_curve_keys", "ms", "normalize_endpoints", "run_blocking",
-           "to_bytes", "validate_endpoint"]
+           "CurveKeys", "Data", "Endpoints", "Poll", "Waits", "load_curve_keys", "ms", "normalize_endpoints",
+           "run_blocking", "to_bytes", "validate_endpoint"]
 
 log = logging.getLogger("fanoutd_client")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Poll:
+    """A wait on something other than the client's socket: input on ``socket`` (a helper socket on the
+    client's context, e.g. the repair DEALER), or with ``socket`` None a pause; ``timeout`` in ms."""
+
+    socket: zmq.Socket[Any] | None
+    timeout: int
+
+
 #: A protocol step: yields how long to poll the socket for input (ms; None:
-#: forever), is resumed once the poll returned, and returns its result.
-Waits = Generator[int | None, None, T]
+#: forever) or a :class:`Poll`, is resumed once the wait is over, and returns its result.
+Waits = Generator[int | None | Poll, None, T]
 
 
 def run_blocking(sock: zmq.Socket[Any], steps: Waits[T]) -> T:
     """Drive a protocol step with blocking polls (under gevent, green ones)."""
     try:
         while True:
-            sock.poll(next(steps), zmq.POLLIN)
+            wait = next(steps)
+            if not isinstance(wait, Poll):
+                sock.poll(wait, zmq.POLLIN)
+            elif wait.socket is not None:
+                wait.socket.poll(wait.timeout, zmq.POLLIN)
+            else:
+                _pause(sock, wait.timeout / 1000)
     except StopIteration as done:
         result: T = done.value
         return result
+
+
+def _pause(sock: zmq.Socket[Any], seconds: float) -> None:
+    """Sleep; a gevent client (a green socket) sleeps green, so the hub's other greenlets run meanwhile."""
+    green = sys.modules.get("zmq.green")  # not imported: no green socket can exist, and gevent stays unloaded
+    if green is not None and isinstance(sock, green.Socket):
+        import gevent
+
+        gevent.sleep(seconds)
+    else:
+        time.sleep(seconds)
 
 
 def _asyncio_context(context: zmq.Context[Any]) -> bool:

@@ -40,9 +40,12 @@ from typing import Any, Self, TypeVar, Unpack, cast
 import zmq
 import zmq.asyncio
 
-from ._base import DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, Client, ClientOptions, Data, Endpoints, Waits
+from ._base import (DEFAULT_COLLECTOR, DEFAULT_PUBLISH, DEFAULT_PUSH, Client, ClientOptions, Data, Endpoints, Poll,
+                    Waits)
+from ._healing import Report
 from ._producing import MessageTooLarge, ProducerProtocol
-from ._protocol import PullerProtocol, SubscriberProtocol, parse_json, split_message
+from ._protocol import PullerProtocol, parse_json, split_message
+from ._repairing import RepairingSubscriber
 
 __all__ = ["MessageTooLarge", "Producer", "Puller", "Subscriber"]
 
@@ -84,7 +87,12 @@ class _AsyncClient(Client):
             while True:
                 wait = next(steps)
                 try:
-                    await self._io.poll(wait)  # POLLIN, the default
+                    if not isinstance(wait, Poll):
+                        await self._io.poll(wait)  # POLLIN, the default
+                    elif wait.socket is not None:  # a helper socket on this asyncio context (repair)
+                        await cast(zmq.asyncio.Socket, wait.socket).poll(wait.timeout)
+                    else:
+                        await asyncio.sleep(wait.timeout / 1000)
                 except asyncio.CancelledError:
                     if self._closed and not _cancelling():
                         self._check_open()  # closed by another task: say so, rather than "cancelled"
@@ -194,15 +202,21 @@ class Producer(ProducerProtocol, _AsyncClient):
         self._note_flush(time.monotonic() - started)
 
 
-class Subscriber(SubscriberProtocol, _AsyncClient):
+class Subscriber(RepairingSubscriber, _AsyncClient):
     """Receives ``(topic, payload)`` from fanoutd's PUB; :class:`fanoutd_client.Subscriber` with coroutines.
 
     ``subscribe``/``unsubscribe`` are plain methods (they only set an option).
+    With ``stamped=True, repair=EP`` it repairs its gaps exactly as the
+    blocking one does (the same code, :mod:`._healing`), awaiting the repair
+    endpoint's answers instead of blocking on them.
     """
 
     def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",), *,
-                 stamped: bool = False, **options: Unpack[ClientOptions]) -> None:
-        super().__init__(endpoints, topics, stamped=stamped, **options)
+                 stamped: bool = False, repair: str | None = None, repair_timeout: float = 2.0,
+                 repair_report: Report | None = None, last_value: bool = False,
+                 **options: Unpack[ClientOptions]) -> None:
+        super().__init__(endpoints, topics, stamped=stamped, repair=repair, repair_timeout=repair_timeout,
+                         repair_report=repair_report, last_value=last_value, **options)
 
     async def wait_ready(self, timeout: float = 5.0) -> None:
         """Stamped subscribers: return once the broker confirmed every subscription is live (TimeoutError after

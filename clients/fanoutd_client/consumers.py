@@ -16,21 +16,20 @@ blocking I/O.  The asyncio twins are in :mod:`fanoutd_client.aio`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Unpack
 
 import zmq
 
-from ._base import (DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, Data, Endpoints, Waits, ms, run_blocking,
-                    validate_endpoint)
-from ._healing import Gap, Healer, Report
-from ._protocol import PullerProtocol, SubscriberProtocol, parse_json, split_message
+from ._base import DEFAULT_PUBLISH, DEFAULT_PUSH, ClientOptions, Data, Endpoints, run_blocking
+from ._healing import Report
+from ._protocol import PullerProtocol, parse_json, split_message
+from ._repairing import RepairingSubscriber
 
 __all__ = ["Puller", "Subscriber", "split_message"]
 
 
-class Subscriber(SubscriberProtocol):
+class Subscriber(RepairingSubscriber):
     """Receives ``(topic, payload)`` from fanoutd's PUB, filtered by topic prefix.
 
     ``topics`` are byte prefixes of the message's first frame, as everywhere
@@ -45,76 +44,19 @@ class Subscriber(SubscriberProtocol):
     the broker's history, or no answer within ``repair_timeout`` s, the
     longest one repair request waits). ``repair_report`` is called once per
     gap closed with (stream key, messages repaired, runs gone).
+
+    ``last_value=True`` (with ``repair``): after the broker confirms a
+    subscription, the latest held message of each stream under it comes
+    first, then live messages from the next sequence on, with no gap and no
+    duplicate between the two (the zguide's Clone pattern, exact by the stamps).
     """
 
     def __init__(self, endpoints: Endpoints = DEFAULT_PUBLISH, topics: Data | Iterable[Data] = (b"",), *,
                  stamped: bool = False, repair: str | None = None, repair_timeout: float = 2.0,
-                 repair_report: Report | None = None, **options: Unpack[ClientOptions]) -> None:
-        if repair is not None and not stamped:
-            raise ValueError("repair needs stamped=True: only the stamps say what is missing")
-        if repair is not None:
-            validate_endpoint(repair)
-        if not repair_timeout > 0:
-            raise ValueError(f"repair_timeout must be > 0 seconds, not {repair_timeout!r}")
-        self._healer: Healer | None = None
-        super().__init__(endpoints, topics, stamped=stamped, **options)
-        if repair is not None:
-            try:
-                self._healer = Healer(repair, self._context, self._tracker(), repair_timeout, repair_report,
-                                      self._curve)  # the repair endpoint has the stamped output's access
-            except BaseException:
-                self.close()
-                raise
-            self._repairing = True
-
-    @property
-    def repaired(self) -> int:
-        """Messages got back from the repair endpoint (0 without ``repair``)."""
-        return self._healer.repaired if self._healer is not None else 0
-
-    def _control(self, frames: list[bytes]) -> bool:
-        if not super()._control(frames):
-            return False
-        if self._healer is not None:  # a (re)connect: a gap at the end shows in the heads
-            self._healer.heads(frames[0])
-        return True
-
-    def _message(self, timeout: float | None) -> Waits[list[bytes]]:
-        """The next message; with repair, in order per stream, the gaps filled (or counted lost) first."""
-        healer = self._healer
-        if healer is None:
-            return (yield from super()._message(timeout))
-        # One timeout for the call, however many messages it skips as already handed out.
-        deadline = None if timeout is None else time.monotonic() + ms(timeout, "timeout") / 1000
-        while True:
-            self._check_open()
-            ready = healer.next()
-            if ready is not None:
-                self.last_stamp = ready[1]
-                return ready[0]
-            previous = self.last_stamp
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                frames = yield from super()._message(left)
-            except TimeoutError:
-                raise self._timed_out(timeout or 0.0) from None
-            if not frames:  # a READY came (a reconnect): heads asked, a gap at the end may be open
-                continue
-            gaps = self._tracker()
-            if gaps.stale:  # already handed out (repaired, or sent twice): never twice
-                self.last_stamp = previous
-                continue
-            if gaps.gap is None:
-                return frames
-            assert self.last_stamp is not None
-            key, epoch, stream, first, last = gaps.gap
-            healer.open(Gap(key, epoch, stream, first, last, (frames, self.last_stamp)))
-
-    def close(self) -> None:
-        """Close the repair socket, then the subscription's (and a private context). Idempotent."""
-        if self._healer is not None:
-            self._healer.close()
-        super().close()
+                 repair_report: Report | None = None, last_value: bool = False,
+                 **options: Unpack[ClientOptions]) -> None:
+        super().__init__(endpoints, topics, stamped=stamped, repair=repair, repair_timeout=repair_timeout,
+                         repair_report=repair_report, last_value=last_value, **options)
 
     def wait_ready(self, timeout: float = 5.0) -> None:
         """Stamped subscribers: block until the broker confirmed every subscription is live (TimeoutError after

@@ -4,9 +4,10 @@ The endpoint (a ROUTER; clients talk to it with a DEALER) answers a RANGE of
 one stream with every message it still holds, each exactly as the stamped
 output sent it (behind one answer frame), then an END naming every sequence
 it could not supply and why; and HEADS with the last stamp of each stream
-under a prefix. The format is in clients/README.md ("Repair") and
-:mod:`.wire`. A refused request (malformed, too large, or over the per-peer
-rate) gets no answer at all: a caller waits with a timeout and may ask again.
+under a prefix (LAST: with each one's latest held message first). The
+format is in clients/README.md ("Repair") and :mod:`.wire`. A refused
+request (malformed, too large, or over the per-peer rate) gets no answer at
+all: a caller waits with a timeout and may ask again.
 
 This is the smallest piece the automatic repair of ``Subscriber`` (issue #26)
 builds on: the codec (:func:`range_request`, :func:`heads_request`,
@@ -24,8 +25,8 @@ import zmq
 
 from ._stamps import Stamp, parse_trailer
 from .wire import (GONE_EPOCH, GONE_EVICTED, GONE_FUTURE, GONE_LIMIT, GONE_UNKNOWN, HEAD, MAGIC,
-                   REPAIR_ANSWER, REPAIR_END, REPAIR_HEADS, REPAIR_MORE, REPAIR_RANGE, REPAIR_RANGE_BODY,
-                   REPAIR_RUN, REPAIR_TAG_LEN, STREAM_KEY_CAP, VERSION)
+                   REPAIR_ANSWER, REPAIR_END, REPAIR_HEADS, REPAIR_LAST, REPAIR_MORE, REPAIR_RANGE,
+                   REPAIR_RANGE_BODY, REPAIR_RUN, REPAIR_TAG_LEN, STREAM_KEY_CAP, VERSION)
 
 #: The daemon's repair endpoint by default (beside the stamped output, 5565).
 DEFAULT_REPAIR = "tcp://127.0.0.1:5566"
@@ -48,11 +49,15 @@ def range_request(tag: int, epoch: int, stream: int, first: int, last: int) -> b
     return HEAD.pack(MAGIC, VERSION, REPAIR_RANGE) + REPAIR_RANGE_BODY.pack(tag, epoch, stream, first, last)
 
 
-def heads_request(tag: int, prefix: bytes) -> bytes:
-    """A HEADS request: the last stamp of every stream whose key starts with ``prefix`` (at most 255 bytes)."""
+def heads_request(tag: int, prefix: bytes, last: bool = False) -> bytes:
+    """A HEADS request: the last stamp of every stream whose key starts with ``prefix`` (at most 255 bytes).
+
+    ``last``: a LAST request, answered first with each of those streams' message at its head (its last
+    value) where the history holds it, then with the HEADS answer.
+    """
     if len(prefix) > STREAM_KEY_CAP:
         raise ValueError(f"a prefix longer than a stream key ({STREAM_KEY_CAP} bytes) matches no stream")
-    return HEAD.pack(MAGIC, VERSION, REPAIR_HEADS) + _TAG.pack(tag) + prefix
+    return HEAD.pack(MAGIC, VERSION, REPAIR_LAST if last else REPAIR_HEADS) + _TAG.pack(tag) + prefix
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,8 @@ def parse_answer(frames: list[bytes]) -> Repaired | End | Heads:
     if magic != MAGIC or version != VERSION or not flags & REPAIR_ANSWER:
         raise BadAnswer(f"not a repair answer (flags {flags:#x})")
     body = head[HEAD.size:]
-    if flags == REPAIR_ANSWER | REPAIR_RANGE and len(body) == REPAIR_TAG_LEN and len(frames) >= 3:
+    if flags in (REPAIR_ANSWER | REPAIR_RANGE, REPAIR_ANSWER | REPAIR_LAST) and len(body) == REPAIR_TAG_LEN \
+            and len(frames) >= 3:
         return Repaired(_TAG.unpack(body)[0], frames[1:])
     if flags == REPAIR_ANSWER | REPAIR_RANGE | REPAIR_END and len(frames) == 1:
         tag, epoch, stream, first, last = REPAIR_RANGE_BODY.unpack_from(body)
@@ -192,9 +198,17 @@ class Repairer:
 
     def heads(self, prefix: bytes = b"", timeout: float = 5.0) -> Heads:
         """The last stamp of every stream whose key starts with ``prefix``."""
+        return self.last(prefix, timeout, values=False)[1]
+
+    def last(self, prefix: bytes = b"", timeout: float = 5.0, values: bool = True) -> tuple[list[Repaired], Heads]:
+        """The latest held message of every stream whose key starts with ``prefix`` (LAST), and its heads."""
         tag = self._next_tag()
-        self.socket.send(heads_request(tag, prefix))
-        answer = self._answer(tag, time.monotonic() + timeout)
-        if not isinstance(answer, Heads):
-            raise BadAnswer("a RANGE answer to a HEADS request")
-        return answer
+        self.socket.send(heads_request(tag, prefix, last=values))
+        deadline, messages = time.monotonic() + timeout, []
+        while True:
+            answer = self._answer(tag, deadline)
+            if isinstance(answer, Heads):
+                return messages, answer
+            if not values or not isinstance(answer, Repaired):
+                raise BadAnswer("a RANGE answer to a HEADS request")
+            messages.append(answer)

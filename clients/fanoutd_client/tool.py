@@ -1,7 +1,7 @@
 """``fanout``: publish to, subscribe to and pull from fanoutd from a shell.
 
     fanout pub  [-e EP]... [--wait S] [--count N] [--json] TOPIC [MESSAGE]
-    fanout sub  [-e EP]... [--count N] [--timeout S] [--sep SEP] [--raw] [--stamped [--repair EP]] [TOPIC...]
+    fanout sub  [-e EP]... [--count N] [--timeout S] [--sep SEP] [--raw] [--stamped [--repair EP [--last-value]]] [TOPIC...]
     fanout pull [-e EP]... [--count N] [--timeout S] [--sep SEP] [--json | --raw]
     fanout --version
 
@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --stamped: fill every gap from fanoutd's repair endpoint EP (default: "
                           "$FANOUT_REPAIR; none: report gaps only), and report on stderr one line for what each gap "
                           "got back and one for what is gone")
+    sub.add_argument("--last-value", action="store_true",
+                     help="with --repair: first print the latest message of each stream under the topics, then "
+                          "live ones from the next on (no gap, no duplicate)")
     sub.add_argument("topics", metavar="TOPIC", nargs="*", help="topic prefixes (default: everything)")
     sub.set_defaults(handler=_sub)
 
@@ -287,8 +290,10 @@ def _sub(args: argparse.Namespace) -> int:
                 raise UsageError(f"fanout sub: --repair: {exc}") from None
     elif args.repair:  # $FANOUT_REPAIR alone is ignored without --stamped, as $FANOUT_STAMPED is
         raise UsageError("fanout sub: --repair needs --stamped (only the stamps say what is missing)")
+    if args.last_value and not args.repair:
+        raise UsageError("fanout sub: --last-value needs --stamped and --repair (the repair endpoint holds them)")
     with Subscriber(_endpoints(args), topics, stamped=args.stamped, repair=args.repair or None,
-                    repair_report=_repair_note, **_curve(args)) as subscriber:
+                    repair_report=_repair_note, last_value=args.last_value, **_curve(args)) as subscriber:
         if not args.stamped:
             return _receive(args, lambda timeout: line(subscriber.recv_multipart(timeout)))
 

@@ -14,7 +14,9 @@ repair protocol's, on the repair endpoint only (clients/README.md, "Repair")::
 
     request RANGE: head(REPAIR_RANGE) | tag u32 | epoch u64 | stream u64 | first u64 | last u64
     request HEADS: head(REPAIR_HEADS) | tag u32 | prefix
+    request LAST:  head(REPAIR_LAST) | tag u32 | prefix   (answered by LAST messages, then a HEADS answer)
     a message:     [head(ANSWER|RANGE) | tag u32] + the message as the stamped output sent it
+    a last value:  [head(ANSWER|LAST) | tag u32] + the message as the stamped output sent it
     END:           head(ANSWER|RANGE|END) | tag | epoch | stream | first | last | runs u16 | runs x RUN
     HEADS answer:  head(ANSWER|HEADS[|MORE]) | tag | epoch u64 | count u16 | count x (stream u64 | seq u64 | key length u8 | key)
 
@@ -37,6 +39,7 @@ REPAIR_HEADS = 16    #: a repair request (or its answer) for the heads of the st
 REPAIR_ANSWER = 32   #: set in every repair answer
 REPAIR_END = 64      #: the last answer to a RANGE: what could not be supplied, and why
 REPAIR_MORE = 128    #: a HEADS answer left streams out (a longer prefix lists them)
+REPAIR_LAST = REPAIR_HEADS | REPAIR_RANGE  #: HEADS that also sends each stream's latest held message
 REPAIR_TAG_LEN = 4   #: the request's tag, chosen by the client, echoed in each answer
 REPAIR_RANGE_BODY = struct.Struct(">IQQQQ")  #: tag, epoch, stream, first, last
 REPAIR_RUN = struct.Struct(">QQB")           #: a run an END names: first, last, reason

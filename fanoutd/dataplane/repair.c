@@ -90,14 +90,14 @@ static int send_routing_id(repair_t *r, zmsg_t *id)
     return copy_part(&m, id) < 0 ? -1 : repair_send(r, &m, 1);
 }
 
-/* Send one held message, as the stamped output (or, on relay_repair, the relay) sent it, behind an answer head;
- * -1 if it could not go. */
-static int send_repaired(Forwarder *f, repair_t *r, zmsg_t *id, uint32_t tag, hentry_t *e)
+/* Send one held message, as the stamped output (or, on relay_repair, the relay) sent it, behind an answer head
+ * (kind: RANGE, or LAST for a last value); -1 if it could not go. */
+static int send_repaired(Forwarder *f, repair_t *r, zmsg_t *id, uint32_t tag, hentry_t *e, int kind)
 {
     zmsg_t m;
     unsigned char *p;
     if (send_routing_id(r, id) < 0 || !(p = trailer_head(&m, WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN,
-                                                          WIRE_REPAIR_ANSWER | WIRE_REPAIR_RANGE)))
+                                                          WIRE_REPAIR_ANSWER | kind)))
         return -1;
     put_u32(p, tag);
     if (repair_send(r, &m, 1) < 0)
@@ -160,7 +160,7 @@ static int serve_range(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned cha
                 reason = WIRE_GONE_EVICTED;
             else if (sent == REPAIR_MAX_MESSAGES || (sent && bytes + e->frame_bytes > REPAIR_MAX_BYTES))
                 upto = last, reason = WIRE_GONE_LIMIT;
-            else if (send_repaired(f, r, id, tag, e) < 0)
+            else if (send_repaired(f, r, id, tag, e, WIRE_REPAIR_RANGE) < 0)
                 return C_REPAIR_UNSENT;
             else
                 sent++, bytes += e->frame_bytes, f->local[C_REPAIRED]++;
@@ -193,11 +193,15 @@ static int serve_range(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned cha
     return repair_send(r, &m, 0) < 0 ? C_REPAIR_UNSENT : C_REPAIR_RANGE;
 }
 
-/* HEADS: the last (stream, sequence, key) the stamper gave each stream whose key starts with the prefix. */
-static int serve_heads(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned char *b, size_t prefix_len)
+/* HEADS: the last (stream, sequence, key) the stamper gave each stream whose key starts with the prefix.
+ * LAST (last): first, for each such stream, its message at that sequence if history holds it (the last value),
+ * within a RANGE reply's bounds; past them MORE, and the HEADS answer lists only the streams before. */
+static int serve_heads(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned char *b, size_t prefix_len, int last)
 {
     const unsigned char *prefix = b + WIRE_REPAIR_TAG_LEN;
+    uint32_t tag = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
     size_t at = WIRE_REPAIR_TAG_LEN + 8 + 2;
+    uint64_t bytes = 0;
     int count = 0, more = 0;
     for (int32_t i = 0; i < f->stamps.used && !more; i++) {
         const stream_entry *e = &f->stamps.pool[i];
@@ -207,6 +211,15 @@ static int serve_heads(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned cha
             more = 1;
             break;
         }
+        hentry_t *h = last && f->history ? history_at(hstream_find(f->history, e->stream), e->seq) : NULL;
+        if (h && count && bytes + h->frame_bytes > REPAIR_MAX_BYTES) {
+            more = 1;
+            break;
+        }
+        if (h && send_repaired(f, r, id, tag, h, WIRE_REPAIR_LAST) < 0)
+            return C_REPAIR_UNSENT;
+        if (h)
+            bytes += h->frame_bytes, f->local[C_REPAIRED]++;
         put_u64(r->heads + at, e->stream);
         put_u64(r->heads + at + 8, e->seq);
         r->heads[at + 16] = (unsigned char)e->len;
@@ -243,8 +256,9 @@ static int repair_request(Forwarder *f, repair_t *r, zmsg_t *id, zmsg_t *req, in
         return C_REPAIR_MALFORMED;
     if (d[5] == WIRE_REPAIR_RANGE && len == WIRE_HEAD_LEN + WIRE_REPAIR_RANGE_LEN)
         return serve_range(f, r, id, d + WIRE_HEAD_LEN);
-    if (d[5] == WIRE_REPAIR_HEADS)
-        return serve_heads(f, r, id, d + WIRE_HEAD_LEN, len - WIRE_HEAD_LEN - WIRE_REPAIR_TAG_LEN);
+    if (d[5] == WIRE_REPAIR_HEADS || d[5] == WIRE_REPAIR_LAST)
+        return serve_heads(f, r, id, d + WIRE_HEAD_LEN, len - WIRE_HEAD_LEN - WIRE_REPAIR_TAG_LEN,
+                           d[5] == WIRE_REPAIR_LAST);
     return C_REPAIR_MALFORMED;
 }
 

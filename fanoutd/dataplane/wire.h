@@ -42,6 +42,7 @@
 #define WIRE_REPAIR_ANSWER 32     /* set in every answer */
 #define WIRE_REPAIR_END 64        /* the last answer to a RANGE: what could not be supplied, and why */
 #define WIRE_REPAIR_MORE 128      /* a HEADS answer left streams out (a longer prefix lists them) */
+#define WIRE_REPAIR_LAST (WIRE_REPAIR_HEADS | WIRE_REPAIR_RANGE)  /* HEADS with each stream's latest held message */
 #define WIRE_REPAIR_TAG_LEN 4     /* the request's tag, chosen by the client, echoed in each answer */
 #define WIRE_REPAIR_RANGE_LEN 36  /* a RANGE request's body: tag, epoch, stream, first, last */
 #define WIRE_REPAIR_RUN_LEN 17    /* a run an END names: first, last (u64 each), reason (u8) */
