@@ -24,6 +24,7 @@ from .dataplane.engine import BindError, Engine
 from .keys import Keys
 from .peers import PeerTracker
 from .senders import Senders
+from .subscriptions import Subscriptions
 from .reload import Plan
 from .links import UpstreamWatch
 from .slow import Guard
@@ -52,6 +53,7 @@ class Runtime:
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
         self.guard = Guard(config, self.peers, self.engine)
         self.senders = Senders(self.engine, self.peers)
+        self.subscriptions = Subscriptions(self.engine, self.peers)
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         self.upstreams.heal_with(self.engine.reconnect, zmq.curve_public(keys.secret) if keys.secret else None)
         self.peers.on_refused, self.peers.on_linked = self.upstreams.refused, self.upstreams.linked
@@ -93,6 +95,7 @@ class Runtime:
             library = self.engine.open()
             self.guard.start(self._on_crash)
             self.senders.start(self._on_crash)
+            self.subscriptions.start(self._on_crash)
             self.upstreams.start(self._on_crash)
             self._serve_http()
             result = self.engine.start()
@@ -132,6 +135,7 @@ class Runtime:
             ("the HTTP server", lambda: self.server.stop(timeout=1.0) if self.server.started else None),
             ("the slow-consumer guard", self.guard.close),
             ("the producer types", self.senders.close),
+            ("the subscription bounds", self.subscriptions.close),
             ("the upstream watch", self.upstreams.close),
             ("the forwarding loop", lambda: self.engine.close(timeout=remaining())),
             ("the socket monitors", self.peers.close),

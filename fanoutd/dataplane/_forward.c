@@ -15,6 +15,7 @@
  *   trailer.c     the trailer codec (wire.h)
  *   stamps.c      stamp streams and upstream gaps (_streams.h)
  *   senders.c     producer connections by Socket-Type, for the hub (senders.h)
+ *   subs.c        the outputs' subscriptions, counted per connection, address and output, and bounded
  *   history.c     the repair history: what the stamped output sent, per stream, bounded
  *   repair.c      the repair endpoint, served from the history in the loop
  *   loop.c        the loop: read, check, count and hand each message out
@@ -53,6 +54,7 @@
 #include "trailer.c"
 #include "stamps.c"
 #include "senders.c"
+#include "subs.c"
 #include "history.c"
 #include "repair.c"
 #include "loop.c"

@@ -194,6 +194,10 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     f->relay = f->outs[OUT_RELAY] = s[S_RELAY];
     f->outs[OUT_STAMPED] = s[S_STAMPED];
     f->push = s[S_PUSH];
+    if (!(f->subs = subs_new())) {
+        PyErr_NoMemory();
+        return -1;
+    }
     for (int o = 0; o < OUTS; o++)
         if (f->outs[o] && !(f->held[o] = ledger_new())) {
             PyErr_NoMemory();

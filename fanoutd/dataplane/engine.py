@@ -107,6 +107,7 @@ class Engine:
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
             node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams,
             history_bytes=c.history_bytes if c.stamped else 0, history_ns=int(c.history_seconds * 1e9))
+        self._forwarder.set_subscription_bounds(*_subscription_bounds(c))
         return None
 
     def start(self) -> Any:
@@ -210,6 +211,18 @@ class Engine:
         if self._forwarder is not None:
             self._forwarder.forget_senders()
 
+    def subscriber_closed(self, fd: int, inode: int) -> bool:
+        """A connection of an output closed: its subscriptions stop counting. False: try again later (the loop is behind)."""
+        if self._forwarder is None:
+            return True
+        return bool(self._forwarder.subscriber_closed(fd, max(inode, 0)))
+
+    def subscription_refusals(self) -> list[tuple[str, str, int, int, int, str]]:
+        """Connections the loop closed for a subscription over a bound: (output, bound, fd, inode, its value, address)."""
+        if self._forwarder is None:
+            return []
+        return [(_forward.OUTPUTS[out], *rest) for out, *rest in self._forwarder.subscription_refusals()]
+
     def answer_stall(self, role: str, number: int, stall_on: bool) -> None:
         """The guard has looked at stall ``number``: stall on for another stall period, or send lossy."""
         if self._forwarder is not None:
@@ -251,6 +264,7 @@ class Engine:
                                        strip_topic=config.push_strip_topic,
                                        stall_above=stall_above(config.slow_consumer_policy,
                                                                config.slow_consumer_max_pending))
+            self._forwarder.set_subscription_bounds(*_subscription_bounds(config))
 
     def terminate(self, timeout: float) -> bool:
         """Terminate the context in the worker thread; False if it did not finish in time."""
@@ -262,6 +276,11 @@ class Engine:
             return False
         os.close(self.stall_fd)  # only once the loop, its only writer, is gone
         return True
+
+
+def _subscription_bounds(config: Config) -> tuple[int, int, int]:
+    """The loop's subscription bounds (dataplane/subs.c): per connection, per peer address, per output."""
+    return (config.subscriptions_per_connection, config.subscriptions_per_address, config.subscriptions_per_socket)
 
 
 def _by_output(numbers: tuple[int, ...]) -> dict[str, int]:

@@ -208,6 +208,7 @@ static void Forwarder_dealloc(Forwarder *f)
         ledger_drop(f->held[o]);  /* freed now, or by the free callback of the last frame libzmq still holds */
     history_free(f->history);
     free(f->repair);
+    subs_free(f->subs);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 
@@ -249,6 +250,16 @@ static PyMethodDef Forwarder_methods[] = {
     {"forget_senders", (PyCFunction)Forwarder_forget_senders, METH_NOARGS,
      "A producer connection has closed: the loop reports every connection again at its next message. "
      "Hub only."},
+    {"set_subscription_bounds", (PyCFunction)Forwarder_set_subscription_bounds, METH_VARARGS,
+     "set_subscription_bounds(per_connection, per_address, per_socket): the most subscriptions (distinct "
+     "prefixes) an output holds for one connection, one peer address and in all (0: no bound); one that would "
+     "pass a bound closes its connection. Thread-safe."},
+    {"subscriber_closed", (PyCFunction)Forwarder_subscriber_closed, METH_VARARGS,
+     "subscriber_closed(fd, inode): a connection of an output closed, so its subscriptions no longer count "
+     "(inode 0 if unknown); False if the loop has not taken the earlier ones yet (try again). Hub only."},
+    {"subscription_refusals", (PyCFunction)Forwarder_subscription_refusals, METH_NOARGS,
+     "Connections closed for a subscription over a bound since the last call: [(output, bound, fd, inode, "
+     "the bound's value, peer address)]. Hub only."},
     {"counters", (PyCFunction)Forwarder_counters, METH_NOARGS,
      "A snapshot of the counters, at most one batch or one tick stale."},
     {"topic_counters", (PyCFunction)Forwarder_topic_counters, METH_NOARGS,

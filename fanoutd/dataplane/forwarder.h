@@ -30,7 +30,10 @@ enum {
     C_PUBLISH_STALLED_NS, C_RELAY_STALLED_NS, C_STAMPED_STALLED_NS,
     C_HISTORY_BYTES, C_HISTORY_EVICTED, C_REPAIRED,  /* history.c, repair.c (C_HISTORY_BYTES: a gauge) */
     C_REPAIR_RANGE, C_REPAIR_HEADS, C_REPAIR_UNSENT, C_REPAIR_MALFORMED, C_REPAIR_OVERSIZE, C_REPAIR_FLOOD,
-    C_COUNT
+    /* subs.c: subscriptions refused, per output (OUT_* order) and bound (connection, address, socket); then the
+     * subscriptions each output holds (gauges) */
+    C_SUBS_REFUSED, C_SUBSCRIPTIONS = C_SUBS_REFUSED + 9,
+    C_COUNT = C_SUBSCRIPTIONS + 3
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
@@ -43,6 +46,10 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "publish_held_ns", "relay_held_ns", "stamped_held_ns",
     "history_bytes", "history_evicted", "repaired_messages",
     "repair_range", "repair_heads", "repair_unsent", "repair_malformed", "repair_oversize", "repair_flood",
+    "publish_subs_refused_connection", "publish_subs_refused_address", "publish_subs_refused_socket",
+    "relay_subs_refused_connection", "relay_subs_refused_address", "relay_subs_refused_socket",
+    "stamped_subs_refused_connection", "stamped_subs_refused_address", "stamped_subs_refused_socket",
+    "publish_subscriptions", "relay_subscriptions", "stamped_subscriptions",
 };
 
 /* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP), in the order of the module's OUTPUTS. */
@@ -62,6 +69,7 @@ typedef struct { uint64_t epoch, stream, seq; uint16_t keylen; } stamp_t;
 typedef struct ledger ledger_t;  /* bytes libzmq holds for one output's readers (held.c) */
 typedef struct history history_t;  /* the repair history (history.c) */
 typedef struct repair repair_t;    /* the repair endpoint's state (repair.c) */
+typedef struct subs subs_t;        /* the outputs' subscriptions, counted and bounded (subs.c) */
 
 typedef struct {
     PyObject_HEAD
@@ -83,6 +91,10 @@ typedef struct {
      * serves in its own thread, so nothing of them is shared but the counters (history.c, repair.c). */
     history_t *history;
     repair_t *repair;
+    /* The outputs' subscriptions per connection, address and output (never NULL once constructed): the loop's
+     * alone but for the bounds (hub writes, relaxed) and two rings, closed connections in and refusals out,
+     * each single-producer single-consumer with acquire/release (subs.c has the contract). */
+    subs_t *subs;
     int64_t stall_ns;              /* how long a stall lasts before the loop asks the guard again; 0: lossy at once */
     int ntopics;                   /* per-topic counting (off when 0): the allowlist */
     char *topic_data[TOPICS_CAP];
