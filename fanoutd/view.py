@@ -12,10 +12,12 @@ turns it off (docs/security.md, the threat model, says so).
 
 Each closed connection has a ``reason`` in prose and a ``rule``: the
 slow-consumer guard's stable name for why it cut it (``stopped``,
-``furthest_behind``, ``timeout``, ``window``: fanoutd.slowrules.RULES), which
-is what scripts should match; ``null`` for a connection closed for any other
-cause (the peer left, a heartbeat, a refused handshake), so the key is
-always there. A producer connection (collector, ingress) also has a
+``furthest_behind``, ``timeout``, ``window``: fanoutd.slowrules.RULES) or the
+subscription bound it passed (``subscriptions_per_connection``,
+``subscriptions_per_address``, ``subscriptions_per_socket``:
+fanoutd.subscriptions), which is what scripts should match; ``null`` for a
+connection closed for any other cause (the peer left, a heartbeat, a refused
+handshake), so the key is always there. A producer connection (collector, ingress) also has a
 ``type``: its ZMTP Socket-Type (``PUB``, ``XPUB``, ``PUSH``) once it has
 sent a message, ``null`` before (fanoutd.senders).
 """
