@@ -28,10 +28,10 @@ def endpoint_of(d, output: str, source: str = "") -> str:
     return endpoint.replace("tcp://", f"tcp://{source}:0;") if source else endpoint
 
 
-def subscriber(sockets, endpoint: str) -> zmq.Socket:
+def subscriber(sockets, endpoint: str, **options: int) -> zmq.Socket:
     """An XSUB: it sends every subscription it is given, duplicates included, and (as a SUB does) an
     unsubscription only when it cancels the last of its subscriptions of that prefix."""
-    sock = sockets(zmq.XSUB, sndhwm=0)  # at the default 1,000 libzmq drops subscriptions sent faster than that
+    sock = sockets(zmq.XSUB, sndhwm=0, **options)  # at the default 1,000 libzmq drops subscriptions sent faster
     sock.connect(endpoint)
     return sock
 
@@ -58,7 +58,7 @@ def test_a_connection_past_its_bound_is_closed_and_counted_while_another_keeps_r
     endpoint = endpoint_of(d, output)
     producer = ready_producer(sockets, d.collector)
     reader = connected(sockets, zmq.SUB, endpoint)  # one subscription: the empty prefix
-    greedy = subscriber(sockets, endpoint)
+    greedy = subscriber(sockets, endpoint, reconnect_ivl=-1)  # closed once: no reconnect to count again
     settle(d, output, 2)
     if output == "stamped":  # the stamped output answers each subscription (READY), bound or not
         assert reader.recv_multipart()[0] == b""
@@ -118,7 +118,7 @@ def test_an_address_sums_its_connections_and_forgets_one_that_closed(start_daemo
     subscribe(second, b"d", b"e")
     subscribe(elsewhere, b"1", b"2", b"3", b"4", b"5")  # its own allowance
     held(d, "publish", 10)
-    third = subscriber(sockets, d.publish)
+    third = subscriber(sockets, d.publish, reconnect_ivl=-1)
     settle(d, "publish", 4)
     subscribe(third, b"f")  # 127.0.0.1 holds 5 already
     d.wait_value("fanoutd_subscriptions_refused_total", 1, socket="publish", bound="address")
@@ -138,7 +138,7 @@ def test_an_address_sums_its_connections_and_forgets_one_that_closed(start_daemo
 def test_the_socket_bound_counts_every_connection_of_the_output(start_daemon, sockets):
     d = start_daemon("--subscriptions-per-socket", "4")
     one = subscriber(sockets, d.stamped)
-    other = subscriber(sockets, endpoint_of(d, "stamped", source="127.0.0.2"))
+    other = subscriber(sockets, endpoint_of(d, "stamped", source="127.0.0.2"), reconnect_ivl=-1)
     settle(d, "stamped", 2)
     subscribe(one, b"a", b"b")
     subscribe(other, b"c", b"d")
@@ -154,7 +154,7 @@ def test_a_reload_changes_the_bounds_live(start_daemon, sockets, tmp_path):
     config = tmp_path / "fanoutd.toml"
     config.write_text("subscriptions_per_connection = 10\n")
     d = start_daemon("--config", str(config))
-    sub = subscriber(sockets, d.publish)
+    sub = subscriber(sockets, d.publish, reconnect_ivl=-1)
     settle(d, "publish", 1)
     subscribe(sub, b"a", b"b", b"c")
     held(d, "publish", 3)
@@ -202,3 +202,17 @@ def test_counts_stay_exact_over_many_prefixes_connections_and_addresses(start_da
         peer.close(linger=0)
     held(d, "publish", 1450 + sum(range(2, 25, 2)))
     assert d.value("fanoutd_subscriptions_refused_total", socket="publish", bound="socket") == 0
+
+
+def test_a_sub_configured_past_the_bound_is_closed_at_every_attempt(start_daemon, sockets):
+    d = start_daemon("--subscriptions-per-connection", "2")
+    sub = sockets(zmq.SUB, reconnect_ivl=50)
+    for prefix in (b"a", b"b", b"c"):
+        sub.setsockopt(zmq.SUBSCRIBE, prefix)
+    sub.connect(d.publish)
+    # A libzmq SUB sends its subscriptions again after each reconnect, once its socket is used (polled) again.
+    refused = wait_for("the SUB refused at three attempts", lambda: (
+        sub.poll(50), d.value("fanoutd_subscriptions_refused_total", socket="publish", bound="connection"))[1],
+        lambda n: n >= 3)
+    assert refused >= 3
+    assert d.value("fanoutd_subscriptions", socket="publish") <= 2
