@@ -1,28 +1,19 @@
 /*
- * fanoutd/dataplane/subs.c: the subscriptions each output holds, counted
- * per connection, per peer address and per output, and bounded: a
- * subscription that would pass a bound closes its connection.
+ * fanoutd/dataplane/subs.c: the subscriptions each output holds, counted per connection, per peer address
+ * and per output, and bounded: a subscription that would pass a bound closes its connection.
  *
- * Why here: the loop already reads every subscription the outputs hand up
- * (read_subscriptions), and with ZMQ_XPUB_VERBOSER libzmq hands up each one
- * (duplicates too) and each explicit unsubscription with the sending
- * connection's metadata: its fd ("__fd", what zmq_msg_get(ZMQ_SRCFD) reads)
- * and its Peer-Address. What carries no metadata is libzmq's own
- * unsubscriptions when a connection goes; those are ignored, and the hub
- * says instead which connections closed (the monitor's events, through the
- * closes ring below). An fd whose inode changed is a new connection.
+ * Why here: the loop reads every subscription the outputs hand up (read_subscriptions), and with
+ * ZMQ_XPUB_VERBOSER libzmq hands up each one (duplicates too) and each explicit unsubscription with the
+ * sender's metadata: its fd ("__fd", what zmq_msg_get(ZMQ_SRCFD) reads) and Peer-Address. libzmq's own
+ * unsubscriptions when a connection goes carry none and are ignored: the hub says which connections closed
+ * (monitor events, through the closes ring). An fd whose inode changed is a new connection.
  *
- * What is counted is what costs libzmq memory: distinct prefixes per
- * connection (libzmq's trie keeps a set of connections per prefix, so a
- * repeated subscribe is one entry, and one unsubscribe removes it). Each
- * connection keeps a small open-addressed set of 64-bit hashes of its
- * prefixes, keyed with a random seed so nobody can aim collisions at it (a
- * collision would count two prefixes as one). Refusing is closing:
- * shutdown() on the connection's fd (never close(): the fd is libzmq's),
- * which is the only way to make libzmq free what the connection holds.
- *
- * Subscriptions are rare next to messages: none of this is on the
- * per-message path. Part of the _forward.c translation unit.
+ * Counted is what costs libzmq memory: distinct prefixes per connection (its trie keeps a set of
+ * connections per prefix: a repeated subscribe is one entry, one unsubscribe removes it), as a small set of
+ * 64-bit hashes keyed with a random seed, so nobody can aim collisions (two prefixes counted as one) at it.
+ * Refusing is closing: shutdown() on libzmq's fd (never close()), the only way to make libzmq free what the
+ * connection holds. Subscriptions are rare next to messages: none of this is on the per-message path.
+ * Part of the _forward.c translation unit.
  */
 
 #define SUBS_FD_PROPERTY "__fd"
@@ -136,16 +127,20 @@ static uint32_t set_slot(const uint64_t *set, uint32_t cap, uint64_t hash)
     return i;
 }
 
-/* Remove slot i, shifting back the entries after it that probed past it (no tombstones). */
+/* Whether the entry at slot j, whose home slot is home, moves back into a hole at i (deletion without
+ * tombstones in a linearly probed table: the entries after a hole that probed past it fill it). */
+static int moves_back(uint32_t home, uint32_t i, uint32_t j, uint32_t mask)
+{
+    return ((j - home) & mask) >= ((j - i) & mask);
+}
+
 static void set_remove(uint64_t *set, uint32_t cap, uint32_t i)
 {
-    for (uint32_t j = (i + 1) & (cap - 1); set[j]; j = (j + 1) & (cap - 1)) {
-        uint32_t home = (uint32_t)set[j] & (cap - 1);
-        if (((j - home) & (cap - 1)) >= ((j - i) & (cap - 1))) {
+    for (uint32_t j = (i + 1) & (cap - 1); set[j]; j = (j + 1) & (cap - 1))
+        if (moves_back((uint32_t)set[j] & (cap - 1), i, j, cap - 1)) {
             set[i] = set[j];
             i = j;
         }
-    }
     set[i] = 0;
 }
 
@@ -215,15 +210,13 @@ static void conn_forget(subs_t *s, int o, int32_t fd)
     a->count -= c->count;
     so->total -= c->count;
     if (--a->conns == 0) {
-        uint32_t i = addr_slot(so, a->hash, a->name);
-        free(a);  /* then shift back the records after it, as set_remove does */
-        for (uint32_t j = (i + 1) & (so->addr_cap - 1); so->addrs[j]; j = (j + 1) & (so->addr_cap - 1)) {
-            uint32_t home = (uint32_t)so->addrs[j]->hash & (so->addr_cap - 1);
-            if (((j - home) & (so->addr_cap - 1)) >= ((j - i) & (so->addr_cap - 1))) {
+        uint32_t i = addr_slot(so, a->hash, a->name), mask = so->addr_cap - 1;
+        free(a);
+        for (uint32_t j = (i + 1) & mask; so->addrs[j]; j = (j + 1) & mask)
+            if (moves_back((uint32_t)so->addrs[j]->hash & mask, i, j, mask)) {
                 so->addrs[i] = so->addrs[j];
                 i = j;
             }
-        }
         so->addrs[i] = NULL;
         so->addr_used--;
     }
