@@ -65,7 +65,8 @@ class Runtime:
             pending=self.engine.held_bytes,
             producer_peers=self.senders.counts)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
-        peers_view = (lambda: view.peers(self.peers, self.engine.held_bytes())) if config.peers_view else None
+        peers_view = ((lambda: view.peers(self.peers, self.engine.held_bytes(), self.engine.subscriptions_of))
+                      if config.peers_view else None)
         self.server = metrics.http_server(config.metrics, metrics.make_app(registry, self.readiness, peers_view,
                                                                            self.endpoints))
 

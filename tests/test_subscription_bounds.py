@@ -102,6 +102,8 @@ def test_duplicates_count_once_and_an_unsubscription_makes_room(start_daemon, so
         libzmq_sub.setsockopt(zmq.SUBSCRIBE, b"same")
     held(d, "publish", 5)  # "" and "same"
     assert d.value("fanoutd_connected_peers", socket="publish") == 2
+    status, body = d.get("/peers")
+    assert sorted(c["subscriptions"] for c in json.loads(body)["connected"] if c["socket"] == "publish") == [2, 3]
     assert d.value("fanoutd_subscriptions_refused_total", socket="publish", bound="connection") == 0
     producer = ready_producer(sockets, d.collector)
     producer.send(b"d 1")

@@ -9,6 +9,7 @@
  * One translation unit, so the per-message path inlines across the job files
  * it includes (none is compiled alone):
  *   forwarder.h   the Forwarder's fields and the hub-loop contract
+ *   subs.h        the subscription bounds' state and what of it the hub and the loop share
  *   libzmq.c      binding the loop to the libzmq pyzmq uses (zmq_abi.h)
  *   held.c        the held-bytes ledger: what libzmq holds for each output
  *   fanout.c      sending to the XPUB outputs, and the stall protocol
@@ -37,6 +38,7 @@
 #include <linux/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -47,6 +49,7 @@
 #include "_streams.h"
 #include "senders.h"
 #include "forwarder.h"
+#include "subs.h"
 
 #include "libzmq.c"
 #include "held.c"

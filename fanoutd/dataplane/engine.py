@@ -212,13 +212,19 @@ class Engine:
             self._forwarder.forget_senders()
 
     def subscriber_closed(self, fd: int, inode: int) -> bool:
-        """A connection of an output closed: its subscriptions stop counting. False: try again later (the loop is behind)."""
+        """A connection of an output closed: its subscriptions stop counting. False: the loop is behind, try later."""
         if self._forwarder is None:
             return True
         return bool(self._forwarder.subscriber_closed(fd, max(inode, 0)))
 
+    def subscriptions_of(self, role: str, fd: int) -> int:
+        """The subscriptions the loop counts for the connection ``fd`` of output ``role`` (for /peers)."""
+        if self._forwarder is None:
+            return 0
+        return int(self._forwarder.subscriptions_of(_forward.OUTPUTS.index(role), fd))
+
     def subscription_refusals(self) -> list[tuple[str, str, int, int, int, str]]:
-        """Connections the loop closed for a subscription over a bound: (output, bound, fd, inode, its value, address)."""
+        """Connections the loop closed for a subscription past a bound: (output, bound, fd, inode, value, address)."""
         if self._forwarder is None:
             return []
         return [(_forward.OUTPUTS[out], *rest) for out, *rest in self._forwarder.subscription_refusals()]

@@ -257,6 +257,9 @@ static PyMethodDef Forwarder_methods[] = {
     {"subscriber_closed", (PyCFunction)Forwarder_subscriber_closed, METH_VARARGS,
      "subscriber_closed(fd, inode): a connection of an output closed, so its subscriptions no longer count "
      "(inode 0 if unknown); False if the loop has not taken the earlier ones yet (try again). Hub only."},
+    {"subscriptions_of", (PyCFunction)Forwarder_subscriptions_of, METH_VARARGS,
+     "subscriptions_of(output, fd): the subscriptions the loop counts for that connection of the output "
+     "(0: none, or not heard of); for /peers. Thread-safe."},
     {"subscription_refusals", (PyCFunction)Forwarder_subscription_refusals, METH_NOARGS,
      "Connections closed for a subscription over a bound since the last call: [(output, bound, fd, inode, "
      "the bound's value, peer address)]. Hub only."},

@@ -16,62 +16,6 @@
  * Part of the _forward.c translation unit.
  */
 
-#define SUBS_FD_PROPERTY "__fd"
-#define SUBS_ADDR_PROPERTY "Peer-Address"
-#define SUBS_CLOSES 1024   /* closed connections the loop has not taken yet; a power of two */
-#define SUBS_REFUSALS 256  /* refusals the hub has not read yet; a power of two */
-#define SUBS_ADDR 64       /* a peer address with its NUL (an IPv6 address with a scope fits) */
-
-enum { BOUND_CONNECTION, BOUND_ADDRESS, BOUND_SOCKET, BOUNDS };
-static const char *const BOUND_NAMES[BOUNDS] = {"connection", "address", "socket"};
-
-typedef struct {
-    uint64_t hash, count;  /* subscriptions of its connections on this output */
-    uint32_t conns;        /* its connections counted here; the record goes with the last */
-    char name[SUBS_ADDR];
-} subs_addr;
-
-typedef struct {
-    uint64_t inode;        /* the fd's inode when first seen: another one is another connection */
-    subs_addr *addr;
-    uint32_t count, cap;   /* distinct prefixes held; slots in set (a power of two, at most half full) */
-    int cut;               /* refused: its subscriptions are no longer read until its close is heard */
-    uint64_t *set;         /* prefix hashes; 0: an empty slot */
-} subs_conn;
-
-typedef struct {
-    subs_conn **by_fd;     /* indexed by fd; NULL: nothing counted for that fd */
-    uint32_t nfd;
-    subs_addr **addrs;     /* open addressing by hash; NULL: empty */
-    uint32_t addr_cap, addr_used;
-    uint64_t total;
-} subs_out;
-
-typedef struct { int32_t out, bound, fd; uint64_t inode, limit; char addr[SUBS_ADDR]; } subs_refusal;
-
-struct subs {
-    /* --- The loop's alone. --- */
-    subs_out outs[OUTS];
-    uint64_t seed;
-    /* --- Hub writes, loop reads (relaxed): the bounds, by BOUND_*, 0 none. --- */
-    uint64_t max[BOUNDS];
-    /* --- Closes: hub -> loop, single producer and consumer. The hub fills closes[head % SUBS_CLOSES]
-     * after loading tail (acquire) and finding room, then stores head (release); the loop loads head
-     * (acquire), takes the slots and stores tail (release). A full ring: the hub keeps it and retries. --- */
-    struct { int32_t fd; uint64_t inode; } closes[SUBS_CLOSES];
-    uint32_t closes_head, closes_tail;
-    /* --- Refusals: loop -> hub, the same way round. A full ring loses the report (the counter counts it). */
-    subs_refusal refusals[SUBS_REFUSALS];
-    uint32_t refusals_head, refusals_tail;
-};
-
-static subs_t *subs_new(void)
-{
-    subs_t *s = calloc(1, sizeof *s);
-    if (s && getentropy(&s->seed, sizeof s->seed) < 0)
-        s->seed = (uint64_t)now_ns() * 0x9E3779B97F4A7C15ULL;
-    return s;
-}
 
 static void subs_free_conn(subs_conn *c)
 {
@@ -92,8 +36,33 @@ static void subs_free(subs_t *s)
             free(s->outs[o].addrs[i]);
         free(s->outs[o].by_fd);
         free(s->outs[o].addrs);
+        free(s->shown[o]);
     }
     free(s);
+}
+
+static subs_t *subs_new(void)
+{
+    subs_t *s = calloc(1, sizeof *s);
+    struct rlimit fds;
+    if (!s)
+        return NULL;
+    if (getentropy(&s->seed, sizeof s->seed) < 0)
+        s->seed = (uint64_t)now_ns() * 0x9E3779B97F4A7C15ULL;
+    s->nshown = getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur < (1u << 20) ? (uint32_t)fds.rlim_cur : 1u << 20;
+    for (int o = 0; o < OUTS; o++)
+        if (!(s->shown[o] = calloc(s->nshown, sizeof *s->shown[o]))) {
+            subs_free(s);
+            return NULL;
+        }
+    return s;
+}
+
+/* Show fd's count on output o to the hub (/peers). */
+static void subs_show(subs_t *s, int o, int32_t fd, uint32_t count)
+{
+    if ((uint32_t)fd < s->nshown)
+        STORE(s->shown[o][fd], count);
 }
 
 static uint64_t subs_mix(uint64_t x)  /* MurmurHash3's finaliser: a bijection that mixes every bit */
@@ -206,6 +175,7 @@ static void conn_forget(subs_t *s, int o, int32_t fd)
     subs_out *so = &s->outs[o];
     subs_conn *c = so->by_fd[fd];
     so->by_fd[fd] = NULL;
+    subs_show(s, o, fd, 0);
     subs_addr *a = c->addr;
     a->count -= c->count;
     so->total -= c->count;
@@ -317,6 +287,7 @@ static int subs_note(Forwarder *f, int o, zmsg_t *m)
         c->count++, c->addr->count++, so->total++;
     }
     f->local[C_SUBSCRIPTIONS + o] = so->total;
+    subs_show(s, o, fd, c->count);
     return 0;
 }
 
@@ -372,6 +343,18 @@ static PyObject *Forwarder_subscriber_closed(Forwarder *f, PyObject *args)
     s->closes[head % SUBS_CLOSES].inode = inode;
     __atomic_store_n(&s->closes_head, head + 1, __ATOMIC_RELEASE);
     Py_RETURN_TRUE;
+}
+
+/* subscriptions_of(output, fd): the count the loop shows for the connection with that fd (0 if none). */
+static PyObject *Forwarder_subscriptions_of(Forwarder *f, PyObject *args)
+{
+    int out, fd;
+    if (!PyArg_ParseTuple(args, "ii", &out, &fd))
+        return NULL;
+    if (out < 0 || out >= OUTS)
+        return PyErr_Format(PyExc_ValueError, "output must be between 0 and %d", OUTS - 1);
+    subs_t *s = f->subs;
+    return PyLong_FromUnsignedLong(fd >= 0 && (uint32_t)fd < s->nshown ? LOAD(s->shown[out][fd]) : 0);
 }
 
 static PyObject *Forwarder_subscription_refusals(Forwarder *f, PyObject *Py_UNUSED(ignored))
