@@ -279,6 +279,7 @@ static int subs_note(Forwarder *f, int o, zmsg_t *m)
                   : per_socket && so->total >= per_socket ? BOUND_SOCKET : -1;
         if (bound >= 0) {
             subs_refuse(f, o, c, fd, bound);
+            f->local[C_SUBSCRIPTIONS + o] = so->total;  /* conn_get may have forgotten a closed connection */
             return 0;
         }
         if (set_reserve(c) < 0)
