@@ -1,6 +1,7 @@
 """What a subscription costs libzmq's XPUB, and what the stable API lets a broker know about it.
 
-The evidence behind docs/concepts.md "What remains unbounded, and why": run it
+The evidence behind docs/concepts.md "Subscriptions" (what one costs, why refusing means closing the
+connection, what a disconnect says): run it
 with the interpreter fanoutd uses (its pyzmq bundles the libzmq fanoutd runs on):
 
     .venv/bin/python bench/subscriptions.py [COUNT]

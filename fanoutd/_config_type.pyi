@@ -39,6 +39,9 @@ class Config:
     slow_consumer_max_pending: int
     slow_consumer_pace_share: float
     slow_consumer_pace_window: float
+    subscriptions_per_connection: int
+    subscriptions_per_address: int
+    subscriptions_per_socket: int
     peers_view: bool
     heartbeat_interval: float
     heartbeat_timeout: float

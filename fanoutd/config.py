@@ -128,6 +128,21 @@ SETTINGS: tuple[Setting, ...] = (
             "furthest behind before it is cut (rule pace_bound); 1: no bound"),
     Setting("slow_consumer_pace_window", "seconds", 10.0,
             "under pace: the window slow_consumer_pace_share is a share of"),
+    # libzmq's trie costs about 3.3 KiB per subscription of 64 random bytes (bench/README.md, "Subscriptions"), far
+    # less for prefixes many subscribers share; NATS leaves max_subscriptions unbounded by default, Pushpin allows
+    # 20 per connection (connection_subscription_max). These leave any sane subscriber room and cap one peer at
+    # tens of MiB and one output at a few GiB (docs/concepts.md, "Subscriptions").
+    Setting("subscriptions_per_connection", "subscriptions", 10_000,
+            "most subscriptions (distinct prefixes) one connection may hold on an output (publish, relay, "
+            "stamped); a subscription past it closes that connection, counted in "
+            "fanoutd_subscriptions_refused_total{bound=\"connection\"}; 0: no bound", live=True),
+    Setting("subscriptions_per_address", "subscriptions", 100_000,
+            "most subscriptions the connections from one peer address may hold together on an output; a "
+            "subscription past it closes the connection that sent it (bound=\"address\"); 0: no bound",
+            live=True),
+    Setting("subscriptions_per_socket", "subscriptions", 1_000_000,
+            "most subscriptions all connections of an output may hold together; a subscription past it closes "
+            "the connection that sent it (bound=\"socket\"); 0: no bound", live=True),
     Setting("peers_view", "bool", True,
             "serve /peers: each connection's peer address, queued bytes and state, and why recent ones closed "
             "(reveals client addresses on the metrics port)"),

@@ -59,6 +59,17 @@ def _per_output(output: str) -> tuple[Counter, Counter]:
             Counter(f"{output}_held_ns", "fanoutd_output_held_seconds", socket, per_unit=10**9))
 
 
+SUBSCRIPTION_BOUNDS = ("connection", "address", "socket")  # dataplane/subs.c's bounds, in its order
+
+
+def _subscriptions(output: str) -> tuple[Counter, ...]:
+    """An output's subscriptions refused per bound, and the subscriptions it holds (a gauge the loop publishes)."""
+    return (*(Counter(f"{output}_subs_refused_{bound}", "fanoutd_subscriptions_refused",
+                      (("socket", output), ("bound", bound)), "subscriptions refused")
+              for bound in SUBSCRIPTION_BOUNDS),
+            Counter(f"{output}_subscriptions"))
+
+
 # In the order of `fanoutd top`'s screen.
 COUNTERS: tuple[Counter, ...] = (
     Counter(RECEIVED, "fanoutd_received_messages", screen="received"),
@@ -95,6 +106,7 @@ COUNTERS: tuple[Counter, ...] = (
     _repair("malformed", "repair_malformed"),
     _repair("oversize", "repair_oversize"),
     _repair("flood", "repair_flood"),
+    *_subscriptions("publish"), *_subscriptions("relay"), *_subscriptions("stamped"),
     Counter(TICKS),  # the loop's turns: the watchdog's proof that it goes round
 )
 BY_NAME: dict[str, Counter] = {counter.name: counter for counter in COUNTERS}

@@ -117,6 +117,7 @@ class BrokerCollector:
                 held.add_metric(hold.label_values, c[hold.name] / hold.per_unit)
         yield stalls
         yield held
+        yield from _subscriptions(src.config(), c)
         yield GaugeMetricFamily("fanoutd_history_bytes", "Bytes the repair history holds: message frames "
                                 "(shared with the outputs, not copied) plus each entry's overhead; bounded by "
                                 "history_bytes.", value=c[HISTORY_BYTES])
@@ -172,6 +173,25 @@ class BrokerCollector:
         info.add_metric([], {"version": __version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
                              "node": src.node_id})
         yield info
+
+
+def _subscriptions(config: Config, c: Mapping[str, int]) -> Iterator[Metric]:
+    """Each configured output's subscriptions held, and those refused by bound (dataplane/subs.c)."""
+    held = GaugeMetricFamily("fanoutd_subscriptions", "Subscriptions (distinct prefixes per connection) an output "
+                             "holds for its connections, per socket; bounded by subscriptions_per_socket.",
+                             labels=["socket"])
+    refused = CounterMetricFamily("fanoutd_subscriptions_refused", "Connections closed because a subscription "
+                                  "they sent would pass a bound, per socket and bound: connection "
+                                  "(subscriptions_per_connection), address (subscriptions_per_address), socket "
+                                  "(subscriptions_per_socket).", labels=["socket", "bound"])
+    for output in ("publish", "relay", "stamped"):
+        if getattr(config, output):
+            held.add_metric([output], c[f"{output}_subscriptions"])
+    for counter in in_family("fanoutd_subscriptions_refused"):
+        if getattr(config, counter.label_values[0]):
+            refused.add_metric(counter.label_values, c[counter.name])
+    yield held
+    yield refused
 
 
 def _filled(family: GaugeMetricFamily | CounterMetricFamily,

@@ -127,6 +127,8 @@ class PeerTracker:
         # Hooks for the upstream link (this node's own outgoing connections): refused, and linked.
         self.on_refused: Callable[[str, str], None] | None = None
         self.on_linked: Callable[[str], None] | None = None
+        # Hook for every connection that closes (fanoutd.subscriptions forgets what it subscribed).
+        self.on_closed: Callable[[Connection], None] | None = None
         self._sockets: list[zmq.Socket] = []
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -173,6 +175,8 @@ class PeerTracker:
                 conn = conns.pop(value, None)
                 if conn is not None:
                     self._closed(conn)
+                    if self.on_closed is not None:
+                        self.on_closed(conn)
                 self.disconnects[role] += 1
             if len(conns) != before:
                 log.debug("%s: %d peer(s) connected on %s", role, len(conns), frames[1].decode(errors="replace"))

@@ -25,6 +25,7 @@ from .dataplane.engine import BindError, Engine
 from .keys import Keys
 from .peers import PeerTracker
 from .senders import Senders
+from .subscriptions import Subscriptions
 from .reload import Plan
 from .links import UpstreamWatch
 from .slow import Guard
@@ -55,6 +56,7 @@ class Runtime:
         self.peers = PeerTracker(self.context, self.engine.roles, self._on_peers)
         self.guard = Guard(config, self.peers, self.engine)
         self.senders = Senders(self.engine, self.peers)
+        self.subscriptions = Subscriptions(self.engine, self.peers)
         self.upstreams = UpstreamWatch(config, self.context, self.engine.spec("upstream"))
         self.upstreams.heal_with(self.engine.reconnect, zmq.curve_public(keys.secret) if keys.secret else None)
         self.peers.on_refused, self.peers.on_linked = self.upstreams.refused, self.upstreams.linked
@@ -69,7 +71,8 @@ class Runtime:
             pending=self.engine.pending_bytes,
             producer_peers=self.senders.counts, http_auth_failures=lambda: self.gate.failures)
         registry = metrics.make_registry(metrics.BrokerCollector(sources))
-        peers_view = (lambda: view.peers(self.peers, self.engine.held_bytes())) if config.peers_view else None
+        peers_view = ((lambda: view.peers(self.peers, self.engine.held_bytes(), self.engine.subscriptions_of))
+                      if config.peers_view else None)
         self.server = MetricsServer(config.metrics, self.gate,
                                     metrics.make_app(registry, self.readiness, peers_view, self.endpoints))
 
@@ -99,6 +102,7 @@ class Runtime:
             library = self.engine.open()
             self.guard.start(self._on_crash)
             self.senders.start(self._on_crash)
+            self.subscriptions.start(self._on_crash)
             self.upstreams.start(self._on_crash)
             self._serve_http()
             result = self.engine.start()
@@ -145,6 +149,7 @@ class Runtime:
             ("the hashing threads", lambda: self.hashing.kill()),
             ("the slow-consumer guard", self.guard.close),
             ("the producer types", self.senders.close),
+            ("the subscription bounds", self.subscriptions.close),
             ("the upstream watch", self.upstreams.close),
             ("the forwarding loop", lambda: self.engine.close(timeout=remaining())),
             ("the socket monitors", self.peers.close),

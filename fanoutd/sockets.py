@@ -179,9 +179,10 @@ def describe(config: Config, secret_key: bytes | None = None,
             # the prefix (bench/README.md, "Subscriptions"): a frame over the cap closes just that connection.
             options += ((zmq.SNDHWM, hwm), (zmq.MAXMSGSIZE, wire.OUTPUT_FRAME_MAX))
         if role.fans_out:  # refuse, rather than silently drop for one subscriber: the loop decides (dataplane/fanout.c)
-            options += ((zmq.XPUB_NODROP, 1),)
-        if role.name == "stamped":  # every subscription reaches the loop, which answers each (READY)
-            options += ((zmq.XPUB_VERBOSE, 1),)
+            # Every subscription and unsubscription reaches the loop with its connection's metadata: it counts and
+            # bounds them per connection, peer address and output (dataplane/subs.c), and answers each subscription
+            # on the stamped output (READY).
+            options += ((zmq.XPUB_NODROP, 1), (zmq.XPUB_VERBOSER, 1))
         if role.name == "relay":
             options += ((zmq.METADATA, RELAY_METADATA), (zmq.XPUB_WELCOME_MSG, wire.RELAY_HELLO))
         if role.name == "relay_repair":  # a repaired message passes the edge's checks as the relay's do

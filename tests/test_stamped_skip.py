@@ -30,7 +30,7 @@ def loop(ctx: zmq.Context) -> Iterator[tuple[zmq.Socket, zmq.Socket, _forward.Fo
     collector.setsockopt(zmq.SUBSCRIBE, b"")
     for out in (publish, stamped):
         out.setsockopt(zmq.XPUB_NODROP, 1)
-    stamped.setsockopt(zmq.XPUB_VERBOSE, 1)  # as the daemon's (fanoutd/sockets.py)
+    stamped.setsockopt(zmq.XPUB_VERBOSER, 1)  # as the daemon's (fanoutd/sockets.py)
     collector.bind("inproc://collector")
     publish.bind("inproc://publish")
     stamped.bind("inproc://stamped")

@@ -1,7 +1,7 @@
 """One subscription cannot be huge: the outputs cap what a subscriber may send (wire.OUTPUT_FRAME_MAX).
 
 libzmq keeps a subscription in a trie at about 48 bytes per prefix byte
-(docs/concepts.md, "What remains unbounded"), so a single 1 MiB subscription
+(docs/concepts.md, "Subscriptions"), so a single 1 MiB subscription
 used to cost the broker some 49 MiB. A subscription over the cap now closes
 only the connection that sent it (counted in fanoutd_disconnects_total);
 other subscribers go on receiving, and a long prefix under the cap still works.

@@ -9,12 +9,14 @@
  * One translation unit, so the per-message path inlines across the job files
  * it includes (none is compiled alone):
  *   forwarder.h   the Forwarder's fields and the hub-loop contract
+ *   subs.h        the subscription bounds' state and what of it the hub and the loop share
  *   libzmq.c      binding the loop to the libzmq pyzmq uses (zmq_abi.h)
  *   held.c        the held-bytes ledger: what libzmq holds for each output
  *   fanout.c      sending to the XPUB outputs, and the stall protocol
  *   trailer.c     the trailer codec (wire.h)
  *   stamps.c      stamp streams and upstream gaps (_streams.h)
  *   senders.c     producer connections by Socket-Type, for the hub (senders.h)
+ *   subs.c        the outputs' subscriptions, counted per connection, address and output, and bounded
  *   history.c     the repair history: what the stamped output sent, per stream, bounded
  *   repair.c      the repair endpoint, served from the history in the loop
  *   loop.c        the loop: read, check, count and hand each message out
@@ -37,6 +39,7 @@
 #include <linux/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -47,6 +50,7 @@
 #include "_streams.h"
 #include "senders.h"
 #include "forwarder.h"
+#include "subs.h"
 
 #include "libzmq.c"
 #include "held.c"
@@ -54,6 +58,7 @@
 #include "trailer.c"
 #include "stamps.c"
 #include "senders.c"
+#include "subs.c"
 #include "history.c"
 #include "repair.c"
 #include "loop.c"

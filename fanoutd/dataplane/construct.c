@@ -214,7 +214,7 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
     f->relay = f->outs[OUT_RELAY] = s[S_RELAY];
     f->outs[OUT_STAMPED] = s[S_STAMPED];
     f->push = s[S_PUSH];
-    if (f->push && !(f->push_held = ledger_new())) {
+    if ((f->push && !(f->push_held = ledger_new())) || !(f->subs = subs_new())) {
         PyErr_NoMemory();
         return -1;
     }

@@ -110,6 +110,7 @@ class Engine:
             history_bytes=c.history_bytes if c.stamped or c.relay_repair else 0,
             history_ns=int(c.history_seconds * 1e9),
             upstream_repair_endpoint=c.upstream_repair[0] if c.upstream_repair else None)
+        self._forwarder.set_subscription_bounds(*_subscription_bounds(c))
         return None
 
     def start(self) -> Any:
@@ -220,6 +221,24 @@ class Engine:
         if self._forwarder is not None:
             self._forwarder.forget_senders()
 
+    def subscriber_closed(self, fd: int, inode: int) -> bool:
+        """A connection of an output closed: its subscriptions stop counting. False: the loop is behind, try later."""
+        if self._forwarder is None:
+            return True
+        return bool(self._forwarder.subscriber_closed(fd, max(inode, 0)))
+
+    def subscriptions_of(self, role: str, fd: int) -> int:
+        """The subscriptions the loop counts for the connection ``fd`` of output ``role`` (for /peers)."""
+        if self._forwarder is None:
+            return 0
+        return int(self._forwarder.subscriptions_of(_forward.OUTPUTS.index(role), fd))
+
+    def subscription_refusals(self) -> list[tuple[str, str, int, int, int, str]]:
+        """Connections the loop closed for a subscription past a bound: (output, bound, fd, inode, value, address)."""
+        if self._forwarder is None:
+            return []
+        return [(_forward.OUTPUTS[out], *rest) for out, *rest in self._forwarder.subscription_refusals()]
+
     def answer_stall(self, role: str, number: int, stall_on: bool) -> None:
         """The guard has looked at stall ``number``: stall on for another stall period, or send lossy."""
         if self._forwarder is not None:
@@ -262,6 +281,7 @@ class Engine:
                                        stall_above=stall_above(config.slow_consumer_policy,
                                                                config.slow_consumer_max_pending),
                                        push_above=config.slow_consumer_max_pending)
+            self._forwarder.set_subscription_bounds(*_subscription_bounds(config))
 
     def terminate(self, timeout: float) -> bool:
         """Terminate the context in the worker thread; False if it did not finish in time."""
@@ -273,6 +293,11 @@ class Engine:
             return False
         os.close(self.stall_fd)  # only once the loop, its only writer, is gone
         return True
+
+
+def _subscription_bounds(config: Config) -> tuple[int, int, int]:
+    """The loop's subscription bounds (dataplane/subs.c): per connection, per peer address, per output."""
+    return (config.subscriptions_per_connection, config.subscriptions_per_address, config.subscriptions_per_socket)
 
 
 def _by_output(numbers: tuple[int, ...]) -> dict[str, int]:

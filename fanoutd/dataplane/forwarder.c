@@ -217,6 +217,7 @@ static void Forwarder_dealloc(Forwarder *f)
     free(f->repair);
     free(f->relay_repair);
     free(f->uprepair);
+    subs_free(f->subs);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 
@@ -261,6 +262,19 @@ static PyMethodDef Forwarder_methods[] = {
     {"forget_senders", (PyCFunction)Forwarder_forget_senders, METH_NOARGS,
      "A producer connection has closed: the loop reports every connection again at its next message. "
      "Hub only."},
+    {"set_subscription_bounds", (PyCFunction)Forwarder_set_subscription_bounds, METH_VARARGS,
+     "set_subscription_bounds(per_connection, per_address, per_socket): the most subscriptions (distinct "
+     "prefixes) an output holds for one connection, one peer address and in all (0: no bound); one that would "
+     "pass a bound closes its connection. Thread-safe."},
+    {"subscriber_closed", (PyCFunction)Forwarder_subscriber_closed, METH_VARARGS,
+     "subscriber_closed(fd, inode): a connection of an output closed, so its subscriptions no longer count "
+     "(inode 0 if unknown); False if the loop has not taken the earlier ones yet (try again). Hub only."},
+    {"subscriptions_of", (PyCFunction)Forwarder_subscriptions_of, METH_VARARGS,
+     "subscriptions_of(output, fd): the subscriptions the loop counts for that connection of the output "
+     "(0: none, or not heard of); for /peers. Thread-safe."},
+    {"subscription_refusals", (PyCFunction)Forwarder_subscription_refusals, METH_NOARGS,
+     "Connections closed for a subscription over a bound since the last call: [(output, bound, fd, inode, "
+     "the bound's value, peer address)]. Hub only."},
     {"counters", (PyCFunction)Forwarder_counters, METH_NOARGS,
      "A snapshot of the counters, at most one batch or one tick stale."},
     {"topic_counters", (PyCFunction)Forwarder_topic_counters, METH_NOARGS,

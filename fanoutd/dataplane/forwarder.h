@@ -32,7 +32,10 @@ enum {
     C_REPAIR_RANGE, C_REPAIR_HEADS, C_REPAIR_UNSENT, C_REPAIR_MALFORMED, C_REPAIR_OVERSIZE, C_REPAIR_FLOOD,
     C_PUSH_MAX_PENDING,
     C_UPSTREAM_REPAIRED, C_UPSTREAM_UNREPAIRED,  /* uprepair.c */
-    C_COUNT
+    /* subs.c: subscriptions refused, per output (OUT_* order) and bound (connection, address, socket); then the
+     * subscriptions each output holds (gauges) */
+    C_SUBS_REFUSED, C_SUBSCRIPTIONS = C_SUBS_REFUSED + 9,
+    C_COUNT = C_SUBSCRIPTIONS + 3
 };
 static const char *COUNTER_NAMES[C_COUNT] = {
     "received_messages", "received_bytes", "published_messages", "publish_dropped",
@@ -47,6 +50,10 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "repair_range", "repair_heads", "repair_unsent", "repair_malformed", "repair_oversize", "repair_flood",
     "push_dropped_max_pending",
     "upstream_repaired_messages", "upstream_unrepaired_messages",
+    "publish_subs_refused_connection", "publish_subs_refused_address", "publish_subs_refused_socket",
+    "relay_subs_refused_connection", "relay_subs_refused_address", "relay_subs_refused_socket",
+    "stamped_subs_refused_connection", "stamped_subs_refused_address", "stamped_subs_refused_socket",
+    "publish_subscriptions", "relay_subscriptions", "stamped_subscriptions",
 };
 
 /* The fanning-out outputs (XPUB sockets with ZMQ_XPUB_NODROP), in the order of the module's OUTPUTS. */
@@ -67,6 +74,7 @@ typedef struct ledger ledger_t;  /* bytes libzmq holds for one output's readers 
 typedef struct history history_t;  /* the repair history (history.c) */
 typedef struct repair repair_t;    /* the repair endpoint's state (repair.c) */
 typedef struct uprepair uprepair_t;  /* an edge asking its hub for what its upstream link missed (uprepair.c) */
+typedef struct subs subs_t;        /* the outputs' subscriptions, counted and bounded (subs.c) */
 
 typedef struct {
     PyObject_HEAD
@@ -91,6 +99,10 @@ typedef struct {
     repair_t *repair;
     repair_t *relay_repair;        /* the relay's repair endpoint: the same history, replies with their route */
     uprepair_t *uprepair;          /* the edge's side: the upstream link's gaps asked of the hub (NULL: not asked) */
+    /* The outputs' subscriptions per connection, address and output (never NULL once constructed): the loop's
+     * alone but for the bounds (hub writes, relaxed) and two rings, closed connections in and refusals out,
+     * each single-producer single-consumer with acquire/release (subs.c has the contract). */
+    subs_t *subs;
     int64_t stall_ns;              /* how long a stall lasts before the loop asks the guard again; 0: lossy at once */
     int ntopics;                   /* per-topic counting (off when 0): the allowlist */
     char *topic_data[TOPICS_CAP];

@@ -133,9 +133,10 @@ static int trailed_out(Forwarder *f, int out, int n, const trailer_t *from, cons
     return 0;
 }
 
-/* Read what subscribers send an XPUB (their subscriptions), which would
- * otherwise pile up in it (libzmq has applied them already); on the stamped
- * output, answer each subscription. */
+/* Read what subscribers send an XPUB (their subscriptions and, with
+ * XPUB_VERBOSER, unsubscriptions), which would otherwise pile up in it
+ * (libzmq has applied them already): count and bound each (subs.c); on the
+ * stamped output, answer each subscription. */
 static int read_subscriptions(Forwarder *f, int out)
 {
     zmsg_t m;
@@ -144,6 +145,11 @@ static int read_subscriptions(Forwarder *f, int out)
             return -1;
         int rc = Z.msg_recv(&m, f->outs[out], Z_DONTWAIT);
         int err = rc < 0 ? Z.errno_() : 0;
+        if (rc >= 0 && subs_note(f, out, &m) < 0) {
+            Z.msg_close(&m);
+            errno = ENOMEM;
+            return -1;
+        }
         if (rc >= 0 && out == OUT_STAMPED)
             f->stamped_heard = now_ns();
         if (rc >= 0 && out == OUT_STAMPED && answer_subscription(f->outs[out], &m) < 0) {
@@ -340,6 +346,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
             busy |= handled == BATCH;
             read |= handled > 0;
         }
+        subs_take_closes(f);
         for (int o = 0; o < OUTS && !failed; o++)
             failed = f->outs[o] && read_subscriptions(f, o) < 0;
         if (!failed)
@@ -364,7 +371,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
                 return "drained";
             wait_ms = 5;
         }
-        zpollitem_t items[INPUTS_CAP + 3];
+        zpollitem_t items[INPUTS_CAP + 3 + OUTS];
         int nitems = f->ninputs;
         for (int i = 0; i < f->ninputs; i++)
             items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
@@ -374,6 +381,9 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
             items[nitems++] = (zpollitem_t){f->relay_repair->sock, 0, Z_POLLIN, 0};
         if (f->uprepair)  /* and the hub's answers to this node's repair requests */
             items[nitems++] = (zpollitem_t){uprepair_socket(f->uprepair), 0, Z_POLLIN, 0};
+        for (int o = 0; o < OUTS; o++)  /* and a subscription: counted (and bounded) as soon as it is handed up */
+            if (f->outs[o])
+                items[nitems++] = (zpollitem_t){f->outs[o], 0, Z_POLLIN, 0};
         if (Z.poll(items, nitems, wait_ms) < 0 && (*err = Z.errno_()) != EINTR)
             return *err == Z_ETERM ? "terminated" : NULL;
     }
