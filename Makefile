@@ -67,9 +67,11 @@ uninstall-service:
 DEB_OUT ?= build/deb
 DEB_PYTHON ?= /usr/bin/python3
 deb-wheels:
+	sh .ci/system-deps deb
 	sh debian/build.sh wheels '$(DEB_OUT)/wheels' '$(DEB_PYTHON)'
 
 deb: $(if $(WHEELS),,deb-wheels)
+	sh .ci/system-deps deb
 	sh debian/build.sh deb '$(DEB_OUT)' '$(or $(WHEELS),$(DEB_OUT)/wheels)' '$(DEB_VERSION)'
 
 clean:

@@ -27,7 +27,8 @@ for sub in $SUBCOMMANDS; do
     } >> "$work/include"
 done
 mkdir -p "$(dirname "$OUT")"
-help2man --no-info --no-discard-stderr --section=1 --name="$SUMMARY" \
-    --include="$work/include" --output="$OUT" "$work/$COMMAND"
+include=""
+[ ! -s "$work/include" ] || include="--include=$work/include"
+help2man --no-info --no-discard-stderr --section=1 --name="$SUMMARY" $include --output="$OUT" "$work/$COMMAND"
 # help2man names the program by the path it ran: make it the command's.
 grep -q "^\.TH \"\?$(echo "$COMMAND" | tr a-z A-Z)" "$OUT" || { echo "manpage.sh: $OUT has no .TH for $COMMAND" >&2; exit 1; }
