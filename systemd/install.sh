@@ -153,7 +153,7 @@ install_venv() {
 # systemd/fanoutd.service with ExecStart pointing at $PREFIX/bin/fanoutd, nothing else changed, into file $1.
 render_unit() {
     {
-        echo "# Installed by fanoutd's systemd/install.sh: systemd/fanoutd.service with ExecStart"
+        echo "# Made by fanoutd's systemd/install.sh from systemd/fanoutd.service, with ExecStart"
         echo "# pointing at the virtualenv $PREFIX. Change settings in a drop-in."
         sed -e "s|^ExecStart=[^ ]*/fanoutd |ExecStart=$PREFIX/bin/fanoutd |" "$HERE/$UNIT_NAME"
     } > "$1"

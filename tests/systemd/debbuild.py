@@ -33,7 +33,8 @@ class Debs:
 
 def run(cmd: list[str], what: str, cwd: Path = REPO, timeout: float = 600) -> str:
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
-    assert r.returncode == 0, f"{what}: {' '.join(cmd)} exited with {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}"
+    assert r.returncode == 0, \
+        f"{what}: {' '.join(cmd)} exited with {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}"
     return r.stdout
 
 
