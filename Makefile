@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system-deps bench soak clean install-service uninstall-service reference
+.PHONY: run test install system-deps bench soak clean install-service uninstall-service reference deb deb-wheels
 
 $(STAMP): pyproject.toml setup.py $(wildcard fanoutd/dataplane/*.c fanoutd/dataplane/*.h) fanoutd/dataplane/limits.py
 	sh .ci/system-deps build
@@ -55,6 +55,24 @@ install-service:
 
 uninstall-service:
 	sh systemd/install.sh --uninstall
+
+# The Debian package (Debian 12 and its python3), built with dh-virtualenv
+# into DEB_OUT (default build/deb): fanoutd_<version>_<arch>.deb. Offline
+# from WHEELS=DIR, a directory of the wheels of fanoutd's dependencies and
+# build requirements; without WHEELS, `make deb-wheels` first fills
+# $(DEB_OUT)/wheels from the package index. DEB_VERSION=V builds the package
+# as version V (a changelog entry added in the build copy). The build runs in
+# a copy of the tree, so nothing is written into it. Needs the packages of
+# `.ci/system-deps deb`. See docs/operations.md, "The Debian package".
+DEB_OUT ?= build/deb
+DEB_PYTHON ?= /usr/bin/python3
+deb-wheels:
+	sh .ci/system-deps deb
+	sh debian/build.sh wheels '$(DEB_OUT)/wheels' '$(DEB_PYTHON)'
+
+deb: $(if $(WHEELS),,deb-wheels)
+	sh .ci/system-deps deb
+	sh debian/build.sh deb '$(DEB_OUT)' '$(or $(WHEELS),$(DEB_OUT)/wheels)' '$(DEB_VERSION)'
 
 clean:
 	rm -rf $(VENV) build *.egg-info fanoutd/*.so fanoutd/dataplane/*.so

@@ -6,6 +6,7 @@
 #
 #   systemd/install.sh [--wheels DIR] [--curve] [--root DIR]
 #   systemd/install.sh --uninstall [--root DIR]
+#   systemd/install.sh --print-unit
 #
 # Install:
 #   1. apt-get installs what a stock Debian lacks, and only if it is missing:
@@ -27,6 +28,10 @@
 # Uninstall: stops and disables the service (when systemd runs), removes the
 # virtualenv, the unit and the curve.conf drop-in; /etc/fanoutd (config,
 # keys) is kept.
+#
+# --print-unit prints the unit of step 3 for $PREFIX and does nothing else:
+# the Debian package (debian/rules) builds its unit with it, so both ways of
+# installing run the same unit, from the one source systemd/fanoutd.service.
 #
 # Environment: PREFIX (virtualenv, absolute path), PYTHON (the interpreter
 # that creates it, default python3), FANOUTD_NO_APT=1 (never run apt-get),
@@ -57,6 +62,7 @@ while [ $# -gt 0 ]; do
         --root=*) ROOT=${1#*=}; shift ;;
         --curve) CURVE=1; shift ;;
         --uninstall) ACTION=uninstall; shift ;;
+        --print-unit) ACTION=print-unit; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -78,7 +84,7 @@ if [ -n "$ROOT" ]; then
     ROOT=$(cd "$ROOT" && pwd)
     [ "$ROOT" != / ] || ROOT=""
 fi
-if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
+if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ] && [ "$ACTION" != print-unit ]; then
     die "run as root (it writes $PREFIX, /etc/systemd/system and /etc/fanoutd), or stage with --root DIR"
 fi
 
@@ -144,15 +150,20 @@ install_venv() {
     say "installed $("$VENV/bin/fanoutd" --version) in $VENV"
 }
 
+# systemd/fanoutd.service with ExecStart pointing at $PREFIX/bin/fanoutd, nothing else changed, into file $1.
+render_unit() {
+    {
+        echo "# Made by fanoutd's systemd/install.sh from systemd/fanoutd.service, with ExecStart"
+        echo "# pointing at the virtualenv $PREFIX. Change settings in a drop-in."
+        sed -e "s|^ExecStart=[^ ]*/fanoutd |ExecStart=$PREFIX/bin/fanoutd |" "$HERE/$UNIT_NAME"
+    } > "$1"
+    grep -q "^ExecStart=$PREFIX/bin/fanoutd " "$1" || die "could not point ExecStart of $HERE/$UNIT_NAME at $PREFIX"
+}
+
 install_unit() {
     tmp=$(mktemp)
     trap 'rm -f "$tmp"' EXIT
-    {
-        echo "# Installed by fanoutd's systemd/install.sh: systemd/fanoutd.service with ExecStart"
-        echo "# pointing at the virtualenv $PREFIX. Change settings in a drop-in."
-        sed -e "s|^ExecStart=[^ ]*/fanoutd |ExecStart=$PREFIX/bin/fanoutd |" "$HERE/$UNIT_NAME"
-    } > "$tmp"
-    grep -q "^ExecStart=$PREFIX/bin/fanoutd " "$tmp" || die "could not point ExecStart of $HERE/$UNIT_NAME at $PREFIX"
+    render_unit "$tmp"
     mkdir -p "$UNIT_DIR"
     install -m 644 "$tmp" "$UNIT"
     rm -f "$tmp"
@@ -238,7 +249,15 @@ do_uninstall() {
     fi
 }
 
+do_print_unit() {
+    tmp=$(mktemp)
+    trap 'rm -f "$tmp"' EXIT
+    render_unit "$tmp"
+    cat "$tmp"
+}
+
 case $ACTION in
     install) do_install ;;
+    print-unit) do_print_unit ;;
     uninstall) do_uninstall ;;
 esac

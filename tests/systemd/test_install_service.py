@@ -181,7 +181,7 @@ def test_install_offline_curve_credential_uninstall(tmp_path: Path) -> None:
 
         shipped = (REPO / "systemd" / UNIT).read_text()
         installed = read(box, f"/etc/systemd/system/{UNIT}")
-        body = "".join(line for line in installed.splitlines(keepends=True) if not line.startswith("# Installed by")
+        body = "".join(line for line in installed.splitlines(keepends=True) if not line.startswith("# Made by")
                        and not line.startswith("# pointing at the virtualenv"))
         assert body == shipped.replace("ExecStart=/usr/local/bin/fanoutd ", f"ExecStart={PREFIX}/bin/fanoutd "), \
             installed
