@@ -200,7 +200,10 @@ def test_install_offline_curve_credential_uninstall(tmp_path: Path) -> None:
         assert box.systemctl("start", UNIT, timeout=45, check=False).returncode != 0, box.journal(UNIT)
         assert "curve_secret_key: cannot read server.key_secret" in box.journal(UNIT, output="cat"), \
             box.journal(UNIT)
-        box.systemctl("reset-failed", UNIT)
+        # Stop first: the failed start left an automatic restart pending (Restart=on-failure), which could
+        # otherwise run, and fail again, while the drop-in below is installed.
+        box.systemctl("stop", UNIT)
+        box.systemctl("reset-failed", UNIT, check=False)  # a stopped unit may be unloaded already: nothing to reset
 
         # 3. Install again with the LoadCredential= drop-in: idempotent, the config kept.
         out = install(box, "--wheels", str(wheels), "--curve")
