@@ -82,6 +82,7 @@ COUNTERS: tuple[Counter, ...] = (
     Counter("upstream_gaps", "fanoutd_upstream_gaps", screen="upstream gaps"),
     Counter("upstream_repaired_messages", "fanoutd_upstream_repaired_messages", screen="upstream repaired"),
     Counter("upstream_unrepaired_messages", "fanoutd_upstream_unrepaired_messages", screen="upstream unrepaired"),
+    Counter("upstream_duplicates", "fanoutd_upstream_duplicate_messages"),  # claimed by a repair of the link's tail
     Counter("upstream_untracked", "fanoutd_upstream_untracked_messages"),
     Counter("upstream_hellos", "fanoutd_upstream_hellos"),  # a relay's greeting on the upstream link: not a message
     Counter("stream_evictions", "fanoutd_stamp_stream_evictions"),

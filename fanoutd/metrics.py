@@ -135,12 +135,16 @@ class BrokerCollector:
         yield repairs
         if src.config().upstream:
             yield _total("fanoutd_upstream_gaps", "Messages an upstream stamped for this node's subscriptions "
-                         "that never arrived over the link (sequence gaps).", c)
+                         "that never arrived over the link (sequence gaps, seen at a stream's next message or, "
+                         "with upstream_repair, in the upstream's heads when the link reconnects).", c)
             yield _total("fanoutd_upstream_repaired_messages", "Messages the upstream's relay_repair endpoint "
                          "supplied for gaps on the link (upstream_repair), delivered as new messages.", c)
             yield _total("fanoutd_upstream_unrepaired_messages", "Of the gaps on the upstream link, messages that "
                          "could not be repaired: gone from the upstream's history, another epoch, unanswered "
                          "within 10 s, or past the 256 gaps waiting (0 without upstream_repair: not asked).", c)
+            yield _total("fanoutd_upstream_duplicate_messages", "Messages that came over the upstream link after "
+                         "a repair had claimed them (a gap at a stream's end, named by the upstream's heads while "
+                         "they were still on their way): refused, since the repair delivers them.", c)
             yield _total("fanoutd_upstream_hellos", "Relay hellos read on the upstream links: greetings, "
                          "not messages (none of them is counted as received).", c)
             yield _total("fanoutd_upstream_untracked_messages", "Messages from upstream whose stream this node's "

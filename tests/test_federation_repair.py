@@ -61,7 +61,6 @@ def start_edge(start_daemon, hub, *flags: str, repair: bool = True, ready: bool 
 def live(sockets, hub, edge):
     """A reader on the edge and a producer at the hub, once a message goes all the way through."""
     sub = connected(sockets, zmq.SUB, edge.publish, rcvhwm=0)
-    settle(edge, "publish", 1)
     prod = ready_producer(sockets, hub.collector)
     n = 0
     while not sub.poll(100):  # the whole path is live: the edge's link subscribed, the reader too
@@ -130,6 +129,42 @@ def test_a_gap_on_the_link_is_repaired_from_the_hub_and_the_edge_reader_gets_eve
     assert edge.value("fanoutd_upstream_unrepaired_messages_total") == 0
     assert sorted(int(s) for s in got) == list(range(1, sent + 1)), "every message exactly once"
     assert hub.value("fanoutd_repaired_messages_total") >= gaps
+
+
+def test_a_gap_at_the_end_of_the_stream_is_found_through_the_hub_heads_with_no_further_traffic(
+        start_daemon, sockets):
+    """Nothing is sent after the thaw: only the heads the edge asks for at its reconnect show the gap."""
+    hub, edge, sub, prod = tree(start_daemon, sockets)
+    reader = Reader(sub)
+    sent = make_gap(hub, edge, prod)
+    wait_for("the edge's reader to get every message, with nothing sent after the gap", lambda: len(reader.got),
+             lambda n: n >= sent, timeout=60)
+    gaps = edge.value("fanoutd_upstream_gaps_total")
+    assert gaps > 0, "the test made no gap on the link"
+    assert edge.wait_value("fanoutd_upstream_repaired_messages_total", gaps) == gaps
+    assert edge.value("fanoutd_upstream_unrepaired_messages_total") == 0
+    got = reader.stop()
+    assert sorted(int(s) for s in got) == list(range(1, sent + 1)), "every message exactly once"
+    assert edge.value("fanoutd_upstream_duplicate_messages_total") == 0, "nothing more came over the link"
+
+
+def test_an_edge_of_an_edge_repairs_its_link_from_the_edge_between(start_daemon, sockets):
+    """hub -> middle -> edge: the edge's gap is served by the middle's relay_repair, from the middle's history of
+    what came over its own link (the route, [hub, middle], passes the edge's loop check)."""
+    hub = start_daemon("--relay", "tcp://127.0.0.1:*", "--push", "")
+    middle = start_hub(start_daemon, "--upstream", hub.bound()["relay"][0])
+    edge = start_edge(start_daemon, middle)
+    sub, prod = live(sockets, hub, edge)
+    reader = Reader(sub)
+    sent = make_gap(middle, edge, prod)
+    got, sent = finish(edge, prod, sent, reader)
+    gaps = edge.value("fanoutd_upstream_gaps_total")
+    assert gaps > 0, "the test made no gap on the edge's link"
+    assert edge.wait_value("fanoutd_upstream_repaired_messages_total", gaps) == gaps
+    assert sorted(int(s) for s in got) == list(range(1, sent + 1)), "every message exactly once"
+    assert middle.value("fanoutd_repaired_messages_total") >= gaps, "the middle served it"
+    assert hub.value("fanoutd_repaired_messages_total") == 0
+    assert middle.value("fanoutd_upstream_gaps_total") == 0, "the middle's own link lost nothing"
 
 
 def test_a_gap_older_than_the_hub_history_is_counted_as_not_repaired_exactly(start_daemon, sockets):

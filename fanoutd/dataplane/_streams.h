@@ -27,7 +27,7 @@
 
 typedef struct {
     uint64_t hash;
-    uint64_t stream;     /* the stamper: this key's stream id; the tracker: unused */
+    uint64_t stream;     /* the stamper: this key's stream id; the tracker: 1 while a tail repair claims up to seq */
     uint64_t seq;        /* the stamper: last sequence given; the tracker: last seen */
     int32_t chain;       /* next entry in the bucket, -1 ends */
     int32_t newer, older;
@@ -114,6 +114,21 @@ static void streams_unchain(stream_table *t, int32_t i)
     while (*link != i)
         link = &t->pool[*link].chain;
     *link = t->pool[i].chain;
+}
+
+/* The entry for key, or NULL: a lookup that neither creates nor reorders (an edge checking the heads its hub
+ * names against what it has seen, uprepair.c). */
+static stream_entry *streams_find(stream_table *t, const void *key, size_t len)
+{
+    if (len > WIRE_STREAM_KEY_CAP)
+        len = WIRE_STREAM_KEY_CAP;
+    uint64_t h = stream_hash(key, len);
+    for (int32_t i = t->buckets[h & t->mask]; i >= 0; i = t->pool[i].chain) {
+        stream_entry *e = &t->pool[i];
+        if (e->hash == h && e->len == len && memcmp(e->key, key, len) == 0)
+            return e;
+    }
+    return NULL;
 }
 
 /* The entry for key, made most recently used; *created says whether it is

@@ -31,7 +31,7 @@ enum {
     C_HISTORY_BYTES, C_HISTORY_EVICTED, C_REPAIRED,  /* history.c, repair.c (C_HISTORY_BYTES: a gauge) */
     C_REPAIR_RANGE, C_REPAIR_HEADS, C_REPAIR_UNSENT, C_REPAIR_MALFORMED, C_REPAIR_OVERSIZE, C_REPAIR_FLOOD,
     C_PUSH_MAX_PENDING,
-    C_UPSTREAM_REPAIRED, C_UPSTREAM_UNREPAIRED,  /* uprepair.c */
+    C_UPSTREAM_REPAIRED, C_UPSTREAM_UNREPAIRED, C_UPSTREAM_DUPLICATES,  /* uprepair.c */
     /* subs.c: subscriptions refused, per output (OUT_* order) and bound (connection, address, socket); then the
      * subscriptions each output holds (gauges) */
     C_SUBS_REFUSED, C_SUBSCRIPTIONS = C_SUBS_REFUSED + 9,
@@ -49,7 +49,7 @@ static const char *COUNTER_NAMES[C_COUNT] = {
     "history_bytes", "history_evicted", "repaired_messages",
     "repair_range", "repair_heads", "repair_unsent", "repair_malformed", "repair_oversize", "repair_flood",
     "push_dropped_max_pending",
-    "upstream_repaired_messages", "upstream_unrepaired_messages",
+    "upstream_repaired_messages", "upstream_unrepaired_messages", "upstream_duplicates",
     "publish_subs_refused_connection", "publish_subs_refused_address", "publish_subs_refused_socket",
     "relay_subs_refused_connection", "relay_subs_refused_address", "relay_subs_refused_socket",
     "stamped_subs_refused_connection", "stamped_subs_refused_address", "stamped_subs_refused_socket",
@@ -179,6 +179,7 @@ static void uprepair_gap(Forwarder *f, uint64_t epoch, uint64_t stream, uint64_t
 static int uprepair_pass(Forwarder *f);
 static void *uprepair_socket(const uprepair_t *u);
 static void uprepair_reconnect(Forwarder *f);
+static void uprepair_linked(Forwarder *f);
 
 /* The libzmq functions, set once by bind_libzmq before any loop runs (libzmq.c). */
 static struct zabi Z;

@@ -173,7 +173,9 @@ enum { FROM_PRODUCER = 0, FROM_UPSTREAM = 1, FROM_REPAIR = 2 };
  * route that does not already name this node: a message can never
  * circulate, whatever the topology. A repaired message passes the same
  * checks (the hub's relay_repair endpoint announces itself as its relay
- * does) but is no sighting of the link: its stamp is not tracked again. */
+ * does) but is no sighting of the link: its stamp is not tracked again. A
+ * live message a repair of the link's tail already claimed is refused and
+ * counted as a duplicate (stamps.c, track_upstream): the repair delivers it. */
 static int check_upstream(Forwarder *f, int n, trailer_t *t, int from)
 {
     const char *relay = Z.msg_gets(&f->parts[0], WIRE_RELAY_PROPERTY);
@@ -181,8 +183,8 @@ static int check_upstream(Forwarder *f, int n, trailer_t *t, int from)
         return C_REJECT_NOT_RELAY;
     if (n < 2 || parse_trailer(&f->parts[n - 1], t) < 0 || !(t->flags & WIRE_ROUTE))
         return C_REJECT_ROUTE;
-    if ((t->flags & WIRE_STAMP) && from == FROM_UPSTREAM)
-        track_upstream(f, &f->parts[0], &t->stamp);
+    if ((t->flags & WIRE_STAMP) && from == FROM_UPSTREAM && track_upstream(f, &f->parts[0], &t->stamp))
+        return C_UPSTREAM_DUPLICATES;
     for (int i = 0; i < t->hops; i++)
         if (memcmp(t->ids + (size_t)i * WIRE_NODE_ID_LEN, f->node_id, WIRE_NODE_ID_LEN) == 0)
             return C_REJECT_LOOP;
@@ -230,7 +232,9 @@ static int forward_parts(Forwarder *f, int n, uint64_t total, int overflow, int 
 {
     zmsg_t *p = f->parts;
     if (from == FROM_UPSTREAM && !overflow && is_hello(f, n)) {
-        f->local[C_UPSTREAM_HELLOS]++;  /* a link's greeting, not a message */
+        f->local[C_UPSTREAM_HELLOS]++;  /* a link's greeting, not a message: the link is (re)connected */
+        if (f->uprepair)
+            uprepair_linked(f);  /* a gap at the end of a stream is found through the hub's heads */
         return close_parts(f, n);
     }
     f->local[C_RECEIVED]++;

@@ -59,22 +59,30 @@ static int covers(Forwarder *f, zmsg_t *first, size_t keylen)
     return 0;
 }
 
-/* Count what the upstream stamped and this node never received. */
-static void track_upstream(Forwarder *f, zmsg_t *first, const stamp_t *s)
+/* Count what the upstream stamped and this node never received: 1 when the message is one a repair already
+ * claimed (a tail gap the hub's heads named while it was still on its way over the link, uprepair.c), which the
+ * repair delivers instead, else 0. The link is in order, so only a claimed range can come again: the claim ends
+ * at the first sequence past it. */
+static int track_upstream(Forwarder *f, zmsg_t *first, const stamp_t *s)
 {
     if (!covers(f, first, s->keylen)) {
         f->local[C_UPSTREAM_UNTRACKED]++;
-        return;
+        return 0;
     }
     unsigned char key[16];
     int created;
     put_u64(key, s->epoch);
     put_u64(key + 8, s->stream);
     stream_entry *e = streams_get(&f->seen, key, sizeof key, &created);
+    if (!created && e->stream && s->seq <= e->seq)
+        return 1;
     if (!created && s->seq > e->seq + 1) {
         f->local[C_UPSTREAM_GAPS] += s->seq - e->seq - 1;
         uprepair_gap(f, s->epoch, s->stream, e->seq + 1, s->seq - 1, 0);  /* asked of the hub when it can be */
     }
-    if (created || s->seq > e->seq)
+    if (created || s->seq > e->seq) {
         e->seq = s->seq;
+        e->stream = 0;
+    }
+    return 0;
 }

@@ -18,6 +18,15 @@
  * answer within UPREPAIR_TIMEOUT_NS. A range past the hub's bound per reply
  * (LIMIT) is asked for again from where the reply stopped.
  *
+ * A gap at the end of a stream (the link cut, nothing more sent on that stream) shows in no later message, so
+ * at each (re)connect of the link (the relay's hello) the loop asks the hub for the heads of the streams its
+ * upstream subscriptions (collector_topics) cover, one prefix at a time, and queues the range from the last
+ * sequence it saw of each stream to the head the hub names. Only streams it has seen (of that epoch): a stream
+ * it never saw is one its subscribers never saw either, as on the link itself, where a stream's first sighting
+ * starts its count. The head may name messages still on their way over the new link (the answer comes over
+ * another connection): the range is claimed (track_upstream, stamps.c), and a claimed message arriving live
+ * is refused as a duplicate (upstream_duplicates), so each is delivered once, by the repair.
+ *
  * Part of the _forward.c translation unit (included there, not compiled alone).
  */
 
@@ -39,6 +48,10 @@ struct uprepair {
     upgap_t flight[UPREPAIR_IN_FLIGHT];
     upgap_t queue[UPREPAIR_QUEUE];  /* a ring: queue[(head + i) % UPREPAIR_QUEUE], i < count */
     uint32_t head, count;
+    /* The heads asked for at a (re)connect of the link: one HEADS request per upstream subscription, in turn. */
+    int heads_next;       /* the subscription to ask for next (up_topic_data); -1: no round under way */
+    uint32_t heads_tag;   /* the request awaiting its answer; 0: none */
+    int64_t heads_at;     /* when it was sent, or when the subscription became the next one to ask for */
 };
 
 static uprepair_t *uprepair_new(void *sock, const char *endpoint)
@@ -46,6 +59,7 @@ static uprepair_t *uprepair_new(void *sock, const char *endpoint)
     uprepair_t *u = calloc(1, sizeof *u);
     if (u) {
         u->sock = sock;
+        u->heads_next = -1;
         snprintf(u->endpoint, sizeof u->endpoint, "%s", endpoint ? endpoint : "");
     }
     return u;
@@ -68,6 +82,88 @@ static void uprepair_reconnect(Forwarder *f)
 static void *uprepair_socket(const uprepair_t *u)
 {
     return u->sock;
+}
+
+static uint32_t next_tag(uprepair_t *u)
+{
+    return ++u->last_tag ? u->last_tag : ++u->last_tag;  /* 0 marks a free slot */
+}
+
+/* The link is (re)connected (its relay's hello): a round of HEADS requests starts, a round under way over. */
+static void uprepair_linked(Forwarder *f)
+{
+    uprepair_t *u = f->uprepair;
+    u->heads_next = 0;
+    u->heads_tag = 0;  /* an answer to the old round is read and dropped */
+    u->heads_at = f->tick_ns;
+}
+
+/* On to the next subscription of the round (the last one answered, unsendable or unanswered too long). */
+static void heads_next(Forwarder *f, uprepair_t *u)
+{
+    u->heads_tag = 0;
+    u->heads_next++;
+    u->heads_at = f->tick_ns;
+}
+
+/* Send the round's next HEADS request unless one awaits its answer: 0, or -1 when libzmq failed (errno_). */
+static int uprepair_ask_heads(Forwarder *f, uprepair_t *u)
+{
+    if (u->heads_tag && f->tick_ns - u->heads_at > UPREPAIR_TIMEOUT_NS)
+        heads_next(f, u);  /* unanswered: that subscription's tails are found at their next message, as before */
+    while (!u->heads_tag && u->heads_next >= 0) {
+        if (u->heads_next >= f->nup_topics) {
+            u->heads_next = -1;
+            return 0;
+        }
+        size_t len = f->up_topic_len[u->heads_next];
+        if (len > WIRE_STREAM_KEY_CAP || f->tick_ns - u->heads_at > UPREPAIR_TIMEOUT_NS) {
+            heads_next(f, u);  /* longer than any stream key (it covers none), or unsendable all that time */
+            continue;
+        }
+        uint32_t tag = next_tag(u);
+        zmsg_t m;
+        unsigned char *p = trailer_head(&m, WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN + len, WIRE_REPAIR_HEADS);
+        if (!p)
+            return -1;
+        put_u32(p, tag);
+        memcpy(p + WIRE_REPAIR_TAG_LEN, f->up_topic_data[u->heads_next], len);
+        if (send_now(&m, u->sock, Z_DONTWAIT) < 0) {
+            int err = Z.errno_();
+            Z.msg_close(&m);
+            return err == EAGAIN ? 0 : -1;  /* a later pass tries again */
+        }
+        u->heads_tag = tag;
+        u->heads_at = f->tick_ns;
+    }
+    return 0;
+}
+
+/* A HEADS answer (its body after the head): queue, for each stream of it this node has seen, the range from the
+ * last sequence seen to the hub's head, counted as a gap and claimed (track_upstream). A stream the answer
+ * leaves out (MORE: past the hub's bound per answer) is found at its next message, as before. */
+static void uprepair_heads(Forwarder *f, uprepair_t *u, const unsigned char *b, size_t len)
+{
+    heads_next(f, u);
+    if (len < WIRE_REPAIR_TAG_LEN + 10)
+        return;
+    uint64_t epoch = get_u64(b + WIRE_REPAIR_TAG_LEN);
+    size_t count = (size_t)(b[WIRE_REPAIR_TAG_LEN + 8] << 8 | b[WIRE_REPAIR_TAG_LEN + 9]);
+    size_t at = WIRE_REPAIR_TAG_LEN + 10;
+    for (size_t i = 0; i < count && at + 17 <= len; i++) {
+        uint64_t stream = get_u64(b + at), seq = get_u64(b + at + 8);
+        at += 17 + (size_t)b[at + 16];  /* stream, sequence, key length, key */
+        unsigned char key[16];
+        put_u64(key, epoch);
+        put_u64(key + 8, stream);
+        stream_entry *e = at <= len ? streams_find(&f->seen, key, sizeof key) : NULL;
+        if (!e || seq <= e->seq)
+            continue;
+        f->local[C_UPSTREAM_GAPS] += seq - e->seq;
+        uprepair_gap(f, epoch, stream, e->seq + 1, seq, 0);
+        e->seq = seq;
+        e->stream = 1;  /* claimed: what of it still comes over the link is refused, the repair delivers it */
+    }
 }
 
 static void unrepaired(Forwarder *f, uint64_t first, uint64_t last)
@@ -116,7 +212,7 @@ static int uprepair_send(Forwarder *f, uprepair_t *u)
             slot++;
         if (slot == UPREPAIR_IN_FLIGHT)
             return 0;
-        uint32_t tag = ++u->last_tag ? u->last_tag : ++u->last_tag;  /* 0 marks a free slot */
+        uint32_t tag = next_tag(u);
         zmsg_t m;
         unsigned char *p = trailer_head(&m, WIRE_HEAD_LEN + WIRE_REPAIR_RANGE_LEN, WIRE_REPAIR_RANGE);
         if (!p)
@@ -192,17 +288,20 @@ static int uprepair_read(Forwarder *f, uprepair_t *u)
     const unsigned char *d = Z.msg_data(&head);
     size_t len = Z.msg_size(&head);
     upgap_t *g = NULL;
-    int answer = len >= WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN && memcmp(d, WIRE_MAGIC, WIRE_MAGIC_LEN) == 0 &&
-                 d[4] == WIRE_VERSION && (d[5] & ~WIRE_REPAIR_END) == (WIRE_REPAIR_ANSWER | WIRE_REPAIR_RANGE);
-    if (answer) {
-        const unsigned char *t = d + WIRE_HEAD_LEN;
-        uint32_t tag = (uint32_t)t[0] << 24 | (uint32_t)t[1] << 16 | (uint32_t)t[2] << 8 | t[3];
+    int ours = len >= WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN && memcmp(d, WIRE_MAGIC, WIRE_MAGIC_LEN) == 0 &&
+               d[4] == WIRE_VERSION;
+    const unsigned char *t = d + WIRE_HEAD_LEN;
+    uint32_t tag = ours ? (uint32_t)t[0] << 24 | (uint32_t)t[1] << 16 | (uint32_t)t[2] << 8 | t[3] : 0;
+    int heads = ours && tag && tag == u->heads_tag && !Z.msg_more(&head) &&
+                (d[5] & ~WIRE_REPAIR_MORE) == (WIRE_REPAIR_ANSWER | WIRE_REPAIR_HEADS);
+    if (ours && (d[5] & ~WIRE_REPAIR_END) == (WIRE_REPAIR_ANSWER | WIRE_REPAIR_RANGE))
         for (int i = 0; i < UPREPAIR_IN_FLIGHT && !g; i++)
             g = u->flight[i].tag == tag ? &u->flight[i] : NULL;
-    }
     if (!g || (d[5] & WIRE_REPAIR_END) || !Z.msg_more(&head)) {
         if (g && (d[5] & WIRE_REPAIR_END))
             uprepair_end(f, g, d, len);
+        if (heads)
+            uprepair_heads(f, u, t, len - WIRE_HEAD_LEN);
         /* anything else (an answer to a request given up on, already counted) is read and dropped */
         int rc = drain_rest(u->sock, &head);
         Z.msg_close(&head);
@@ -221,8 +320,8 @@ static int uprepair_read(Forwarder *f, uprepair_t *u)
     return forward_parts(f, n, total, overflow, FROM_REPAIR) < 0 ? -1 : 1;
 }
 
-/* One pass's share: read up to BATCH answers, give up on requests unanswered too long, send queued gaps. 0, or
- * -1 when libzmq failed (errno_). */
+/* One pass's share: read up to BATCH answers, give up on requests unanswered too long, ask for the heads after a
+ * (re)connect, send queued gaps. 0, or -1 when libzmq failed (errno_). */
 static int uprepair_pass(Forwarder *f)
 {
     uprepair_t *u = f->uprepair;
@@ -242,5 +341,7 @@ static int uprepair_pass(Forwarder *f)
             g->tag = 0;
         }
     }
+    if (uprepair_ask_heads(f, u) < 0)
+        return -1;
     return uprepair_send(f, u);
 }
