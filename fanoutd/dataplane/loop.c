@@ -41,7 +41,7 @@ static int close_parts(Forwarder *f, int n)
 }
 
 /* Whether the PUSH output holds more bytes for its pullers than push_above (0: no bound). */
-static int push_over_bound(Forwarder *f, ledger_t *l, uint64_t above)
+static int push_over_bound(ledger_t *l, uint64_t above)
 {
     if (!l || l->held <= above)  /* the count only ever overstates until entries are taken back */
         return 0;
@@ -59,7 +59,7 @@ static int push_out(Forwarder *f, int n)
     uint64_t above = LOAD(f->push_above), counted = 0;
     ledger_t *ledger = above ? f->push_held : NULL;
     zmsg_t out;
-    if (push_over_bound(f, ledger, above)) {
+    if (push_over_bound(ledger, above)) {
         f->local[C_PUSH_MAX_PENDING]++;
         return 0;
     }
