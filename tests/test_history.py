@@ -10,6 +10,7 @@ runs against what the test knows is gone.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -70,11 +71,11 @@ def rig(ctx: zmq.Context, sockets: Callable[..., zmq.Socket]) -> Iterator[Callab
 
     make = sockets  # closed by the sockets fixture, after this one has stopped the loop
 
-    def start(history_bytes: int, history_ns: int = 0, repair_hwm: int = 10_000) -> Rig:
+    def start(history_bytes: int, history_ns: int = 0, repair_hwm: int = 10_000, stamped_hwm: int = 100_000) -> Rig:
         collector = make(zmq.SUB, RCVHWM=100_000)
         collector.setsockopt(zmq.SUBSCRIBE, b"")
         collector.bind(f"inproc://collector-{len(running)}")
-        stamped = make(zmq.XPUB, XPUB_NODROP=1, XPUB_VERBOSE=1, SNDHWM=100_000)
+        stamped = make(zmq.XPUB, XPUB_NODROP=1, XPUB_VERBOSE=1, SNDHWM=stamped_hwm, SNDBUF=4096)
         stamped.bind("tcp://127.0.0.1:0")
         repair = make(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=repair_hwm)
         repair.bind("tcp://127.0.0.1:0")
@@ -288,3 +289,26 @@ def test_heads_past_its_bound_says_more(rig):
     assert answer.more and len(answer.streams) == 1000
     assert all(seq == 1 and key.startswith(b"s") for _, seq, key in answer.streams)
     assert not r.repairer().heads(b"s1").more  # a longer prefix lists the rest
+
+
+def test_repair_is_served_while_the_stamped_output_is_stalled(rig):
+    """A stall holds all output and reads no input until the guard answers (here it never does); the repair
+    endpoint is served meanwhile, so a subscriber cut off while the producers are held back gets its gap."""
+    r = rig(64 << 20, stamped_hwm=1)
+    r.send(*([b"r %d" % i] for i in range(10)))
+    r.forwarder.set_stamped_peers(1)  # the hub's count: the loop sends on the stamped output from here on
+    reader = r.make(zmq.SUB, RCVHWM=1, RCVBUF=4096)  # subscribes and never reads again
+    reader.setsockopt(zmq.SUBSCRIBE, b"fill")
+    reader.connect(r.stamped)
+    assert reader.recv_multipart() == [b"fill", wire.READY_TRAILER]
+    stamped = _forward.OUTPUTS.index("stamped")
+    deadline = time.monotonic() + 20
+    while not (stall := r.forwarder.stalls()[stamped]):
+        assert time.monotonic() < deadline, f"the stamped output never stalled: {r.forwarder.counters()}"
+        r.producer.send(b"fill " + b"f" * 65536)
+        time.sleep(0.001)
+    repairer = r.repairer()
+    stream, head = heads(r, b"r")[b"r "]
+    messages, end = repairer.range(EPOCH, stream, 1, head)
+    assert [m.frames[:-1] for m in messages] == [[b"r %d" % i] for i in range(10)] and not end.gone
+    assert r.forwarder.stalls()[stamped] == stall, "served within that one stall, the guard never answering"

@@ -292,7 +292,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
         for (int o = 0; o < OUTS && !failed; o++)
             failed = f->outs[o] && read_subscriptions(f, o) < 0;
         if (!failed)
-            failed = repair_pass(f) < 0;  /* repair.c: within its budget per pass */
+            failed = repair_pass(f, f->tick_ns) < 0;  /* repair.c: within its budget per pass */
         f->local[C_TICKS]++;
         publish_counters(f);
         publish_held(f);
