@@ -312,3 +312,38 @@ def test_repair_is_served_while_the_stamped_output_is_stalled(rig):
     messages, end = repairer.range(EPOCH, stream, 1, head)
     assert [m.frames[:-1] for m in messages] == [[b"r %d" % i] for i in range(10)] and not end.gone
     assert r.forwarder.stalls()[stamped] == stall, "served within that one stall, the guard never answering"
+
+
+def test_the_hugest_range_gets_at_most_4_mib_and_the_rest_is_named_limit(rig):
+    r = rig(64 << 20)
+    r.send(*([b"huge ", b"%06d" % i + b"h" * 65536] for i in range(100)))
+    stream, head = heads(r, b"huge")[b"huge "]
+    messages, end = r.repairer().range(EPOCH, stream, 1, 2 ** 64 - 1)
+    fit = (4 << 20) // (6 + 65536 + 5)  # frame bytes per reply: at most 4 MiB
+    assert [m.stamp.seq for m in messages] == list(range(1, fit + 1))
+    assert end.gone == [Gone(fit + 1, 2 ** 64 - 1, wire.GONE_LIMIT)]
+
+
+def test_huge_ranges_flooding_from_one_peer_are_bounded_counted_by_result_and_forwarding_goes_on(rig):
+    """A peer that asks for everything, thousands of times, and never reads: each reply stops at 1,000 messages,
+    replies it cannot take are abandoned, requests past its rate refused; all counted, live messages unharmed."""
+    r = rig(64 << 20)
+    r.send(*([b"h ", b"%06d" % i + b"p" * 1024] for i in range(3000)))
+    stream, _ = heads(r, b"h")[b"h "]
+    sub = r.subscriber(b"live")
+    flooder = r.make(zmq.DEALER, SNDHWM=0, RCVHWM=1000, RCVBUF=65536)
+    flooder.connect(r.repair)
+    requests, t0 = 3000, time.monotonic()
+    for tag in range(requests):
+        flooder.send(range_request(tag, EPOCH, stream, 1, 2 ** 64 - 1))
+    for i in range(300):
+        r.producer.send(b"live %d" % i)
+        assert sub.recv_multipart()[0] == b"live %d" % i
+    results = ("repair_range", "repair_unsent", "repair_flood")
+    counted = wait_for("every request counted", lambda: {name: r.counter(name) for name in results},
+                       lambda n: sum(n.values()) == requests, timeout=30)
+    answered = counted["repair_range"] + counted["repair_unsent"]
+    rate_bound = 100 + 100 * (time.monotonic() - t0 + 0.1)  # the burst, then 100 a second (REPAIR_RATE)
+    assert counted["repair_flood"] > 0 and counted["repair_unsent"] > 0 and 100 <= answered <= rate_bound, counted
+    assert r.counter("repaired_messages") <= 1000 * answered
+    assert not r.counter("repair_malformed") and not r.counter("repair_oversize")
