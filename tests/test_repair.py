@@ -209,3 +209,27 @@ def test_the_clients_default_repair_endpoint_is_the_daemons():
     from fanoutd.roles import BY_NAME
     from fanoutd_client.repair import DEFAULT_REPAIR
     assert (DEFAULT_REPAIR,) == BY_NAME["repair"].default
+
+
+def test_repair_is_answered_while_a_stopped_reader_holds_the_producers_back(start_daemon, sockets, repairers):
+    """Under pace a reader that stopped holds the stamped output (and so the producers) until the guard cuts it
+    after slow_consumer_timeout (10 s here); a repair asked meanwhile is answered at once, not after the cut."""
+    d = start_daemon("--push", "", "--publish-hwm", "100", "--slow-consumer-timeout", "10")
+    frozen = sockets(zmq.SUB, rcvhwm=1, rcvbuf=4096)
+    frozen.setsockopt(zmq.SUBSCRIBE, b"t")
+    frozen.connect(d.stamped)
+    assert frozen.recv_multipart() == [b"t", wire.READY_TRAILER]  # and never reads again
+    producer = ready_producer(sockets, d.collector)
+    i = 0
+    while not d.total("fanoutd_output_stalls_total", socket="stamped"):
+        assert i < 200_000, "the stamped output never stalled"
+        producer.send(b"t %06d " % i + b"x" * 1024)
+        i += 1
+        if i % 100 == 0:
+            time.sleep(0.01)
+    repairer = repairers(d.repair)
+    heads = repairer.heads(b"t", timeout=2)
+    (stream, head, _), = heads.streams
+    messages, end = repairer.range(heads.epoch, stream, 1, 10, timeout=2)
+    assert [m.frames[0][:8] for m in messages] == [b"t %06d" % n for n in range(10)] and end.gone == []
+    assert d.total("fanoutd_slow_consumers_total", socket="stamped") == 0, "answered before the cut, in the stall"
