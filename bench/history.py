@@ -10,8 +10,11 @@ stamped message, the stamped messages a second, and the process's peak RSS.
 Three cells per size, the same clients for each:
 
 - ``before``: build B (the commit before history landed), stamped output;
-- ``off``: build A with ``history_bytes = 0`` (must stay within 5 % of
+- ``off``: build A with ``history_bytes = 0``, the repair endpoint still
+  there as the daemon has it by default (must stay within 5 % of
   ``before``);
+- ``off, no repair``: the same without a repair endpoint (``repair = []``),
+  which tells the endpoint's cost from the history's;
 - ``on``: build A with history at its default, 64 MiB.
 
 Each cell is run flat out (throughput) and at a fixed rate (CPU per
@@ -82,12 +85,13 @@ def child(spec: dict) -> dict:
     kwargs = {"epoch": EPOCH, "stall_above": 48 << 20}  # the byte bound of the defaults, as heldcost.py
     repair = None
     if spec["history"] is not None:  # a build with history (the "before" cell passes None)
+        kwargs["history_bytes"] = spec["history"]
+    if spec["repair"]:  # the repair endpoint, as the daemon has it by default
         repair = ctx.socket(zmq.ROUTER)
         repair.setsockopt(zmq.ROUTER_MANDATORY, 1)
         repair.setsockopt(zmq.SNDHWM, 10_000)
         repair_port = repair.bind_to_random_port("tcp://127.0.0.1")
         sockets["repair"] = repair.underlying
-        kwargs["history_bytes"] = spec["history"]
     forwarder = _forward.Forwarder(sockets, **kwargs)
     forwarder.set_stamped_peers(1)  # the hub's count of the stamped output's peers
     loop = threading.Thread(target=forwarder.run)
@@ -229,7 +233,8 @@ def main() -> int:
         repair_client(endpoint, int(first), int(last), float(seconds))
         return 0
     bins = str(build_all()["msink"].parent)
-    cells = {"before": (args.b, None), "off": (args.a, 0), "on": (args.a, HISTORY_DEFAULT)}
+    cells = {"before": (args.b, None, False), "off": (args.a, 0, True), "off, no repair": (args.a, 0, False),
+             "on": (args.a, HISTORY_DEFAULT, True)}
     if args.b == "-":
         del cells["before"]
     print(f"load average at the start: {_loadavg()}, {os.cpu_count()} cores\n")
@@ -245,10 +250,10 @@ def main() -> int:
             order = list(cells) if rep % 2 == 0 else list(reversed(cells))
             for load, count, rate in (("flat out", flat, 0), (f"{fixed_rate:,}/s", fixed, fixed_rate)):
                 for cell in order:
-                    python, history = cells[cell]
+                    python, history, repair = cells[cell]
                     peers = args.repair_peers if cell == "on" and rate else 0
                     spec = {"bins": bins, "size": size, "count": count, "rate": rate, "history": history,
-                            "repair_peers": peers, "repair_seconds": args.repair_seconds}
+                            "repair": repair, "repair_peers": peers, "repair_seconds": args.repair_seconds}
                     runs.setdefault((load, cell), []).append(_run(python, spec))
         for (load, cell), results in runs.items():
             med = {k: statistics.median(r[k] for r in results) for k in results[0]}

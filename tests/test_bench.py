@@ -259,10 +259,10 @@ def test_history_compares_history_on_off_and_before_and_serves_repair(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()
             if line.startswith("| 100 B |")]
-    assert [(row[1], row[2]) for row in rows[:6]] == [(load, cell) for load in ("flat out", "5,000/s")
-                                                      for cell in ("before", "off", "on")], rows
-    for row in rows[:6]:
+    assert [(row[1], row[2]) for row in rows[:8]] == [(load, cell) for load in ("flat out", "5,000/s")
+                                                      for cell in ("before", "off", "off, no repair", "on")], rows
+    for row in rows[:8]:
         rate, cpu, rss = (float(c.split()[0].replace(",", "")) for c in row[3:6])
         assert rate > 0 and 0 < cpu < 1e6 and rss > 0, row
-    size, peers, served, cpu = rows[6]
-    assert peers == "1" and float(served.replace(",", "")) > 0 and float(cpu.replace(",", "")) > 0, rows[6]
+    size, peers, served, cpu = rows[8]
+    assert peers == "1" and float(served.replace(",", "")) > 0 and float(cpu.replace(",", "")) > 0, rows[8]
