@@ -247,3 +247,22 @@ def test_overload_repeats_end_with_medians_over_every_run(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "overload.py"), "--medians-of", str(out.with_suffix(".json")),
                     "--out", str(again)], check=True, capture_output=True, timeout=60, cwd=ROOT)
     assert again.read_text().strip() == "\n".join(medians[2:]).strip()
+
+
+@pytest.mark.timeout(180)
+def test_history_compares_history_on_off_and_before_and_serves_repair(tmp_path):
+    """bench/history.py runs the stamped output with history on, off and with the build before history (the
+    same build here, history not passed), at a flat-out and a fixed rate, and the repair path."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "history.py"), "--b", sys.executable, "--sizes", "100",
+                        "--repeats", "1", "--scale", "0.01", "--rate", "5000", "--repair-peers", "1",
+                        "--repair-seconds", "1"], capture_output=True, text=True, timeout=170, cwd=ROOT / "bench")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()
+            if line.startswith("| 100 B |")]
+    assert [(row[1], row[2]) for row in rows[:8]] == [(load, cell) for load in ("flat out", "5,000/s")
+                                                      for cell in ("before", "off", "off, no repair", "on")], rows
+    for row in rows[:8]:
+        rate, cpu, rss = (float(c.split()[0].replace(",", "")) for c in row[3:6])
+        assert rate > 0 and 0 < cpu < 1e6 and rss > 0, row
+    size, peers, served, cpu = rows[8]
+    assert peers == "1" and float(served.replace(",", "")) > 0 and float(cpu.replace(",", "")) > 0, rows[8]

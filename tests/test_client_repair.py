@@ -6,11 +6,14 @@ with every message exactly once, in order, ``lost == 0`` and ``repaired > 0``;
 with a history too small, ``lost`` is exactly what never arrived; a gap at
 the end is found through HEADS; a repair endpoint that is down delays a recv
 by a bounded time and the gap is counted lost; ``fanout sub --repair`` says
-what it got back and what is gone.
+what it got back and what is gone; a broker restart is a restart (nothing of
+the old epoch is offered); prefix filters and multipart messages are
+repaired exactly. Issue #26's Done-when scenario is tests/test_repair_done.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -22,10 +25,11 @@ import pytest
 import zmq
 import zmq.auth
 from fanoutd_client import Subscriber, load_curve_keys, wire
-from fanoutd_client.repair import range_request
+from fanoutd_client.repair import Gone, range_request
 
-from conftest import free_port, ready_producer, wait_for
+from conftest import free_port, ready_producer, settle, wait_for
 from test_clients import await_subscription, bound, close_within
+from test_repair import repairers  # noqa: F401 (a fixture)
 from test_tool import command, tool_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,17 +78,25 @@ def read_all(sub: Subscriber, n: int, cut: object = None, idle: float = 5.0) -> 
     return got
 
 
-def test_a_cut_off_subscriber_ends_with_every_message_exactly_once(start_daemon, sockets):
-    d = start_daemon(*GUARD, "--history-bytes", str(256 << 20))
-    n = 40_000
-    with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
+def cut_off_and_read(d, sockets, n: int, **options) -> tuple[list[int], Subscriber]:
+    """The cut-off scenario: a repairing Subscriber (hwm 1000) stops reading 2.5 s after its first message while
+    n messages go out at 10,000 a second, long enough for the guard to cut it; what it got, and the closed
+    Subscriber (lost, repaired)."""
+    with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000, **options) as sub:
         sub.wait_ready()
         producer = produce(sockets, d.collector, n, 10_000)
         got = read_all(sub, n, cut=d)
         producer.join(30)
-        assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
-        assert sub.lost == 0 and sub.repaired > 0
-    assert d.total("fanoutd_slow_consumers_total", socket="stamped") >= 1
+    assert d.total("fanoutd_slow_consumers_total", socket="stamped") >= 1, "the scenario never cut the reader"
+    return got, sub
+
+
+def test_a_cut_off_subscriber_ends_with_every_message_exactly_once(start_daemon, sockets):
+    d = start_daemon(*GUARD, "--history-bytes", str(256 << 20))
+    n = 40_000
+    got, sub = cut_off_and_read(d, sockets, n)
+    assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
+    assert sub.lost == 0 and sub.repaired > 0
 
 
 def test_with_curve_the_repair_socket_uses_the_subscribers_keys(start_daemon, sockets, tmp_path):
@@ -97,13 +109,9 @@ def test_with_curve_the_repair_socket_uses_the_subscribers_keys(start_daemon, so
                      "--publish-curve", "--publish-clients", str(tmp_path / "allowed"))
     keys = load_curve_keys(str(tmp_path / "me.key_secret"), str(tmp_path / "server.key"))
     n = 40_000
-    with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000, **keys) as sub:
-        sub.wait_ready()
-        producer = produce(sockets, d.collector, n, 10_000)
-        got = read_all(sub, n, cut=d)
-        producer.join(30)
-        assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
-        assert sub.lost == 0 and sub.repaired > 0
+    got, sub = cut_off_and_read(d, sockets, n, **keys)
+    assert got == list(range(n)), (len(got), sub.lost, sub.repaired)
+    assert sub.lost == 0 and sub.repaired > 0
 
 
 def test_a_gap_at_the_end_is_found_through_heads(start_daemon, sockets):
@@ -126,14 +134,10 @@ def test_a_gap_at_the_end_is_found_through_heads(start_daemon, sockets):
 def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, sockets):
     d = start_daemon(*GUARD, "--history-bytes", str(1 << 20))
     n = 30_000
-    with Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
-        sub.wait_ready()
-        producer = produce(sockets, d.collector, n, 10_000)
-        got = read_all(sub, n, cut=d)
-        producer.join(30)
-        assert got == sorted(set(got)) and got[0] == 0
-        assert sub.lost > 0 and sub.repaired > 0
-        assert sub.lost == n - len(got), (sub.lost, n - len(got), sub.repaired)
+    got, sub = cut_off_and_read(d, sockets, n)
+    assert got == sorted(set(got)) and got[0] == 0
+    assert sub.lost > 0 and sub.repaired > 0
+    assert sub.lost == n - len(got), (sub.lost, n - len(got), sub.repaired)
 
 
 def test_a_repair_endpoint_that_is_down_bounds_recv_and_counts_the_gap_lost(start_daemon, sockets):
@@ -321,3 +325,76 @@ def test_under_gevent_waiting_for_the_repair_endpoint_lets_other_greenlets_run(s
         assert ticked >= 3, ticked
     finally:
         close_within(green)
+
+
+def test_a_broker_restart_is_a_restart_nothing_of_the_old_epoch_is_offered(start_daemon, sockets, repairers):
+    """A repairing subscriber across a restart: the new broker's heads and messages are of a new epoch, counted
+    as a restart, never as a gap to repair; asked for the old epoch, the new broker answers "epoch", nothing."""
+    repair = f"tcp://127.0.0.1:{free_port()}"  # where the restarted broker comes back too (beside port 0's)
+    d = start_daemon(*GUARD, "--repair", repair, restartable=True)
+    with Subscriber(d.stamped, [b"t"], stamped=True, repair=repair, hwm=1000) as sub:
+        sub.wait_ready()
+        producer = ready_producer(sockets, d.collector)
+        for i in range(100):
+            producer.send(b"t %06d old" % i)
+        got = [sub.recv(5)[1] for _ in range(100)]
+        old = sub.last_stamp
+        assert d.stop() == 0
+        producer.close(linger=0)
+        d2 = start_daemon(*GUARD, "--repair", repair, ports=d.ports)
+        settle(d2, "stamped", 1)
+        producer = ready_producer(sockets, d2.collector)
+        deadline = time.monotonic() + 10
+        while True:  # until the resubscription is live: what went out before it was never this subscriber's
+            assert time.monotonic() < deadline, "the subscriber never came back"
+            producer.send(b"t probe")
+            with contextlib.suppress(TimeoutError):
+                if sub.recv(0.2) == (b"t", b"probe"):
+                    break
+        for i in range(100):
+            producer.send(b"t %06d new" % i)
+        while len(got) < 200:
+            if (payload := sub.recv(5)[1]) != b"probe":
+                got.append(payload)
+        assert got == [b"%06d old" % i for i in range(100)] + [b"%06d new" % i for i in range(100)]
+        assert (sub.restarts, sub.lost) == (1, 0)
+        assert sub.last_stamp.epoch != old.epoch
+    messages, end = repairers(repair).range(old.epoch, old.stream, 1, old.seq)
+    assert messages == [] and end.gone == [Gone(1, old.seq, wire.GONE_EPOCH)]
+
+
+def test_prefix_filters_and_multipart_messages_are_repaired_exactly(start_daemon, sockets):
+    """Two streams under the subscriber's prefix, one outside it, multipart: after the cut every message of the
+    two comes back once, in order per stream, frame for frame; none of the other."""
+    d = start_daemon(*GUARD, "--history-bytes", str(256 << 20))
+    n, topics = 30_000, (b"a.x", b"a.y", b"b")
+    sent = [[topics[i % 3], b"%06d" % i, b"m" * (1000 + i % 50)] for i in range(n)]
+    want = {topic: [m for m in sent if m[0] == topic] for topic in topics[:2]}
+    with Subscriber(d.stamped, [b"a."], stamped=True, repair=d.repair, hwm=1000) as sub:
+        sub.wait_ready()
+        producer = ready_producer(sockets, d.collector)
+
+        def run() -> None:
+            t0 = time.monotonic()
+            for i, frames in enumerate(sent):
+                producer.send_multipart(frames)
+                if i % 200 == 0 and (ahead := i / 10_000 - (time.monotonic() - t0)) > 0:
+                    time.sleep(ahead)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        got: dict[bytes, list[list[bytes]]] = {topic: [] for topic in topics}
+        while sum(map(len, got.values())) < sum(map(len, want.values())):
+            try:
+                frames = sub.recv_multipart(5)
+            except TimeoutError:
+                break
+            got[frames[0]].append(frames)
+            if sum(map(len, got.values())) == 1:
+                time.sleep(2.5)
+        thread.join(30)
+        assert got[b"b"] == []
+        for topic in topics[:2]:
+            assert got[topic] == want[topic], (topic, len(got[topic]), sub.lost, sub.repaired)
+        assert sub.lost == 0 and sub.repaired > 0
+    assert d.total("fanoutd_slow_consumers_total", socket="stamped") >= 1

@@ -10,6 +10,7 @@ runs against what the test knows is gone.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -70,11 +71,11 @@ def rig(ctx: zmq.Context, sockets: Callable[..., zmq.Socket]) -> Iterator[Callab
 
     make = sockets  # closed by the sockets fixture, after this one has stopped the loop
 
-    def start(history_bytes: int, history_ns: int = 0, repair_hwm: int = 10_000) -> Rig:
+    def start(history_bytes: int, history_ns: int = 0, repair_hwm: int = 10_000, stamped_hwm: int = 100_000) -> Rig:
         collector = make(zmq.SUB, RCVHWM=100_000)
         collector.setsockopt(zmq.SUBSCRIBE, b"")
         collector.bind(f"inproc://collector-{len(running)}")
-        stamped = make(zmq.XPUB, XPUB_NODROP=1, XPUB_VERBOSE=1, SNDHWM=100_000)
+        stamped = make(zmq.XPUB, XPUB_NODROP=1, XPUB_VERBOSE=1, SNDHWM=stamped_hwm, SNDBUF=4096)
         stamped.bind("tcp://127.0.0.1:0")
         repair = make(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=repair_hwm)
         repair.bind("tcp://127.0.0.1:0")
@@ -317,3 +318,59 @@ def test_last_stops_at_a_replys_bytes_and_says_more(rig):
     assert [v.frames[0] for v in values] == taken
     assert answer.more and [key for _, _, key in answer.streams] == taken
     wait_for("the values counted as repaired", lambda: r.counter("repaired_messages"), lambda n: n == 4)
+def test_repair_is_served_while_the_stamped_output_is_stalled(rig):
+    """A stall holds all output and reads no input until the guard answers (here it never does); the repair
+    endpoint is served meanwhile, so a subscriber cut off while the producers are held back gets its gap."""
+    r = rig(64 << 20, stamped_hwm=1)
+    r.send(*([b"r %d" % i] for i in range(10)))
+    r.forwarder.set_stamped_peers(1)  # the hub's count: the loop sends on the stamped output from here on
+    reader = r.make(zmq.SUB, RCVHWM=1, RCVBUF=4096)  # subscribes and never reads again
+    reader.setsockopt(zmq.SUBSCRIBE, b"fill")
+    reader.connect(r.stamped)
+    assert reader.recv_multipart() == [b"fill", wire.READY_TRAILER]
+    stamped = _forward.OUTPUTS.index("stamped")
+    deadline = time.monotonic() + 20
+    while not (stall := r.forwarder.stalls()[stamped]):
+        assert time.monotonic() < deadline, f"the stamped output never stalled: {r.forwarder.counters()}"
+        r.producer.send(b"fill " + b"f" * 65536)
+        time.sleep(0.001)
+    repairer = r.repairer()
+    stream, head = heads(r, b"r")[b"r "]
+    messages, end = repairer.range(EPOCH, stream, 1, head)
+    assert [m.frames[:-1] for m in messages] == [[b"r %d" % i] for i in range(10)] and not end.gone
+    assert r.forwarder.stalls()[stamped] == stall, "served within that one stall, the guard never answering"
+
+
+def test_the_hugest_range_gets_at_most_4_mib_and_the_rest_is_named_limit(rig):
+    r = rig(64 << 20)
+    r.send(*([b"huge ", b"%06d" % i + b"h" * 65536] for i in range(100)))
+    stream, head = heads(r, b"huge")[b"huge "]
+    messages, end = r.repairer().range(EPOCH, stream, 1, 2 ** 64 - 1)
+    fit = (4 << 20) // (6 + 65536 + 5)  # frame bytes per reply: at most 4 MiB
+    assert [m.stamp.seq for m in messages] == list(range(1, fit + 1))
+    assert end.gone == [Gone(fit + 1, 2 ** 64 - 1, wire.GONE_LIMIT)]
+
+
+def test_huge_ranges_flooding_from_one_peer_are_bounded_counted_by_result_and_forwarding_goes_on(rig):
+    """A peer that asks for everything, thousands of times, and never reads: each reply stops at 1,000 messages,
+    replies it cannot take are abandoned, requests past its rate refused; all counted, live messages unharmed."""
+    r = rig(64 << 20)
+    r.send(*([b"h ", b"%06d" % i + b"p" * 1024] for i in range(3000)))
+    stream, _ = heads(r, b"h")[b"h "]
+    sub = r.subscriber(b"live")
+    flooder = r.make(zmq.DEALER, SNDHWM=0, RCVHWM=1000, RCVBUF=65536)
+    flooder.connect(r.repair)
+    requests, t0 = 3000, time.monotonic()
+    for tag in range(requests):
+        flooder.send(range_request(tag, EPOCH, stream, 1, 2 ** 64 - 1))
+    for i in range(300):
+        r.producer.send(b"live %d" % i)
+        assert sub.recv_multipart()[0] == b"live %d" % i
+    results = ("repair_range", "repair_unsent", "repair_flood")
+    counted = wait_for("every request counted", lambda: {name: r.counter(name) for name in results},
+                       lambda n: sum(n.values()) == requests, timeout=30)
+    answered = counted["repair_range"] + counted["repair_unsent"]
+    rate_bound = 100 + 100 * (time.monotonic() - t0 + 0.1)  # the burst, then 100 a second (REPAIR_RATE)
+    assert counted["repair_flood"] > 0 and counted["repair_unsent"] > 0 and 100 <= answered <= rate_bound, counted
+    assert r.counter("repaired_messages") <= 1000 * answered
+    assert not r.counter("repair_malformed") and not r.counter("repair_oversize")

@@ -209,3 +209,43 @@ def test_the_clients_default_repair_endpoint_is_the_daemons():
     from fanoutd.roles import BY_NAME
     from fanoutd_client.repair import DEFAULT_REPAIR
     assert (DEFAULT_REPAIR,) == BY_NAME["repair"].default
+
+
+def test_repair_is_answered_while_a_slow_reader_paces_the_producers(start_daemon, sockets, repairers):
+    """Under pace a reader that keeps reading, slowly, holds the stamped output back message by message: each one
+    waits in a stall until the reader makes room, and the loop reads up to 512 of them (at 50 a second, ten
+    seconds) before a pass of its own. A repair asked meanwhile is answered at once, served at the stalls' retries;
+    the reader is never cut."""
+    d = start_daemon("--push", "", "--publish-hwm", "100")
+    slow = sockets(zmq.SUB, rcvhwm=1, rcvbuf=4096)
+    slow.setsockopt(zmq.SUBSCRIBE, b"t")
+    slow.connect(d.stamped)
+    assert slow.recv_multipart() == [b"t", wire.READY_TRAILER]
+    stop = threading.Event()
+
+    def read_slowly() -> None:
+        while not stop.wait(0.02):
+            if slow.poll(0):
+                slow.recv_multipart()
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        producer = ready_producer(sockets, d.collector)
+        sent = 20_000  # 20 MB: more than the kernel's buffers take
+        for i in range(sent):
+            producer.send(b"t %06d " % i + b"x" * 1024)
+        wait_for("a stall", lambda: d.total("fanoutd_output_stalls_total", socket="stamped"), bool)
+        held = d.total("fanoutd_output_held_seconds_total", socket="stamped")
+        repairer = repairers(d.repair)
+        heads = repairer.heads(b"t", timeout=2)
+        (stream, head, _), = heads.streams
+        messages, end = repairer.range(heads.epoch, stream, 1, 10, timeout=2)
+        assert [m.frames[0][:8] for m in messages] == [b"t %06d" % n for n in range(10)] and end.gone == []
+        assert head < sent, "the producers were still held back"
+        assert d.total("fanoutd_slow_consumers_total", socket="stamped") == 0
+        wait_for("the output held meanwhile", lambda: d.total("fanoutd_output_held_seconds_total", socket="stamped"),
+                 lambda seconds: seconds > held)
+    finally:
+        stop.set()
+        reader.join(5)

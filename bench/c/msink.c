@@ -15,6 +15,10 @@
  *          which proves connection and subscription work end to end.
  *          Measured messages are single frames of LEN bytes; another size
  *          or a MORE flag counts as bad (framing is intact: it reads on).
+ *          With -T (fanoutd's stamped output) a message is its first frame
+ *          of LEN bytes followed by a trailer frame, which is skipped, as
+ *          is a message whose first frame is not LEN bytes and has MORE
+ *          set (the READY answer to the subscription).
  *   zmtp-pull  the same as a PULL socket (Socket-Type PULL, no
  *          subscription): a puller on a PUSH output.
  *   redis  "SUBSCRIBE c", "PING"; deliveries are RESP2 "message" arrays.
@@ -57,7 +61,7 @@
  * head and the 16 header bytes of the message being read, whatever LEN is.
  *
  * Usage: msink -m zmtp|zmtp-pull|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET]
- *              [-l] [-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH] [-S | -b BPS]
+ *              [-l] [-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH] [-S | -b BPS] [-T]
  * Prints "connected", "ready", then one JSON line: conns, ready_conns,
  * received (total), received_min, received_max (over connections), bad,
  * t_first, t_last (ns, any connection), connect_ms (start until every
@@ -146,6 +150,7 @@ static unsigned char *rbuf;
 static uint64_t *hist;          /* NULL without -l */
 static uint64_t lat_n, lat_max;
 static uint64_t total, bad, t_first, t_last;
+static int trailed;  /* -T: each message ends in a trailer frame (fanoutd's stamped output) */
 static unsigned long n_shook, n_shake_failed, n_ready, n_unready_gone, n_gone, n_closed, pending;
 static unsigned long n_failed;  /* connections that never got through their handshake */
 static char first_fail[160];
@@ -397,10 +402,10 @@ static void consume(struct conn *c, const unsigned char *p, size_t n, uint64_t t
             } else {
                 const int first = !c->more;
                 c->more = flags & 1;
-                if (first && size == len && !(flags & 1)) {
+                if (first && size == len && (trailed || !(flags & 1))) {
                     c->phase = P_BODY;
                 } else {
-                    if (first) bad++;
+                    if (first && !(trailed && (flags & 1))) bad++;
                     c->phase = P_SKIP;
                 }
             }
@@ -628,7 +633,7 @@ static void setup_protocol(void)
 static int usage(void)
 {
     fprintf(stderr, "usage: msink -m zmtp|zmtp-pull|redis|nats -p PORT -k K -L LEN -n COUNT [-o OFFSET] [-l] "
-                    "[-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH] [-S | -b BPS]\n");
+                    "[-i IDLE_MS] [-w WAIT_MS] [-c CONNECT_BATCH] [-S | -b BPS] [-T]\n");
     return 2;
 }
 
@@ -637,7 +642,7 @@ int main(int argc, char **argv)
     const char *m = NULL;
     long port = 0, k = 0, batch = 200, idle_ms = 1000, wait_ms = 30000, off = -1;
     int latency = 0, opt;
-    while ((opt = getopt(argc, argv, "m:p:k:L:n:o:li:w:c:Sb:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:p:k:L:n:o:li:w:c:Sb:T")) != -1) {
         switch (opt) {
         case 'm': m = optarg; break;
         case 'p': port = atol(optarg); break;
@@ -651,6 +656,7 @@ int main(int argc, char **argv)
         case 'c': batch = atol(optarg); break;
         case 'S': stall = 1; break;
         case 'b': read_bps = atof(optarg); break;
+        case 'T': trailed = 1; break;
         default: return usage();
         }
     }

@@ -94,6 +94,7 @@ static int over_bound(Forwarder *f, int out, uint64_t mine)
 }
 
 static void history_reclaim(Forwarder *f);  /* history.c */
+static int repair_pass(Forwarder *f, int64_t now);  /* repair.c */
 
 /* Take back what libzmq released on every output (and from the repair history) and publish the exact held
  * bytes (each batch or tick, and each turn of a stall). */
@@ -118,7 +119,10 @@ static void wake_guard(Forwarder *f)
 }
 
 /* Stall all output while the guard looks and answers "stall on": offer the
- * message again every STALL_RETRY_NS, and ask again after stall_ns, then
+ * message again every STALL_RETRY_NS, serving the repair endpoint within its
+ * budget each time (repair.c: a subscriber cut off while the producers are
+ * held back gets its gap meanwhile; the history is this thread's, so nothing
+ * evicts what a reply is built from), and ask again after stall_ns, then
  * after twice as long each time up to STALL_ASK_MAX_NS (a long stall is the
  * broker catching up, and each look scans every connection). Each "stall on"
  * taken is a turn of the loop: it counts a tick and publishes the counters
@@ -157,6 +161,10 @@ static int stall_output(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t min
             }
         }
         nanosleep(&pause, NULL);
+        if (repair_pass(f, now_ns()) < 0) {
+            rc = -1;
+            break;
+        }
         if (over_bound(f, out, mine))
             take_commands(f->outs[out]);
         else if ((rc = offer(f->outs[out], msgs, n)) != 0)

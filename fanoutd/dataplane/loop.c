@@ -354,7 +354,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
         for (int o = 0; o < OUTS && !failed; o++)
             failed = f->outs[o] && read_subscriptions(f, o) < 0;
         if (!failed)
-            failed = repair_pass(f) < 0;  /* repair.c: within its budget per pass */
+            failed = repair_pass(f, f->tick_ns) < 0;  /* repair.c: within its budget per pass */
         if (!failed && f->uprepair)
             failed = uprepair_pass(f) < 0;  /* uprepair.c: the link's gaps asked of the hub, its answers delivered */
         f->local[C_TICKS]++;

@@ -1,6 +1,8 @@
 /*
  * fanoutd/dataplane/repair.c: the repair endpoint, a ROUTER the loop serves
- * from the history (history.c) between passes over its inputs.
+ * from the history (history.c) between passes over its inputs, and at each
+ * retry while a stall holds its output (fanout.c), so paced producers never
+ * keep a cut-off subscriber from its repair.
  *
  * Served in the loop, which owns the socket, the history and the stamper's
  * table: a request is answered from a history that nothing can evict while
@@ -241,11 +243,11 @@ static int serve_heads(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned cha
 }
 
 /* The counter a request earns, answering it if it is one to answer. */
-static int repair_request(Forwarder *f, repair_t *r, zmsg_t *id, zmsg_t *req, int frames)
+static int repair_request(Forwarder *f, repair_t *r, zmsg_t *id, zmsg_t *req, int frames, int64_t now)
 {
     const unsigned char *d = Z.msg_data(req);
     size_t len = Z.msg_size(req);
-    if (!repair_allowed(r, id, f->tick_ns))
+    if (!repair_allowed(r, id, now))
         return C_REPAIR_FLOOD;
     if (frames != 1)
         return C_REPAIR_MALFORMED;
@@ -263,7 +265,7 @@ static int repair_request(Forwarder *f, repair_t *r, zmsg_t *id, zmsg_t *req, in
 }
 
 /* Read and answer one endpoint's requests within the budget of a pass. 0, or -1 when libzmq failed (errno_). */
-static int repair_serve(Forwarder *f, repair_t *r)
+static int repair_serve(Forwarder *f, repair_t *r, int64_t now)
 {
     void *sock = r->sock;
     for (int read = 0, served = 0; read < REPAIR_READ_PER_PASS && served < REPAIR_SERVED_PER_PASS; read++) {
@@ -286,7 +288,7 @@ static int repair_serve(Forwarder *f, repair_t *r)
             if (frames)
                 Z.msg_close(&part);
         }
-        int result = failed ? -1 : repair_request(f, r, &id, &req, frames);
+        int result = failed ? -1 : repair_request(f, r, &id, &req, frames, now);
         Z.msg_close(&id);
         Z.msg_close(&req);
         if (result < 0)
@@ -298,15 +300,16 @@ static int repair_serve(Forwarder *f, repair_t *r)
 }
 
 /* One pass's share of repair: age the history out, then serve the repair endpoint and the relay's, each within
- * its budget. 0, or -1 when libzmq failed (errno_). */
-static int repair_pass(Forwarder *f)
+ * its budget. Run by the loop once per pass (now: the pass's tick_ns) and at each retry of a stall (fanout.c:
+ * stall_output), in this thread either way. 0, or -1 when libzmq failed (errno_). */
+static int repair_pass(Forwarder *f, int64_t now)
 {
     if (f->history) {
-        history_trim(f->history, 0, f->tick_ns);
+        history_trim(f->history, 0, now);
         f->local[C_HISTORY_BYTES] = f->history->bytes;
         f->local[C_HISTORY_EVICTED] = f->history->evicted;
     }
-    if (f->repair && repair_serve(f, f->repair) < 0)
+    if (f->repair && repair_serve(f, f->repair, now) < 0)
         return -1;
-    return f->relay_repair ? repair_serve(f, f->relay_repair) : 0;
+    return f->relay_repair ? repair_serve(f, f->relay_repair, now) : 0;
 }
