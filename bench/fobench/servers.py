@@ -4,6 +4,10 @@
   no ``FANOUTD_*`` environment), ready when ``/readyz`` (or, on builds that
   have no readiness probe yet, ``/healthz``) answers 200;
 * ``cbase``: the C baseline (two chained ``zmq_proxy`` calls, HWM 0);
+* ``zmtpd``: the ZMTP publisher prototype of issue #28 (``bench/zmtp/``): a
+  libzmq SUB collector, its own ZMTP to subscribers, no PUSH output (one
+  more subscriber stands in for the puller, as for Redis and NATS); only
+  when ``--systems`` names it;
 * ``redis``: Debian's ``redis-server``, no persistence;
 * ``nats``: Debian's ``nats-server``, with its monitoring port.
 
@@ -23,9 +27,12 @@ from pathlib import Path
 from .procs import LOOPBACK, Child, ProcError, free_port, http_status, tcp_endpoint, wait_tcp
 
 REPO_DIR = Path(__file__).resolve().parents[2]
-ZMQ_SYSTEMS = ("fanoutd", "cbase")
+ZMQ_SYSTEMS = ("fanoutd", "cbase", "zmtpd")
 RAW_SYSTEMS = ("redis", "nats")
 ALL_SYSTEMS = ("fanoutd", "cbase", "redis", "nats")
+# Systems --systems may name beyond the default set: the prototype of issue #28 (bench/README.md, "Owning the
+# publish path").
+KNOWN_SYSTEMS = (*ALL_SYSTEMS, "zmtpd")
 START_TIMEOUT = 20.0
 
 
@@ -37,7 +44,7 @@ class Server:
     child: Child
     collector: str = ""     # ZeroMQ systems: where producers connect
     publish: str = ""       # ZeroMQ systems: where subscribers connect
-    push: str = ""          # ZeroMQ systems: where pullers connect
+    push: str = ""          # ZeroMQ systems: where pullers connect ("": no PUSH output, one more subscriber)
     strip_topic: bool = False  # does the PUSH output drop the "topic " prefix?
     port: int = 0           # Redis / NATS client port
     monitor_port: int = 0   # NATS monitoring (HTTP) port
@@ -97,6 +104,19 @@ def start_cbase(binary: Path) -> Server:
     return server
 
 
+def start_zmtpd(binary: Path) -> Server:
+    """The prototype with its defaults (32 MiB pending cap per connection, PINGs every 30 s, 15 s timeout)."""
+    ep = [tcp_endpoint(free_port()) for _ in range(2)]
+    child = Child([str(binary), *ep], "zmtpd")
+    server = Server("zmtpd", child, ep[0], ep[1], "", strip_topic=False)
+    try:
+        child.expect("ready", START_TIMEOUT)
+    except ProcError:
+        server.stop()
+        raise
+    return server
+
+
 def start_redis() -> Server:
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
@@ -136,6 +156,8 @@ def start(system: str, bins: dict[str, Path], python: str | None = None) -> Serv
         return start_fanoutd(python)
     if system == "cbase":
         return start_cbase(bins["cbase"])
+    if system == "zmtpd":
+        return start_zmtpd(bins["zmtpd"])
     if system == "redis":
         return start_redis()
     if system == "nats":
