@@ -131,7 +131,8 @@ def warm(pub: zmq.Socket, subs: list[zmq.Socket], topic: bytes) -> None:
 def test_pyzmq_subscribers_get_every_message_by_prefix_single_and_multipart(ctx, zmtpd):
     z = zmtpd()
     pub = producer(ctx, z)
-    a, ab, every = sub(ctx, z, b"a"), sub(ctx, z, b"ab"), sub(ctx, z, b"")
+    # Unbounded receive queues: the test reads one subscriber after another, and a full queue would pace all.
+    a, ab, every = (sub(ctx, z, t, rcvhwm=0) for t in (b"a", b"ab", b""))
     warm(pub, [a, ab, every], b"ab")
     sent: list[list[bytes]] = []
     for n in range(3000):
@@ -275,7 +276,7 @@ def test_a_peer_that_stops_answering_pings_is_dropped(ctx, zmtpd):
 
 
 def test_a_reader_that_stopped_is_cut_at_the_pending_cap_and_the_others_get_everything(ctx, zmtpd):
-    z = zmtpd("-m", str(1 << 20), "-H", "0")
+    z = zmtpd("-m", str(1 << 20), "-p", str(4 << 20), "-H", "0")  # the cap below the pace threshold: cut first
     pub = producer(ctx, z)
     stopped = RawSub(z)
     stopped.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -293,6 +294,27 @@ def test_a_reader_that_stopped_is_cut_at_the_pending_cap_and_the_others_get_ever
         assert count < 20_000, "never cut: pending bytes are not capped"
     st = z.stats()
     assert st["connections"] == 1 and st["cut_pending"] == 1 and st["accepted"] == 2  # the reader never reconnected
+
+
+def test_a_stopped_reader_paces_the_producer_until_it_is_cut_as_stalled_and_nothing_is_lost(ctx, zmtpd):
+    """Pacing, fanoutd's default: over the pace threshold the collector is not read (the producer waits), and
+    a reader that stays over it for the stall time is cut; the reader that kept reading loses nothing."""
+    z = zmtpd("-p", str(64 << 10), "-S", "1000", "-H", "0")
+    pub = producer(ctx, z)
+    stopped = RawSub(z)
+    stopped.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stopped.send_frame(b"\x01")
+    reader = sub(ctx, z, b"", rcvhwm=0)
+    warm(pub, [reader], b"t")
+    body = b"t " + b"x" * 10_000
+    for n in range(3000):  # 30 MB: far past what the stopped reader's kernel buffers and the threshold hold
+        pub.send(body + b"%d" % n)
+    paced = z.stats()
+    assert paced["paces"] >= 1 and paced["cut_stalled"] == 0, paced
+    for n in range(3000):
+        assert reader.recv() == body + b"%d" % n
+    st = z.stats()
+    assert st["cut_stalled"] == 1 and st["cut_pending"] == 0 and st["connections"] == 1, st
 
 
 def test_fanoutd_client_subscriber(ctx, zmtpd):

@@ -45,6 +45,10 @@ static void push_raw(struct conn *c, struct msg *m) /* takes a reference that th
     }
     c->q[(c->qhead + c->qcount++) % c->qcap] = m;
     c->pending += m->len;
+    if (!c->paced && c->pending > srv.pace_bytes) {
+        c->paced = 1, c->paced_ms = srv.now_ms;
+        srv.paced++, srv.st.paces++;
+    }
     if (!c->dirty && !c->blocked) {
         c->dirty = 1;
         list_push(&srv.dirty, c);
@@ -68,11 +72,18 @@ struct conn *conn_new(int fd, int64_t now)
     return c;
 }
 
+static void unpace(struct conn *c)
+{
+    if (c->paced)
+        c->paced = 0, srv.paced--;
+}
+
 void conn_kill(struct conn *c, uint64_t *counter)
 {
     if (c->dead)
         return;
     c->dead = 1;
+    unpace(c);
     (*counter)++;
     list_push(&srv.dead, c);
 }
@@ -275,6 +286,8 @@ void conn_write(struct conn *c)
             c->qcount--;
         }
     }
+    if (c->pending <= srv.pace_bytes)
+        unpace(c);
     if (c->blocked && !c->qcount)
         arm(c, 0);
 }

@@ -20,7 +20,7 @@ enum conn_state { S_GREETING, S_READY, S_ACTIVE };
 struct conn {
     int fd;
     enum conn_state state;
-    uint8_t dead, blocked, dirty, in_more;
+    uint8_t dead, blocked, dirty, in_more, paced;
     uint32_t idx;                /* position in srv.all */
     unsigned char *in;           /* bytes read and not yet parsed */
     uint32_t in_len, in_cap;
@@ -31,10 +31,12 @@ struct conn {
     struct sub *subs;            /* prefixes; duplicates counted as libzmq does */
     uint32_t nsubs, subs_cap;
     int64_t created_ms, last_ping_ms, ping_at_ms; /* ping_at: the oldest unanswered PING, 0 if none */
+    int64_t paced_ms;            /* since when pending has been over pace_bytes */
 };
 
 struct stats {
-    uint64_t accepted, closed_by_peer, cut_pending, cut_heartbeat, cut_handshake, protocol_errors;
+    uint64_t accepted, closed_by_peer, cut_pending, cut_stalled, cut_heartbeat, cut_handshake, protocol_errors;
+    uint64_t paces;              /* times the collector was held back for a connection over pace_bytes */
     uint64_t messages_in, deliveries, bytes_out, writev_calls, subscribes, cancels, pings_answered;
 };
 
@@ -48,8 +50,10 @@ struct server {
     struct conn **byfd;
     uint32_t byfd_cap;
     struct connlist all, dirty, dead;
-    uint64_t max_pending;
-    int64_t hb_ivl_ms, hb_timeout_ms, handshake_ms;
+    uint64_t max_pending, pace_bytes;
+    uint32_t paced;              /* connections over pace_bytes: while any is, the collector is not read */
+    int64_t hb_ivl_ms, hb_timeout_ms, handshake_ms, stall_ms;
+    int64_t now_ms;              /* this turn's clock, for pacing's timestamps */
     struct stats st;
 };
 

@@ -4,12 +4,17 @@
  * libzmq SUB collector (producers unchanged) and go out to ZeroMQ
  * subscribers over TCP through its own ZMTP 3.1 (conn.c, zmtp.c): one
  * thread, epoll, one output ring per connection of shared message buffers,
- * writev, exact bytes pending per connection with a cap that cuts, PING/PONG
- * both ways, prefix filtering. Collector messages are taken in batches and
- * every connection written once per batch, so many messages go per writev.
+ * writev, exact bytes pending per connection, PING/PONG both ways, prefix
+ * filtering. Collector messages are taken in batches and every connection
+ * written once per batch, so many messages go per writev.
  *
- * Usage: zmtpd [-m MAX_PENDING_BYTES] [-H HEARTBEAT_IVL_MS] [-T HEARTBEAT_TIMEOUT_MS]
- *              [-s HANDSHAKE_MS] COLLECTOR_ENDPOINT tcp://HOST:PORT
+ * Slow readers are paced, as fanoutd's default policy does: while any
+ * connection holds more than PACE bytes the collector is not read (its
+ * high-water mark then holds the producers back over TCP); a connection that
+ * stays over PACE for STALL ms, or passes MAX_PENDING, is cut.
+ *
+ * Usage: zmtpd [-m MAX_PENDING_BYTES] [-p PACE_BYTES] [-S STALL_MS] [-H HEARTBEAT_IVL_MS]
+ *              [-T HEARTBEAT_TIMEOUT_MS] [-s HANDSHAKE_MS] COLLECTOR_ENDPOINT tcp://HOST:PORT
  * Prints "ready" once bound; on SIGUSR1 and at exit (SIGTERM, SIGINT) a "stats ..." line.
  * HEARTBEAT_IVL_MS 0: no PINGs of its own (it still answers the peers').
  */
@@ -49,16 +54,17 @@ static int64_t now_ms(void)
 static void print_stats(void)
 {
     struct stats *s = &srv.st;
-    printf("stats connections=%u accepted=%llu closed_by_peer=%llu cut_pending=%llu cut_heartbeat=%llu "
-           "cut_handshake=%llu protocol_errors=%llu messages_in=%llu deliveries=%llu bytes_out=%llu "
-           "writev_calls=%llu subscribes=%llu cancels=%llu pings_answered=%llu\n",
+    printf("stats connections=%u accepted=%llu closed_by_peer=%llu cut_pending=%llu cut_stalled=%llu "
+           "cut_heartbeat=%llu cut_handshake=%llu protocol_errors=%llu messages_in=%llu deliveries=%llu "
+           "bytes_out=%llu writev_calls=%llu subscribes=%llu cancels=%llu pings_answered=%llu paces=%llu\n",
            srv.all.n, (unsigned long long)s->accepted, (unsigned long long)s->closed_by_peer,
-           (unsigned long long)s->cut_pending, (unsigned long long)s->cut_heartbeat,
+           (unsigned long long)s->cut_pending, (unsigned long long)s->cut_stalled,
+           (unsigned long long)s->cut_heartbeat,
            (unsigned long long)s->cut_handshake, (unsigned long long)s->protocol_errors,
            (unsigned long long)s->messages_in, (unsigned long long)s->deliveries,
            (unsigned long long)s->bytes_out, (unsigned long long)s->writev_calls,
            (unsigned long long)s->subscribes, (unsigned long long)s->cancels,
-           (unsigned long long)s->pings_answered);
+           (unsigned long long)s->pings_answered, (unsigned long long)s->paces);
     fflush(stdout);
 }
 
@@ -154,10 +160,16 @@ static struct msg *collect_one(void)
     return m;
 }
 
+static int held; /* the collector was left unread for a paced connection: read it again once none is */
+
 /* Takes up to COLLECT_BATCH messages and queues each for every subscriber that wants it; 1 if more wait. */
 static int collect(void)
 {
     for (int k = 0; k < COLLECT_BATCH; k++) {
+        if (srv.paced) {
+            held = 1;
+            return 0;
+        }
         struct msg *m = collect_one();
         if (!m)
             return 0;
@@ -182,6 +194,10 @@ static void sweep(int64_t now)
         if (c->state != S_ACTIVE) {
             if (now - c->created_ms > srv.handshake_ms)
                 conn_kill(c, &srv.st.cut_handshake);
+            continue;
+        }
+        if (c->paced && now - c->paced_ms > srv.stall_ms) {
+            conn_kill(c, &srv.st.cut_stalled);
             continue;
         }
         if (srv.hb_ivl_ms <= 0)
@@ -220,6 +236,8 @@ static int64_t sweep_period(void)
         p = srv.hb_ivl_ms;
     if (srv.hb_ivl_ms > 0 && srv.hb_timeout_ms < p)
         p = srv.hb_timeout_ms;
+    if (srv.stall_ms < p)
+        p = srv.stall_ms;
     p /= 4;
     return p < 5 ? 5 : p > 1000 ? 1000 : p;
 }
@@ -235,18 +253,21 @@ static void raise_fd_limit(void)
 
 int main(int argc, char **argv)
 {
-    srv.max_pending = 32u << 20, srv.hb_ivl_ms = 30000, srv.hb_timeout_ms = 15000, srv.handshake_ms = 10000;
+    srv.max_pending = 64u << 20, srv.pace_bytes = 1u << 20, srv.stall_ms = 10000;
+    srv.hb_ivl_ms = 30000, srv.hb_timeout_ms = 15000, srv.handshake_ms = 10000;
     int opt;
-    while ((opt = getopt(argc, argv, "m:H:T:s:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:p:S:H:T:s:")) != -1) {
         if (opt == 'm') srv.max_pending = strtoull(optarg, NULL, 10);
+        else if (opt == 'p') srv.pace_bytes = strtoull(optarg, NULL, 10);
+        else if (opt == 'S') srv.stall_ms = atoll(optarg);
         else if (opt == 'H') srv.hb_ivl_ms = atoll(optarg);
         else if (opt == 'T') srv.hb_timeout_ms = atoll(optarg);
         else if (opt == 's') srv.handshake_ms = atoll(optarg);
         else return 2;
     }
-    if (argc - optind != 2 || srv.handshake_ms <= 0 || srv.hb_timeout_ms <= 0) {
-        fprintf(stderr, "usage: zmtpd [-m MAX_PENDING] [-H IVL_MS] [-T TIMEOUT_MS] [-s HANDSHAKE_MS] "
-                        "COLLECTOR tcp://HOST:PORT\n");
+    if (argc - optind != 2 || srv.handshake_ms <= 0 || srv.hb_timeout_ms <= 0 || srv.stall_ms <= 0) {
+        fprintf(stderr, "usage: zmtpd [-m MAX_PENDING] [-p PACE] [-S STALL_MS] [-H IVL_MS] [-T TIMEOUT_MS] "
+                        "[-s HANDSHAKE_MS] COLLECTOR tcp://HOST:PORT\n");
         return 2;
     }
     raise_fd_limit();
@@ -259,8 +280,8 @@ int main(int argc, char **argv)
     sig_fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
     void *ctx = zmq_ctx_new();
     collector = zmq_socket(ctx, ZMQ_SUB);
-    int zero = 0;
-    zmq_setsockopt(collector, ZMQ_RCVHWM, &zero, sizeof zero);
+    int hwm = 100000; /* fanoutd's collector_hwm: while paced, producers are held back by TCP past it */
+    zmq_setsockopt(collector, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(collector, ZMQ_SUBSCRIBE, "", 0);
     if (zmq_bind(collector, argv[optind]) != 0) {
         fprintf(stderr, "zmtpd: bind %s: %s\n", argv[optind], zmq_strerror(zmq_errno()));
@@ -279,6 +300,7 @@ int main(int argc, char **argv)
         int64_t wait = more ? 0 : next_sweep - now_ms();
         int n = epoll_wait(srv.epfd, evs, 256, wait < 0 ? 0 : (int)wait);
         int64_t now = now_ms();
+        srv.now_ms = now;
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
             if (fd == listen_fd) {
@@ -311,5 +333,7 @@ int main(int argc, char **argv)
             next_sweep = now + period;
         }
         flush();
+        if (held && !srv.paced)
+            held = 0, more = 1; /* ZMQ_FD will not signal again what arrived while paced */
     }
 }
