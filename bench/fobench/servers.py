@@ -68,14 +68,18 @@ def _clean_env() -> dict[str, str]:
 
 
 def start_fanoutd(python: str | None = None) -> Server:
-    ports = [free_port() for _ in range(5)]
-    ep = [tcp_endpoint(p) for p in (*ports[:3], ports[4])]
+    ports = [free_port() for _ in range(6)]
+    ep = [tcp_endpoint(p) for p in (*ports[:3], ports[4], ports[5])]
     metrics = f"{LOOPBACK}:{ports[3]}"
-    # The shipped defaults, on free ports: the stamped output too (no bench client reads it).
+    # The shipped defaults, on free ports: the stamped output and its repair endpoint too (no bench client reads
+    # them).
     # -P: the interpreter's own install of fanoutd runs, never the checkout the bench sits in, so bench/ab.py
     # can run two builds from one tree.
     argv = [python or sys.executable, "-P", "-m", "fanoutd", "--collector", ep[0],
-            "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics]
+            "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics,
+            # the repair endpoint (on by default with a stamped output) on a free port too: its default, 5566,
+            # may be taken by another daemon on the machine, and fanoutd then refuses to start
+            "--repair", ep[4]]
     child = Child(argv, "fanoutd", env=_clean_env(), cwd=str(REPO_DIR))
     server = Server("fanoutd", child, ep[0], ep[1], ep[2], strip_topic=True,
                     extras={"metrics": metrics})
@@ -105,9 +109,9 @@ def start_cbase(binary: Path) -> Server:
 
 
 def start_zmtpd(binary: Path) -> Server:
-    """The prototype with its defaults (32 MiB pending cap per connection, PINGs every 30 s, 15 s timeout)."""
+    """The prototype with its defaults (bench/zmtp/zmtpd.c), or the options in $ZMTPD_ARGS (to try a lever)."""
     ep = [tcp_endpoint(free_port()) for _ in range(2)]
-    child = Child([str(binary), *ep], "zmtpd")
+    child = Child([str(binary), *os.environ.get("ZMTPD_ARGS", "").split(), *ep], "zmtpd")
     server = Server("zmtpd", child, ep[0], ep[1], "", strip_topic=False)
     try:
         child.expect("ready", START_TIMEOUT)

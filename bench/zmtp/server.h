@@ -50,7 +50,7 @@ struct server {
     struct conn **byfd;
     uint32_t byfd_cap;
     struct connlist all, dirty, dead;
-    uint64_t max_pending, pace_bytes;
+    uint64_t max_pending, pace_bytes, batch_bytes;
     uint32_t paced;              /* connections over pace_bytes: while any is, the collector is not read */
     int64_t hb_ivl_ms, hb_timeout_ms, handshake_ms, stall_ms;
     int64_t now_ms;              /* this turn's clock, for pacing's timestamps */
