@@ -196,9 +196,8 @@ static void on_frame(struct conn *c, const struct zmtp_frame *f)
         cancel(c, f->body + 1, f->size - 1);
 }
 
-void conn_readable(struct conn *c, int64_t now)
+void conn_readable(struct conn *c)
 {
-    (void)now;
     if (c->in_len == c->in_cap) { /* level-triggered: one read per wake-up, growing only for a big frame */
         uint32_t cap = c->in_cap ? c->in_cap * 2 : IN_FIRST;
         if (cap > ZMTP_MAX_IN_FRAME * 2 + 64)

@@ -62,7 +62,7 @@ extern struct server srv;
 void list_push(struct connlist *l, struct conn *c);
 struct conn *conn_new(int fd, int64_t now);
 /* Reads what the peer sent and acts on it (handshake, subscriptions, PING). */
-void conn_readable(struct conn *c, int64_t now);
+void conn_readable(struct conn *c);
 /* Queues a reference to m; cuts the connection if that would pass max_pending. */
 void conn_enqueue(struct conn *c, struct msg *m);
 /* Queues a command of our own (takes m's reference); pending bytes count it too. */

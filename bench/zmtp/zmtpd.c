@@ -322,7 +322,7 @@ int main(int argc, char **argv)
             } else if ((uint32_t)fd < srv.byfd_cap && srv.byfd[fd] && !srv.byfd[fd]->dead) {
                 struct conn *c = srv.byfd[fd];
                 if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
-                    conn_readable(c, now);
+                    conn_readable(c);
                 if (!c->dead && (evs[i].events & EPOLLOUT))
                     conn_write(c);
             }
