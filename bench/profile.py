@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fobench import fleet
 from fobench.build import BUILD_DIR, build_all
-from fobench.servers import ALL_SYSTEMS
+from fobench.servers import ALL_SYSTEMS, KNOWN_SYSTEMS
 
 SYSCALLS = ("write", "writev", "sendto", "sendmsg", "read", "recvfrom", "recvmsg", "epoll_wait", "poll", "futex",
             "getsockopt", "ioctl", "clock_gettime", "epoll_ctl", "sched_yield", "getpid")
@@ -32,7 +32,7 @@ SYSCALLS = ("write", "writev", "sendto", "sendmsg", "read", "recvfrom", "recvmsg
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("system", choices=ALL_SYSTEMS)
+    p.add_argument("system", choices=KNOWN_SYSTEMS)
     p.add_argument("size", type=int)
     p.add_argument("subs", type=int)
     p.add_argument("rate", type=float)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fobench import extra, fleetmodes, fleetreport, hops, matrix, report
 from fobench.build import BENCH_DIR, BUILD_DIR, build_all
-from fobench.servers import ALL_SYSTEMS
+from fobench.servers import ALL_SYSTEMS, KNOWN_SYSTEMS
 
 MODES = ("throughput", "latency", "cost", "scale", "burst", "idle", "stall", "hops")
 DEFAULT_MODES = ("throughput", "latency")
@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tiny load: 100 B, 1 subscriber, 1 repeat, short latency run (< 60 s)")
     p.add_argument("--modes", type=_csv(str, MODES + ("all",)), default=list(DEFAULT_MODES),
                    help=f"comma list of {','.join(MODES)} or 'all' (default: {','.join(DEFAULT_MODES)})")
-    p.add_argument("--systems", type=_csv(str, ALL_SYSTEMS), default=list(ALL_SYSTEMS),
-                   help="comma list (default: all of fanoutd,cbase,redis,nats)")
+    p.add_argument("--systems", type=_csv(str, KNOWN_SYSTEMS), default=list(ALL_SYSTEMS),
+                   help="comma list (default: all of fanoutd,cbase,redis,nats; zmtpd, the prototype of issue #28, only when named)")
     p.add_argument("--repeats", type=int, default=3, help="runs per cell (default 3)")
     p.add_argument("--sizes", type=_csv(int), default=list(matrix.SIZES), help="message sizes, bytes")
     p.add_argument("--subs", type=_csv(int), default=list(matrix.SUBS), help="subscriber counts")
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="length of a cost run (at its fixed offered rate)")
     p.add_argument("--scale-subs", type=_csv(int), default=list(fleetmodes.SCALE_SUBS),
                    help="subscriber counts of the scale mode")
+    p.add_argument("--scale-sizes", type=_csv(int), default=[fleetmodes.SCALE_SIZE],
+                   help="message sizes of the scale mode (default 100); after the first, the idle probe is "
+                        "short (idle CPU is measured at the first)")
     p.add_argument("--idle-seconds", type=float, default=extra.IDLE_SECONDS)
     p.add_argument("--stall-seconds", type=float, default=extra.STALL_SECONDS)
     p.add_argument("--python", default=sys.executable, help="interpreter that runs 'python -m fanoutd'")
@@ -137,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         data["cost"] = cost
         save()
     if "scale" in args.modes:
-        scale = fleetmodes.scale(bins, systems, args.repeats, args.python, args.scale_subs)
-        for title, lines in fleetreport.scale_tables(scale, systems):
-            sections.append((f"Scale, {fleetmodes.SCALE_SIZE} B flat out: {title} (median of {args.repeats})",
-                             lines))
-        sections[-1][1].extend(fleetreport.errors(scale))
-        data["scale"] = scale
-        save()
+        for n, size in enumerate(args.scale_sizes):
+            cells = fleetmodes.scale(bins, systems, args.repeats, args.python, args.scale_subs, size=size,
+                                     long_idle=n == 0)
+            for title, lines in fleetreport.scale_tables(cells, systems):
+                sections.append((f"Scale, {size} B flat out: {title} (median of {args.repeats})", lines))
+            sections[-1][1].extend(fleetreport.errors(cells))
+            data["scale" if n == 0 else f"scale_{size}"] = cells
+            scale = scale or cells
+            save()
     if "burst" in args.modes:
         count = max(1000, int(extra.BURST_COUNT * args.scale))
         bursts = extra.burst(runner, systems, count)

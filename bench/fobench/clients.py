@@ -51,7 +51,13 @@ def msink(bins: dict[str, Path], mode: str, port: int, k: int, length: int, coun
 
 def puller(bins: dict[str, Path], server: servers.Server, size: int, count: int, idle_ms: int,
            wait_ms: int | None = None, latency: bool = False) -> Child:
-    """One puller on a ZeroMQ system's PUSH output (fanoutd's pullers get the payload without its topic)."""
+    """One puller on a ZeroMQ system's PUSH output (fanoutd's pullers get the payload without its topic).
+
+    A system without one (the prototype, zmtpd) gets one more subscriber instead: equal work, as for Redis
+    and NATS.
+    """
+    if not server.push:
+        return msink(bins, "zmtp", port_of(server.publish), 1, size, count, TOPIC_LEN, idle_ms, wait_ms, latency)
     offset = 0 if server.strip_topic else TOPIC_LEN
     return msink(bins, "zmtp-pull", port_of(server.push), 1, size - TOPIC_LEN + offset, count, offset,
                  idle_ms, wait_ms, latency)

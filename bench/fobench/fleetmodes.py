@@ -102,11 +102,14 @@ def cost(bins: dict[str, Path], systems: Sequence[str], repeats: int, seconds: f
 
 
 def scale(bins: dict[str, Path], systems: Sequence[str], repeats: int, python: str | None = None,
-          subs: Sequence[int] = SCALE_SUBS, deliveries: int = SCALE_DELIVERIES) -> list[FleetCell]:
+          subs: Sequence[int] = SCALE_SUBS, deliveries: int = SCALE_DELIVERIES, size: int = SCALE_SIZE,
+          long_idle: bool = True) -> list[FleetCell]:
+    """``long_idle`` False: the idle probe is IDLE_PROBE_SMALL everywhere (a second size of one run: its idle
+    CPU was measured at the first)."""
     def spec(system: str, key: tuple[int, ...]) -> FleetSpec:
         (k,) = key
-        probe = IDLE_PROBE if k >= IDLE_PROBE_FROM else IDLE_PROBE_SMALL
-        return FleetSpec(system, SCALE_SIZE, k, count=max(200, deliveries // k), idle_probe=probe, idle_ms=3000)
+        probe = IDLE_PROBE if k >= IDLE_PROBE_FROM and long_idle else IDLE_PROBE_SMALL
+        return FleetSpec(system, size, k, count=max(200, deliveries // k), idle_probe=probe, idle_ms=3000)
     return _matrix(systems, [(k,) for k in subs], repeats, "scale", spec, bins, python)
 
 

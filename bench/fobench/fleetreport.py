@@ -15,7 +15,7 @@ from .fleet import FleetResult
 from .fleetmodes import FleetCell
 
 PEERS = ("redis", "nats")
-NAMES = {"fanoutd": "fanoutd", "cbase": "C baseline", "redis": "Redis", "nats": "NATS"}
+NAMES = {"fanoutd": "fanoutd", "cbase": "C baseline", "redis": "Redis", "nats": "NATS", "zmtpd": "zmtpd (prototype)"}
 Value = Callable[[FleetResult], float | None]
 
 

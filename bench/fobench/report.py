@@ -22,7 +22,7 @@ from .trial import TrialResult
 
 BASELINE = "cbase"
 PEERS = ("redis", "nats")  # fanoutd's competitors; the C baseline is its own stack
-NAMES = {"fanoutd": "fanoutd", "cbase": "C baseline", "redis": "Redis", "nats": "NATS"}
+NAMES = {"fanoutd": "fanoutd", "cbase": "C baseline", "redis": "Redis", "nats": "NATS", "zmtpd": "zmtpd (prototype)"}
 
 
 def _k(rate: float | None) -> str:

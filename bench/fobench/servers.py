@@ -4,6 +4,10 @@
   no ``FANOUTD_*`` environment), ready when ``/readyz`` (or, on builds that
   have no readiness probe yet, ``/healthz``) answers 200;
 * ``cbase``: the C baseline (two chained ``zmq_proxy`` calls, HWM 0);
+* ``zmtpd``: the ZMTP publisher prototype of issue #28 (``bench/zmtp/``): a
+  libzmq SUB collector, its own ZMTP to subscribers, no PUSH output (one
+  more subscriber stands in for the puller, as for Redis and NATS); only
+  when ``--systems`` names it;
 * ``redis``: Debian's ``redis-server``, no persistence;
 * ``nats``: Debian's ``nats-server``, with its monitoring port.
 
@@ -23,9 +27,12 @@ from pathlib import Path
 from .procs import LOOPBACK, Child, ProcError, free_port, http_status, tcp_endpoint, wait_tcp
 
 REPO_DIR = Path(__file__).resolve().parents[2]
-ZMQ_SYSTEMS = ("fanoutd", "cbase")
+ZMQ_SYSTEMS = ("fanoutd", "cbase", "zmtpd")
 RAW_SYSTEMS = ("redis", "nats")
 ALL_SYSTEMS = ("fanoutd", "cbase", "redis", "nats")
+# Systems --systems may name beyond the default set: the prototype of issue #28 (bench/README.md, "Owning the
+# publish path").
+KNOWN_SYSTEMS = (*ALL_SYSTEMS, "zmtpd")
 START_TIMEOUT = 20.0
 
 
@@ -37,7 +44,7 @@ class Server:
     child: Child
     collector: str = ""     # ZeroMQ systems: where producers connect
     publish: str = ""       # ZeroMQ systems: where subscribers connect
-    push: str = ""          # ZeroMQ systems: where pullers connect
+    push: str = ""          # ZeroMQ systems: where pullers connect ("": no PUSH output, one more subscriber)
     strip_topic: bool = False  # does the PUSH output drop the "topic " prefix?
     port: int = 0           # Redis / NATS client port
     monitor_port: int = 0   # NATS monitoring (HTTP) port
@@ -61,14 +68,18 @@ def _clean_env() -> dict[str, str]:
 
 
 def start_fanoutd(python: str | None = None) -> Server:
-    ports = [free_port() for _ in range(5)]
-    ep = [tcp_endpoint(p) for p in (*ports[:3], ports[4])]
+    ports = [free_port() for _ in range(6)]
+    ep = [tcp_endpoint(p) for p in (*ports[:3], ports[4], ports[5])]
     metrics = f"{LOOPBACK}:{ports[3]}"
-    # The shipped defaults, on free ports: the stamped output too (no bench client reads it).
+    # The shipped defaults, on free ports: the stamped output and its repair endpoint too (no bench client reads
+    # them).
     # -P: the interpreter's own install of fanoutd runs, never the checkout the bench sits in, so bench/ab.py
     # can run two builds from one tree.
     argv = [python or sys.executable, "-P", "-m", "fanoutd", "--collector", ep[0],
-            "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics]
+            "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics,
+            # the repair endpoint (on by default with a stamped output) on a free port too: its default, 5566,
+            # may be taken by another daemon on the machine, and fanoutd then refuses to start
+            "--repair", ep[4]]
     child = Child(argv, "fanoutd", env=_clean_env(), cwd=str(REPO_DIR))
     server = Server("fanoutd", child, ep[0], ep[1], ep[2], strip_topic=True,
                     extras={"metrics": metrics})
@@ -89,6 +100,19 @@ def start_cbase(binary: Path) -> Server:
     ep = [tcp_endpoint(free_port()) for _ in range(3)]
     child = Child([str(binary), *ep], "cbase")
     server = Server("cbase", child, ep[0], ep[1], ep[2], strip_topic=False)
+    try:
+        child.expect("ready", START_TIMEOUT)
+    except ProcError:
+        server.stop()
+        raise
+    return server
+
+
+def start_zmtpd(binary: Path) -> Server:
+    """The prototype with its defaults (bench/zmtp/zmtpd.c), or the options in $ZMTPD_ARGS (to try a lever)."""
+    ep = [tcp_endpoint(free_port()) for _ in range(2)]
+    child = Child([str(binary), *os.environ.get("ZMTPD_ARGS", "").split(), *ep], "zmtpd")
+    server = Server("zmtpd", child, ep[0], ep[1], "", strip_topic=False)
     try:
         child.expect("ready", START_TIMEOUT)
     except ProcError:
@@ -136,6 +160,8 @@ def start(system: str, bins: dict[str, Path], python: str | None = None) -> Serv
         return start_fanoutd(python)
     if system == "cbase":
         return start_cbase(bins["cbase"])
+    if system == "zmtpd":
+        return start_zmtpd(bins["zmtpd"])
     if system == "redis":
         return start_redis()
     if system == "nats":
