@@ -17,8 +17,10 @@ queues, memory or subscriptions.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,6 +69,14 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FANOUTD_")}
 
 
+@functools.cache
+def _has_flag(python: str, flag: str) -> bool:
+    """Whether that build of fanoutd takes a command-line flag: bench/ab.py also runs builds from before it."""
+    usage = subprocess.run([python, "-P", "-m", "fanoutd", "--help"], capture_output=True, text=True,
+                           env=_clean_env(), cwd=str(REPO_DIR), timeout=60).stdout
+    return flag in usage
+
+
 def start_fanoutd(python: str | None = None) -> Server:
     ports = [free_port() for _ in range(6)]
     ep = [tcp_endpoint(p) for p in (*ports[:3], ports[4], ports[5])]
@@ -75,11 +85,13 @@ def start_fanoutd(python: str | None = None) -> Server:
     # them).
     # -P: the interpreter's own install of fanoutd runs, never the checkout the bench sits in, so bench/ab.py
     # can run two builds from one tree.
-    argv = [python or sys.executable, "-P", "-m", "fanoutd", "--collector", ep[0],
-            "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics,
-            # the repair endpoint (on by default with a stamped output) on a free port too: its default, 5566,
-            # may be taken by another daemon on the machine, and fanoutd then refuses to start
-            "--repair", ep[4]]
+    python = python or sys.executable
+    argv = [python, "-P", "-m", "fanoutd", "--collector", ep[0],
+            "--publish", ep[1], "--push", ep[2], "--stamped", ep[3], "--metrics", metrics]
+    # The repair endpoint (on by default with a stamped output) on a free port too: its default, 5566, may be
+    # taken by another daemon on the machine, and fanoutd then refuses to start.
+    if _has_flag(python, "--repair"):
+        argv += ["--repair", ep[4]]
     child = Child(argv, "fanoutd", env=_clean_env(), cwd=str(REPO_DIR))
     server = Server("fanoutd", child, ep[0], ep[1], ep[2], strip_topic=True,
                     extras={"metrics": metrics})
