@@ -375,7 +375,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
                 return "drained";
             wait_ms = 5;
         }
-        zpollitem_t items[INPUTS_CAP + 3 + OUTS];
+        zpollitem_t items[INPUTS_CAP + 3];
         int nitems = f->ninputs;
         for (int i = 0; i < f->ninputs; i++)
             items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
@@ -385,9 +385,9 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
             items[nitems++] = (zpollitem_t){f->relay_repair->sock, 0, Z_POLLIN, 0};
         if (f->uprepair)  /* and the hub's answers to this node's repair requests */
             items[nitems++] = (zpollitem_t){uprepair_socket(f->uprepair), 0, Z_POLLIN, 0};
-        for (int o = 0; o < OUTS; o++)  /* and a subscription: counted (and bounded) as soon as it is handed up */
-            if (f->outs[o])
-                items[nitems++] = (zpollitem_t){f->outs[o], 0, Z_POLLIN, 0};
+        /* Not the outputs: every reader's progress report wakes their sockets, and waking on those cost a
+         * subscriber half its flat-out rate at 100 B. Their subscriptions are read each pass, at least every
+         * tick (docs/concepts.md, "What remains unbounded"). */
         if (Z.poll(items, nitems, wait_ms) < 0 && (*err = Z.errno_()) != EINTR)
             return *err == Z_ETERM ? "terminated" : NULL;
     }
