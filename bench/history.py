@@ -221,10 +221,13 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=20_000,
                    help="the fixed rate, messages a second (at most 80 MB/s: 4,882/s at 16 KiB)")
     p.add_argument("--repair-peers", type=int, default=4, help="repair client processes (0: no repair run)")
-    p.add_argument("--repair-seconds", type=float, default=3.0)
+    p.add_argument("--repair-seconds", type=float, default=3.0,
+                   help="how long the repair clients ask (at least 1; --repair-peers 0 skips the repair run)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--repair-client", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repair_seconds < 1:
+        p.error("--repair-seconds must be at least 1 (use --repair-peers 0 to skip the repair run)")
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
