@@ -28,6 +28,7 @@ from typing import Protocol
 import gevent
 
 from . import logs
+from .every import Every
 from .peers import PRODUCER_ROLES, Connection, PeerTracker
 from .roles import BY_NAME, ROLES
 
@@ -64,21 +65,13 @@ class Senders:
         self._pending: dict[tuple[int, int], tuple[str, float]] = {}  # (fd, inode) -> (type, dropped after)
         self._closes = self._closed_so_far()
         self._plain = logs.Sparse(log)
-        self._greenlet: gevent.Greenlet | None = None
+        self._every = Every(POLL_EVERY, self.poll)
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
-        self._greenlet = gevent.spawn(self._run)
-        self._greenlet.link_exception(on_crash)
+        self._every.start(on_crash)
 
     def close(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(POLL_EVERY)
-            self.poll()
+        self._every.close()
 
     def _closed_so_far(self) -> int:
         return sum(self._peers.disconnects[role] for role in self._roles)

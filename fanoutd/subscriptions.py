@@ -21,6 +21,7 @@ from typing import Protocol
 import gevent
 
 from . import logs
+from .every import Every
 from .peers import Connection, PeerTracker
 from .roles import ROLES
 
@@ -49,22 +50,14 @@ class Subscriptions:
         self._held: collections.deque[tuple[int, int]] = collections.deque()  # closes the loop had no room for
         self._logged: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._sparse = logs.Sparse(log)
-        self._greenlet: gevent.Greenlet | None = None
+        self._every = Every(POLL_EVERY, self.poll)
         peers.on_closed = self.closed
 
     def start(self, on_crash: Callable[[gevent.Greenlet], None]) -> None:
-        self._greenlet = gevent.spawn(self._run)
-        self._greenlet.link_exception(on_crash)
+        self._every.start(on_crash)
 
     def close(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
-
-    def _run(self) -> None:
-        while True:
-            gevent.sleep(POLL_EVERY)
-            self.poll()
+        self._every.close()
 
     def closed(self, conn: Connection) -> None:
         """An output's connection closed: its subscriptions stop counting (in order, after any held back)."""
