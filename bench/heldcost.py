@@ -15,7 +15,6 @@ bytes costs".
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,36 +22,13 @@ import threading
 import time
 
 from fobench.build import build_all
-
-
-def _cpu_ns() -> int:
-    total = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError):
-            continue  # a thread that just ended
-    return total
+from fobench.inproc import cpu_ns, rig
 
 
 def child(bins: str, size: int, count: int) -> None:
     """One measurement with this interpreter's fanoutd; prints ns of CPU per message."""
-    import zmq
-    from fanoutd.dataplane import _forward, zmqlib
-    from fanoutd.dataplane import engine
-    zmqlib.bind()
-    ctx = zmq.Context()
-    if hasattr(engine, "_copy_received"):  # what the build's Engine does to its context
-        engine._copy_received(ctx)
-    collector = ctx.socket(zmq.SUB)
-    collector.setsockopt(zmq.SUBSCRIBE, b"")
-    collector.setsockopt(zmq.RCVHWM, 0)
-    port = collector.bind_to_random_port("tcp://127.0.0.1")
-    publish = ctx.socket(zmq.XPUB)
-    publish.setsockopt(zmq.XPUB_NODROP, 1)
-    publish.setsockopt(zmq.SNDHWM, 0)
-    out_port = publish.bind_to_random_port("tcp://127.0.0.1")
+    from fanoutd.dataplane import _forward
+    ctx, collector, port, publish, out_port = rig()
     sockets = {"collector": collector.underlying, "publish": publish.underlying}
     try:  # the byte bound of the defaults (3/4 of 64 MiB), with which frames are counted
         forwarder = _forward.Forwarder(sockets, stall_above=48 << 20)
@@ -75,10 +51,10 @@ def child(bins: str, size: int, count: int) -> None:
         producer.stdin.flush()
         while published() == start:
             time.sleep(0.001)
-        first, cpu0 = published(), _cpu_ns()
+        first, cpu0 = published(), cpu_ns()
         while published() < start + count:
             time.sleep(0.01)
-        print((_cpu_ns() - cpu0) / (published() - first))
+        print((cpu_ns() - cpu0) / (published() - first))
     finally:
         producer.kill()
         sink.kill()

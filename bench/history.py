@@ -43,44 +43,18 @@ import threading
 import time
 
 from fobench.build import build_all
+from fobench.inproc import cpu_ns, peak_rss, rig
 
 HISTORY_DEFAULT = 64 << 20  # history_bytes' default (fanoutd/config.py)
 FIXED_BYTES_PER_S = 80_000_000  # the fixed rate is at most this many bytes a second
 EPOCH = 1
 
 
-def _cpu_ns() -> int:
-    total = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError):
-            continue  # a thread that just ended
-    return total
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def child(spec: dict) -> dict:
     """One run with this interpreter's fanoutd: the load, then the repair clients if asked."""
     import zmq
-    from fanoutd.dataplane import _forward, engine, zmqlib
-    zmqlib.bind()
-    ctx = zmq.Context()
-    if hasattr(engine, "_copy_received"):  # what the build's Engine does to its context
-        engine._copy_received(ctx)
-    collector = ctx.socket(zmq.SUB)
-    collector.setsockopt(zmq.SUBSCRIBE, b"")
-    collector.setsockopt(zmq.RCVHWM, 0)
-    port = collector.bind_to_random_port("tcp://127.0.0.1")
-    stamped = ctx.socket(zmq.XPUB)
-    stamped.setsockopt(zmq.XPUB_NODROP, 1)
-    stamped.setsockopt(zmq.SNDHWM, 0)
-    out_port = stamped.bind_to_random_port("tcp://127.0.0.1")
+    from fanoutd.dataplane import _forward
+    ctx, collector, port, stamped, out_port = rig()
     sockets = {"collector": collector.underlying, "stamped": stamped.underlying}
     kwargs = {"epoch": EPOCH, "stall_above": 48 << 20}  # the byte bound of the defaults, as heldcost.py
     repair = None
@@ -113,14 +87,14 @@ def child(spec: dict) -> dict:
         producer.stdin.flush()
         while counter("stamped_messages") == start:
             time.sleep(0.001)
-        first, cpu0, t0 = counter("stamped_messages"), _cpu_ns(), time.monotonic()
+        first, cpu0, t0 = counter("stamped_messages"), cpu_ns(), time.monotonic()
         while counter("stamped_messages") < start + count:
             time.sleep(0.01)
-        done, cpu1, t1 = counter("stamped_messages"), _cpu_ns(), time.monotonic()
+        done, cpu1, t1 = counter("stamped_messages"), cpu_ns(), time.monotonic()
         sunk = json.loads(sink.communicate(timeout=60)[0].splitlines()[-1])
         if sunk["bad"] or sunk["received"] < count:
             raise SystemExit(f"history bench: the subscriber got {sunk}")
-        result.update(rate=(done - first) / (t1 - t0), cpu_ns=(cpu1 - cpu0) / (done - first), rss=_peak_rss())
+        result.update(rate=(done - first) / (t1 - t0), cpu_ns=(cpu1 - cpu0) / (done - first), rss=peak_rss())
         if spec["repair_peers"] and repair is not None:
             result.update(_serve_repair(spec, counter, f"tcp://127.0.0.1:{repair_port}"))
     finally:
@@ -147,9 +121,9 @@ def _serve_repair(spec: dict, counter, endpoint: str) -> dict:
         for c in clients:
             assert c.stdout.readline().strip() == "asking"
         time.sleep(0.2)
-        rep0, cpu0, t0 = counter("repaired_messages"), _cpu_ns(), time.monotonic()
+        rep0, cpu0, t0 = counter("repaired_messages"), cpu_ns(), time.monotonic()
         time.sleep(spec["repair_seconds"] - 0.4)
-        rep1, cpu1, t1 = counter("repaired_messages"), _cpu_ns(), time.monotonic()
+        rep1, cpu1, t1 = counter("repaired_messages"), cpu_ns(), time.monotonic()
     finally:
         for c in clients:
             c.kill()
