@@ -43,19 +43,27 @@ async def read_all(sub: aio.Subscriber, n: int, cut: object = None, idle: float 
     return got
 
 
+def cut_off_and_read(d, sockets, n: int, repair: str | None = None, idle: float = 5.0,
+                     **options) -> tuple[list[int], int, int]:
+    """The cut-off scenario of tests/test_client_repair.py with the asyncio Subscriber (hwm 1000, repairing from
+    ``repair``, the daemon's endpoint by default): n messages at 10,000 a second, the reader stopping after its
+    first until the guard has cut it; (what it got, lost, repaired)."""
+    async def main() -> tuple[list[int], int, int]:
+        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=repair or d.repair, hwm=1000,
+                                  **options) as sub:
+            await sub.wait_ready()
+            producer = produce(sockets, d.collector, n, 10_000)
+            got = await read_all(sub, n, cut=d, idle=idle)
+            await asyncio.to_thread(producer.join, 30)
+            return got, sub.lost, sub.repaired
+
+    return run(main(), 90)
+
+
 def test_a_cut_off_subscriber_ends_with_every_message_exactly_once(start_daemon, sockets):
     d = start_daemon(*GUARD, "--history-bytes", str(256 << 20))
     n = 40_000
-
-    async def main() -> tuple[list[int], int, int]:
-        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000) as sub:
-            await sub.wait_ready()
-            producer = produce(sockets, d.collector, n, 10_000)
-            got = await read_all(sub, n, cut=d)
-            producer.join(30)
-            return got, sub.lost, sub.repaired
-
-    got, lost, repaired = run(main(), 90)
+    got, lost, repaired = cut_off_and_read(d, sockets, n)
     assert got == list(range(n)), (len(got), lost, repaired)
     assert lost == 0 and repaired > 0
     assert d.total("fanoutd_slow_consumers_total", socket="stamped") >= 1
@@ -87,18 +95,8 @@ def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, soc
     d = start_daemon(*GUARD, "--history-bytes", str(1 << 20))
     n = 30_000
     gaps: list[tuple[bytes, int, int]] = []
-
-    async def main() -> tuple[list[int], int, int]:
-        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=d.repair, hwm=1000,
-                                  repair_report=lambda key, repaired, gone: gaps.append((key, repaired, len(gone)))
-                                  ) as sub:
-            await sub.wait_ready()
-            producer = produce(sockets, d.collector, n, 10_000)
-            got = await read_all(sub, n, cut=d)
-            producer.join(30)
-            return got, sub.lost, sub.repaired
-
-    got, lost, repaired = run(main(), 90)
+    got, lost, repaired = cut_off_and_read(
+        d, sockets, n, repair_report=lambda key, repaired, gone: gaps.append((key, repaired, len(gone))))
     assert got == sorted(set(got)) and got[0] == 0
     assert lost > 0 and repaired > 0
     assert lost == n - len(got), (lost, n - len(got), repaired)
@@ -108,17 +106,7 @@ def test_a_history_too_small_counts_exactly_what_never_arrived(start_daemon, soc
 def test_a_repair_endpoint_that_is_down_counts_the_gap_lost(start_daemon, sockets):
     d = start_daemon(*GUARD)
     n = 50_000  # it goes on after the cut: a later message shows the gap
-
-    async def main() -> tuple[list[int], int, int]:
-        async with aio.Subscriber(d.stamped, [b"t"], stamped=True, repair=nowhere(), repair_timeout=0.5,
-                                  hwm=1000) as sub:
-            await sub.wait_ready()
-            producer = produce(sockets, d.collector, n, 10_000)
-            got = await read_all(sub, n, cut=d, idle=3)
-            await asyncio.to_thread(producer.join, 30)
-            return got, sub.lost, sub.repaired
-
-    got, lost, repaired = run(main(), 90)
+    got, lost, repaired = cut_off_and_read(d, sockets, n, repair=nowhere(), idle=3, repair_timeout=0.5)
     assert repaired == 0 and lost > 0
     assert lost == n - len(got)
 
