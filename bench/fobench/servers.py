@@ -108,29 +108,27 @@ def start_fanoutd(python: str | None = None) -> Server:
     raise ProcError(f"fanoutd not ready on http://{metrics}/readyz after {START_TIMEOUT:.0f} s")
 
 
-def start_cbase(binary: Path) -> Server:
-    ep = [tcp_endpoint(free_port()) for _ in range(3)]
-    child = Child([str(binary), *ep], "cbase")
-    server = Server("cbase", child, ep[0], ep[1], ep[2], strip_topic=False)
+def _when_ready(server: Server) -> Server:
+    """The server once its program has said "ready"; stopped, and the failure raised, if it never does."""
     try:
-        child.expect("ready", START_TIMEOUT)
+        server.child.expect("ready", START_TIMEOUT)
     except ProcError:
         server.stop()
         raise
     return server
+
+
+def start_cbase(binary: Path) -> Server:
+    ep = [tcp_endpoint(free_port()) for _ in range(3)]
+    child = Child([str(binary), *ep], "cbase")
+    return _when_ready(Server("cbase", child, ep[0], ep[1], ep[2], strip_topic=False))
 
 
 def start_zmtpd(binary: Path) -> Server:
     """The prototype with its defaults (bench/zmtp/zmtpd.c), or the options in $ZMTPD_ARGS (to try a lever)."""
     ep = [tcp_endpoint(free_port()) for _ in range(2)]
     child = Child([str(binary), *os.environ.get("ZMTPD_ARGS", "").split(), *ep], "zmtpd")
-    server = Server("zmtpd", child, ep[0], ep[1], "", strip_topic=False)
-    try:
-        child.expect("ready", START_TIMEOUT)
-    except ProcError:
-        server.stop()
-        raise
-    return server
+    return _when_ready(Server("zmtpd", child, ep[0], ep[1], "", strip_topic=False))
 
 
 def start_redis() -> Server:
