@@ -98,7 +98,7 @@ static int repair_pass(Forwarder *f, int64_t now);  /* repair.c */
 /* Where an output held back by its byte bound (stall_above) is offered messages again: resume_below, a
  * low-water mark as libzmq's own queues have. Resuming as soon as one message fits would hold the producers
  * back again at the next, a stall (and a look by the guard) every few messages; resuming lower lets a run of
- * them through between stalls (docs/concepts.md, "Pacing"). */
+ * them through between stalls (docs/concepts.md, "Held bytes"). */
 static uint64_t resume_mark(Forwarder *f)
 {
     uint64_t below = LOAD(f->resume_below), above = LOAD(f->stall_above);
