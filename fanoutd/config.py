@@ -118,8 +118,8 @@ SETTINGS: tuple[Setting, ...] = (
     # readers (libzmq shares a message's bytes), so this bounds the furthest-behind reader's backlog in bytes.
     Setting("slow_consumer_max_pending", "budget", 64 * MIB,
             "message bytes an output (publish, relay, stamped) may hold for its readers, counted exactly "
-            "(fanoutd_pending_bytes); under pace producers are held back from 3/4 of it, under cut the output "
-            "stalls at it; past it the reader furthest behind is cut (rule max_pending); 0: no byte bound "
+            "(fanoutd_pending_bytes); under pace producers are held back from 3/4 of it until it is down to 1/2, "
+            "under cut the output stalls at it; past it the reader furthest behind is cut (rule max_pending); 0: no byte bound "
             "(the high-water marks only)", live=True),
     # Equal readers under overload take turns being furthest behind, each about 1/n of the time held: 0.5 would sit
     # at the average of two of them; 0.75 still cuts a reader at a tenth of the others' rate (held ~90% for it).

@@ -51,9 +51,25 @@ STOPPED_AFTER = 0.5
 PACE_FROM = 0.75
 
 
+# Under pace, the share of slow_consumer_max_pending an output held back by its bytes must fall to before it takes
+# messages again: a low-water mark, as libzmq's queues have one. Resuming as soon as one message fits held the
+# producers back again at the next: at 1 KiB flat out, over a thousand stalls a second, each a look by the guard
+# and a 200 us sleep of the loop, which cost a reader-bound cell a fifth of its rate (bench/README.md, "Pacing in
+# runs"). A quarter of the budget between the marks lets that much through between stalls.
+PACE_RESUME = 0.5
+
+
 def stall_above(policy: str, max_pending: int) -> int:
     """The held bytes past which the loop stalls an output for the guard (0: no byte bound)."""
     return int(max_pending * PACE_FROM) if policy == PACE else max_pending
+
+
+def resume_below(policy: str, max_pending: int) -> int:
+    """The held bytes at which an output stalled by :func:`stall_above` takes messages again.
+
+    Under cut the same as the bound: a cut frees what the reader held, and latency comes first.
+    """
+    return int(max_pending * PACE_RESUME) if policy == PACE else max_pending
 
 
 class Reading(NamedTuple):

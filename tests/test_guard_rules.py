@@ -27,7 +27,7 @@ from fanoutd import slow
 from fanoutd.config import ConfigError
 from fanoutd.slowrules import (BECAUSE, FURTHEST_BEHIND, MAX_PENDING, PACE_BOUND, RULES, STOPPED, STOPPED_AFTER,
                                TIMEOUT, WINDOW, Cut, Pacing, Progress, Reading, StallLook, full, gone,
-                               over_max_pending, stall_above)
+                               over_max_pending, resume_below, stall_above)
 
 BUF = 64 * 1024  # a send-buffer size: a queue of a quarter of it or more is a full one
 FULL = 60_000  # bytes queued: full in a BUF buffer
@@ -339,6 +339,12 @@ def test_the_loop_stalls_at_three_quarters_of_max_pending_under_pace_and_at_all_
     assert stall_above("cut", 64 * MIB) == 64 * MIB
     assert stall_above("pace", 0) == stall_above("cut", 0) == 0  # no byte bound
     assert load({}, {}).slow_consumer_max_pending == 64 * MIB and load({}, {}).slow_consumer_policy == "pace"
+
+
+def test_a_paced_output_takes_messages_again_at_half_of_max_pending_and_a_cut_one_at_the_bound():
+    assert resume_below("pace", 64 * MIB) == 32 * MIB < stall_above("pace", 64 * MIB)
+    assert resume_below("cut", 64 * MIB) == stall_above("cut", 64 * MIB)  # latency first: no low-water mark
+    assert resume_below("pace", 0) == 0
 
 
 def test_max_pending_must_hold_one_message_or_be_off():

@@ -58,7 +58,8 @@ class Rig:
 
 @pytest.fixture
 def rig(sockets: Callable[..., zmq.Socket], request) -> Iterator[Rig]:
-    """A running loop (stall_ns 10 ms, a real eventfd; stall_above the test's indirect parameter, else NEVER)."""
+    """A running loop (stall_ns 10 ms, a real eventfd; stall_above the test's indirect parameter, else NEVER, or
+    (stall_above, resume_below))."""
     zmqlib.bind()
     make = sockets  # closed by the sockets fixture, after this one has stopped the loop
 
@@ -74,9 +75,9 @@ def rig(sockets: Callable[..., zmq.Socket], request) -> Iterator[Rig]:
         producer = make(zmq.PUB, SNDHWM=100_000)
         producer.connect("inproc://collector")
         rig = Rig(None, producer, publish.getsockopt_string(zmq.LAST_ENDPOINT), make)  # type: ignore[arg-type]
+        above, below = (lambda p: p if isinstance(p, tuple) else (p, 0))(getattr(request, "param", NEVER))
         forwarder = _forward.Forwarder({"collector": collector.underlying, "publish": publish.underlying},
-                                       stall_ns=10_000_000, stall_fd=stall_fd,
-                                       stall_above=getattr(request, "param", NEVER))
+                                       stall_ns=10_000_000, stall_fd=stall_fd, stall_above=above, resume_below=below)
         rig.forwarder = forwarder
         thread = threading.Thread(target=forwarder.run)
         thread.start()  # the sockets pass to the loop's thread (starting it orders the two)
@@ -140,13 +141,34 @@ def test_an_output_past_stall_above_stalls_and_a_no_sends_without_a_drop(rig):
     assert rig.counter("publish_dropped") == 0, "a message held back by the byte bound alone reached everyone"
     assert rig.forwarder.windows()[PUBLISH] == 0, "no lossy window for a bound nobody was refused by"
     # Lifting the bound live ends the stall without the guard.
-    rig.forwarder.set_limits(max_message_size=1 << 20, max_frames=16, strip_topic=True, stall_above=0, push_above=0)
+    rig.forwarder.set_limits(max_message_size=1 << 20, max_frames=16, strip_topic=True, stall_above=0, push_above=0,
+                             resume_below=0)
     wait_for("everything to be published", lambda: rig.counter("published_messages"), lambda n: n >= 101)
     for _ in range(100):
         stopped.recv_multipart()
     assert wait_for("the ledger to come back to zero", rig.held, lambda h: h == 0, timeout=5) == 0
     assert rig.counter("publish_dropped") == 0
 
+
+@pytest.mark.parametrize("rig", [(1024 * 1024, 512 * 1024)], indirect=True)
+def test_an_output_held_back_by_its_bytes_takes_messages_again_only_at_the_low_water_mark(rig):
+    """A reader catching up lets runs of messages through, not one per stall.
+
+    Offered again as soon as one message fits, the output would be held back again at the next: a stall, and a
+    look by the guard, for every message the reader takes (about 185 here). From the low-water mark, (1 MiB -
+    512 KiB) / 64 KiB = 8 messages go out between two stalls.
+    """
+    reader = rig.reader(RCVHWM=1, RCVBUF=8192)
+    _subscribed(rig, reader)
+    stalls = rig.counter("publish_stalls")
+    rig.send(200, b"p" * SIZE)
+    wait_for("the publish output to stall on held bytes", lambda: rig.forwarder.stalls()[PUBLISH], bool)
+    for _ in range(200):
+        assert reader.recv_multipart() == [b"p" * SIZE]
+    stalled = rig.counter("publish_stalls") - stalls
+    assert 1 <= stalled <= 200 // 8 + 2, f"{stalled} stalls to deliver 200 x 64 KiB past a 1 MiB bound"
+    assert rig.counter("publish_dropped") == 0
+    assert wait_for("the ledger to come back to zero", rig.held, lambda h: h == 0, timeout=5) == 0
 
 
 @pytest.mark.parametrize("rig", [0], indirect=True)

@@ -6,7 +6,8 @@
  */
 
 #define FORWARDER_DOC \
-    "Forwarder(sockets, *, max_message_size=1 MiB, max_frames=16, strip_topic=True, stall_above=0, topics=(), " \
+    "Forwarder(sockets, *, max_message_size=1 MiB, max_frames=16, strip_topic=True, stall_above=0, resume_below=0, " \
+    "push_above=0, topics=(), " \
     "upstream_topics=(), stall_ns=0, stall_fd=-1, node_id=b'', epoch=0, stamp_streams=65536, history_bytes=0, " \
     "history_ns=0, upstream_repair_endpoint=None)\n\n" \
     "The forwarding loop between the data sockets. sockets maps a role to a pyzmq Socket.underlying " \
@@ -16,6 +17,8 @@
     "'repair' a ROUTER.\n" \
     "Limits (set_limits changes them live): max_message_size, max_frames, strip_topic, and stall_above: an " \
     "output holding more message bytes for its readers than this stalls (0: no bound; held_bytes()); " \
+    "resume_below: an output stalled by stall_above is offered messages again once it holds at most this " \
+    "(0, or above stall_above: at stall_above); " \
     "push_above: a message finding the PUSH output holding more than this is dropped (0: no bound).\n" \
     "Counting: topics, an allowlist of topics to count received messages for; upstream_topics, the " \
     "upstream link's subscriptions (its gaps are counted for what they cover).\n" \
@@ -101,7 +104,7 @@ static int copy_topics(PyObject *topics, char **data, size_t *lens, int *count)
 }
 
 static int set_limits(Forwarder *f, unsigned long long max_size, int max_frames, int strip,
-                      unsigned long long stall_above, unsigned long long push_above)
+                      unsigned long long stall_above, unsigned long long resume_below, unsigned long long push_above)
 {
     if (max_frames < 1 || max_frames > FRAMES_CAP) {
         PyErr_Format(PyExc_ValueError, "max_frames must be between 1 and %d", FRAMES_CAP);
@@ -111,6 +114,7 @@ static int set_limits(Forwarder *f, unsigned long long max_size, int max_frames,
     STORE(f->max_frames, max_frames);
     STORE(f->strip_topic, strip);
     STORE(f->stall_above, (uint64_t)stall_above);
+    STORE(f->resume_below, (uint64_t)resume_below);
     STORE(f->push_above, (uint64_t)push_above);
     return 0;
 }
@@ -126,7 +130,7 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
 {
     static char *names[] = {
         "sockets",
-        "max_message_size", "max_frames", "strip_topic", "stall_above", "push_above",  /* limits */
+        "max_message_size", "max_frames", "strip_topic", "stall_above", "resume_below", "push_above",  /* limits */
         "topics", "upstream_topics",                      /* counting */
         "stall_ns", "stall_fd",                           /* stalls */
         "node_id", "epoch", "stamp_streams",              /* stamping and federation */
@@ -134,14 +138,15 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         "upstream_repair_endpoint",                       /* federation repair */
         NULL};
     PyObject *sockets, *topics = NULL, *up_topics = NULL;
-    unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0, push_above = 0, history_bytes = 0;
+    unsigned long long max_size = 1 << 20, epoch = 0, stall_above = 0, resume_below = 0, push_above = 0;
+    unsigned long long history_bytes = 0;
     long long history_ns = 0;
     int max_frames = 16, strip = 1, stall_fd = -1, stamp_streams = 65536;
     long long stall_ns = 0;
     const char *node_id = NULL, *upstream_repair_endpoint = NULL;
     Py_ssize_t node_id_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipKK" "OO" "Li" "y#Ki" "KL" "z", names, &PyDict_Type, &sockets,
-                                     &max_size, &max_frames, &strip, &stall_above, &push_above,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|$" "KipKKK" "OO" "Li" "y#Ki" "KL" "z", names, &PyDict_Type, &sockets,
+                                     &max_size, &max_frames, &strip, &stall_above, &resume_below, &push_above,
                                      &topics, &up_topics,
                                      &stall_ns, &stall_fd,
                                      &node_id, &node_id_len, &epoch, &stamp_streams,
@@ -230,5 +235,5 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         PyErr_NoMemory();
         return -1;
     }
-    return set_limits(f, max_size, max_frames, strip, stall_above, push_above);
+    return set_limits(f, max_size, max_frames, strip, stall_above, resume_below, push_above);
 }

@@ -22,7 +22,7 @@ from . import _forward, zmqlib
 from ..config import Config
 from ..counters import RECEIVED, RECEIVED_UPSTREAM
 from ..roles import INPUTS, ROLES
-from ..slowrules import stall_above
+from ..slowrules import resume_below, stall_above
 from ..sockets import BindError, SocketSpec, describe, monitor_address, open_socket
 
 __all__ = ["BindError", "Engine", "OTHER_TOPIC"]
@@ -102,9 +102,8 @@ class Engine:
         c = self._config
         self._forwarder = _forward.Forwarder(
             {role: sock.underlying for role, sock in self._sockets.items()},
-            max_message_size=c.max_message_size, max_frames=c.max_frames, strip_topic=c.push_strip_topic,
-            stall_above=stall_above(c.slow_consumer_policy, c.slow_consumer_max_pending),
-            push_above=c.slow_consumer_max_pending, topics=[t.encode() for t in c.metrics_topics], upstream_topics=[t.encode() for t in c.collector_topics],
+            **_limits(c), topics=[t.encode() for t in c.metrics_topics],
+            upstream_topics=[t.encode() for t in c.collector_topics],
             stall_ns=int(c.slow_consumer_stall * 1e9), stall_fd=self.stall_fd,
             node_id=self.node_id, epoch=self.epoch, stamp_streams=c.stamp_streams,
             history_bytes=c.history_bytes if c.stamped or c.relay_repair else 0,
@@ -275,12 +274,7 @@ class Engine:
         """Apply the settings a reload can change without touching sockets."""
         self._config = config
         if self._forwarder is not None:
-            self._forwarder.set_limits(max_message_size=config.max_message_size,
-                                       max_frames=config.max_frames,
-                                       strip_topic=config.push_strip_topic,
-                                       stall_above=stall_above(config.slow_consumer_policy,
-                                                               config.slow_consumer_max_pending),
-                                       push_above=config.slow_consumer_max_pending)
+            self._forwarder.set_limits(**_limits(config))
             self._forwarder.set_subscription_bounds(*_subscription_bounds(config))
 
     def terminate(self, timeout: float) -> bool:
@@ -293,6 +287,14 @@ class Engine:
             return False
         os.close(self.stall_fd)  # only once the loop, its only writer, is gone
         return True
+
+
+def _limits(config: Config) -> dict[str, Any]:
+    """The loop's limits (set_limits): at start and at each reload, from the same settings."""
+    policy, max_pending = config.slow_consumer_policy, config.slow_consumer_max_pending
+    return {"max_message_size": config.max_message_size, "max_frames": config.max_frames,
+            "strip_topic": config.push_strip_topic, "stall_above": stall_above(policy, max_pending),
+            "resume_below": resume_below(policy, max_pending), "push_above": max_pending}
 
 
 def _subscription_bounds(config: Config) -> tuple[int, int, int]:

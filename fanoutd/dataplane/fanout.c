@@ -81,11 +81,10 @@ static int offer(void *sock, zmsg_t *msgs, int n)
     return 1;
 }
 
-/* Whether output out holds more bytes for its readers than the bound (stall_above), leaving out mine: the
+/* Whether output out holds more bytes for its readers than above (0: no bound), leaving out mine: the
  * message being offered, already counted as it is wrapped. */
-static int over_bound(Forwarder *f, int out, uint64_t mine)
+static int over_bound(Forwarder *f, int out, uint64_t mine, uint64_t above)
 {
-    uint64_t above = LOAD(f->stall_above);
     ledger_t *l = f->held[out];
     if (!above || !l || l->held - mine <= above)  /* the count only ever overstates until entries are taken back */
         return 0;
@@ -95,6 +94,16 @@ static int over_bound(Forwarder *f, int out, uint64_t mine)
 
 static void history_reclaim(Forwarder *f);  /* history.c */
 static int repair_pass(Forwarder *f, int64_t now);  /* repair.c */
+
+/* Where an output held back by its byte bound (stall_above) is offered messages again: resume_below, a
+ * low-water mark as libzmq's own queues have. Resuming as soon as one message fits would hold the producers
+ * back again at the next, a stall (and a look by the guard) every few messages; resuming lower lets a run of
+ * them through between stalls (docs/concepts.md, "Held bytes"). */
+static uint64_t resume_mark(Forwarder *f)
+{
+    uint64_t below = LOAD(f->resume_below), above = LOAD(f->stall_above);
+    return below && below < above ? below : above;
+}
 
 /* Take back what libzmq released on every output (and from the repair history) and publish the exact held
  * bytes (each batch or tick, and each turn of a stall). */
@@ -129,9 +138,11 @@ static void wake_guard(Forwarder *f)
  * with the time held so far, so the watchdog is fed and /metrics moves while
  * the guard keeps answering (at least once a second). A guard that stops
  * answering stops the ticks, and so the watchdog's pings: the loop waits for
- * an answer. 1 sent, 0 the guard answered "no" (the caller sends lossy), -1
- * error; an abort ends it too. */
-static int stall_output(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine)
+ * an answer. The message is offered again only while the output's held bytes
+ * are within stall_above, or (by_bytes: the bound held it back) within the
+ * low-water mark; both read live, as a reload may change them. 1 sent, 0 the
+ * guard answered "no" (the caller sends lossy), -1 error; an abort ends it too. */
+static int stall_output(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine, int by_bytes)
 {
     struct timespec pause = {0, STALL_RETRY_NS};
     uint64_t number = ++f->stalls_begun;
@@ -165,7 +176,7 @@ static int stall_output(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t min
             rc = -1;
             break;
         }
-        if (over_bound(f, out, mine))
+        if (over_bound(f, out, mine, by_bytes ? resume_mark(f) : LOAD(f->stall_above)))
             take_commands(f->outs[out]);
         else if ((rc = offer(f->outs[out], msgs, n)) != 0)
             break;
@@ -182,7 +193,8 @@ static int deliver(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine)
 {
     void *sock = f->outs[out];
     int window = LOAD(f->window[out]) != 0;
-    int rc = !window && f->stall_ns > 0 && over_bound(f, out, mine) ? 0 : offer(sock, msgs, n);
+    int held_back = !window && f->stall_ns > 0 && over_bound(f, out, mine, LOAD(f->stall_above));
+    int rc = held_back ? 0 : offer(sock, msgs, n);
     if (rc != 0) {
         if (rc > 0 && window)
             f->local[DROPPED[out]]++;  /* the full subscriber, out of libzmq's distribution, missed it */
@@ -191,7 +203,7 @@ static int deliver(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine)
     if (!window && f->stall_ns > 0) {
         f->local[STALLS[out]]++;
         publish_counters(f);
-        rc = stall_output(f, out, msgs, n, mine);
+        rc = stall_output(f, out, msgs, n, mine, held_back);
         /* "no" lets a message held back by the byte bound alone go to everyone: nobody misses it */
         if (rc == 0)
             rc = offer(sock, msgs, n);

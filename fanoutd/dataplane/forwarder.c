@@ -45,13 +45,14 @@ static PyObject *Forwarder_stop(Forwarder *f, PyObject *args)
 
 static PyObject *Forwarder_set_limits(Forwarder *f, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"max_message_size", "max_frames", "strip_topic", "stall_above", "push_above", NULL};
-    unsigned long long max_size, stall_above, push_above;
-    int max_frames, strip;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "$KipKK", names, &max_size, &max_frames, &strip, &stall_above,
-                                     &push_above))
+    static char *names[] = {"max_message_size", "max_frames", "strip_topic", "stall_above", "push_above",
+                            "resume_below", NULL};
+    unsigned long long max_size = 0, stall_above = 0, push_above = 0, resume_below = 0;
+    int max_frames = 0, strip = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "$KipKKK", names, &max_size, &max_frames, &strip, &stall_above,
+                                     &push_above, &resume_below))
         return NULL;
-    if (set_limits(f, max_size, max_frames, strip, stall_above, push_above) < 0)
+    if (set_limits(f, max_size, max_frames, strip, stall_above, resume_below, push_above) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -227,7 +228,7 @@ static PyMethodDef Forwarder_methods[] = {
     {"stop", (PyCFunction)Forwarder_stop, METH_VARARGS,
      "stop(abort=False): drain the collector then return, or return at once. Thread-safe."},
     {"set_limits", (PyCFunction)(void (*)(void))Forwarder_set_limits, METH_VARARGS | METH_KEYWORDS,
-     "Change max_message_size, max_frames, strip_topic, stall_above and push_above live. Thread-safe."},
+     "Change max_message_size, max_frames, strip_topic, stall_above, push_above and resume_below live. Thread-safe."},
     {"set_push_peers", (PyCFunction)Forwarder_set_push_peers, METH_O,
      "Tell the loop how many pullers are connected, to label push drops. Thread-safe."},
     {"set_stamped_peers", (PyCFunction)Forwarder_set_stamped_peers, METH_O,

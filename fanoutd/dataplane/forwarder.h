@@ -118,6 +118,8 @@ typedef struct {
     int push_peers;                /* set_push_peers(): labels a refused push (no puller, or high-water mark) */
     int stamped_peers;             /* set_stamped_peers(): with none, the stamped output's sends are skipped */
     uint64_t stall_above;          /* set_limits(): an output holding more bytes than this stalls; 0: no bound */
+    uint64_t resume_below;         /* set_limits(): held back by stall_above, it is offered again at this; 0: at
+                                    * stall_above */
     uint64_t push_above;           /* set_limits(): a message finding PUSH holding more bytes is dropped; 0: none */
     /* The guard's answer to stall number n: n << 1 | 1 "stall on", n << 1 "no" (send lossy). The number
      * ties the answer to the stall it was given for; the loop ignores an answer to an earlier one. */
