@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -340,6 +340,22 @@ def settle(daemon: Daemon, socket_name: str, count: int, timeout: float = 5.0) -
 
 
 PROBE, PROBE_END = b"_probe x", b"_probe end"
+
+
+def send_paced(send: Callable[[Any], object], messages: Iterable[Any], rate: float) -> int:
+    """Send each message at about ``rate`` a second (the clock looked at every 200); returns how many.
+
+    A producer of a test that must not outrun its readers on purpose: flat out, a loaded machine decides
+    what a reader keeps up with, and the test would measure the machine.
+    """
+    t0 = time.monotonic()
+    count = 0
+    for i, message in enumerate(messages):
+        send(message)
+        count += 1
+        if i % 200 == 0 and (ahead := i / rate - (time.monotonic() - t0)) > 0:
+            time.sleep(ahead)
+    return count
 
 
 def warm_up(producer: zmq.Socket, *receivers: zmq.Socket, timeout: float = 10.0) -> int:

@@ -27,7 +27,7 @@ import zmq.auth
 from fanoutd_client import Subscriber, load_curve_keys, wire
 from fanoutd_client.repair import Gone, range_request
 
-from conftest import free_port, ready_producer, settle, wait_for
+from conftest import free_port, ready_producer, send_paced, settle, wait_for
 from test_clients import await_subscription, bound, close_within
 from test_repair import repairers  # noqa: F401 (a fixture)
 from test_tool import command, tool_env
@@ -43,11 +43,7 @@ def produce(sockets, endpoint: str, n: int, rate: int, start: threading.Event | 
     def run() -> None:
         if start is not None:
             start.wait(30)
-        t0 = time.monotonic()
-        for i in range(n):
-            producer.send(b"t %06d " % i + b"x" * 1024)
-            if i % 200 == 0 and (ahead := i / rate - (time.monotonic() - t0)) > 0:
-                time.sleep(ahead)
+        send_paced(producer.send, (b"t %06d " % i + b"x" * 1024 for i in range(n)), rate)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -375,11 +371,7 @@ def test_prefix_filters_and_multipart_messages_are_repaired_exactly(start_daemon
         producer = ready_producer(sockets, d.collector)
 
         def run() -> None:
-            t0 = time.monotonic()
-            for i, frames in enumerate(sent):
-                producer.send_multipart(frames)
-                if i % 200 == 0 and (ahead := i / 10_000 - (time.monotonic() - t0)) > 0:
-                    time.sleep(ahead)
+            send_paced(producer.send_multipart, sent, 10_000)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()

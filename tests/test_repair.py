@@ -18,7 +18,7 @@ from fanoutd_client import wire
 from fanoutd_client.repair import Gone, Repairer, heads_request, parse_answer, range_request
 from fanoutd_client._stamps import parse_trailer
 
-from conftest import ready_producer, wait_for
+from conftest import ready_producer, send_paced, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -176,14 +176,11 @@ def test_a_cut_off_subscriber_gets_every_message_it_missed_back(start_daemon, so
     for t in threads:
         t.start()
     try:
-        n, rate, t0 = 60_000, 20_000, time.monotonic()
-        for i in range(n):
-            producer.send(b"t %06d " % i + b"x" * 1024)
-            if i % 200 == 0 and (ahead := i / rate - (time.monotonic() - t0)) > 0:
-                time.sleep(ahead)
+        deadline = time.monotonic() + 30
+        n = send_paced(producer.send, (b"t %06d " % i + b"x" * 1024 for i in range(60_000)), 20_000)
         i = n  # until the cut-off subscriber is back and has the latest message
         while not (got["slow"] and max(got["slow"]) == i and len(got["fast"]) == i):
-            assert time.monotonic() < t0 + 30, (len(got["slow"]), len(got["fast"]))
+            assert time.monotonic() < deadline, (len(got["slow"]), len(got["fast"]))
             producer.send(b"t %06d " % i + b"x" * 1024)
             i += 1
             time.sleep(0.01)

@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from conftest import connected, free_port, ready_producer, settle, warm_up
+from conftest import connected, free_port, ready_producer, send_paced, settle, warm_up
 from fanoutd_client import NotStamped, Subscriber, wire
 from fanoutd_client._stamps import GapTracker, Stamp, parse_trailer
 
@@ -164,11 +164,7 @@ def test_a_cut_off_subscriber_knows_exactly_what_it_missed(start_daemon, sockets
         for t in threads:
             t.start()
         try:
-            n, rate, t0 = 60_000, 20_000, time.monotonic()
-            for i in range(n):
-                prod.send(b"t %06d " % i + PAYLOAD)
-                if i % 200 == 0 and (ahead := i / rate - (time.monotonic() - t0)) > 0:
-                    time.sleep(ahead)
+            n = send_paced(prod.send, (b"t %06d " % i + PAYLOAD for i in range(60_000)), 20_000)
             # Keep sending until the cut-off subscriber is back and has the latest message: its last gap counts then.
             deadline = time.monotonic() + 20
             i = n
