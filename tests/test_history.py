@@ -19,6 +19,8 @@ import zmq
 from fanoutd_client import wire
 from fanoutd_client.repair import End, Gone, Repairer, heads_request, range_request
 
+from zmq.utils.monitor import recv_monitor_message
+
 from conftest import wait_for
 from fanoutd.dataplane import _forward, zmqlib
 
@@ -62,14 +64,44 @@ class Rig:
     make_closed: list[Repairer]
 
 
+PEER_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+
+def _wait_peers_gone(monitor: zmq.Socket, timeout: float = 10.0) -> None:
+    """Read a bound socket's monitor until every connection it accepted is gone, failing the test past timeout.
+
+    Closing a bound socket while a peer's close is still on its way can abort the process: a connection whose
+    engine has begun a multipart message and then sees the peer go cleans its pipe, finds the rest of the
+    message gone with the closing socket, and libzmq 4.3.5 asserts (session_base.cpp, zeromq/libzmq#3442). So
+    the peers close first, and the bound sockets only once libzmq has let go of every connection.
+    """
+    open_, deadline = 0, time.monotonic() + timeout
+    while True:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            open_ += 1 if event == zmq.EVENT_ACCEPTED else -1
+        if open_ <= 0:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{open_} connections to a bound socket still open {timeout:.0f}s after their peers closed")
+        monitor.poll(100)
+
+
 @pytest.fixture
 def rig(ctx: zmq.Context, sockets: Callable[..., zmq.Socket]) -> Iterator[Callable[..., Rig]]:
     """rig(history_bytes, history_ns=0) -> a running loop with a stamped output and a repair endpoint."""
     zmqlib.bind()
     running: list[tuple[_forward.Forwarder, threading.Thread]] = []
     repairers: list[Repairer] = []
+    peers: list[zmq.Socket] = []  # what the tests make: closed first, at teardown
+    monitors: list[zmq.Socket] = []
 
-    make = sockets  # closed by the sockets fixture, after this one has stopped the loop
+    make = sockets  # the rig's own sockets, closed by the sockets fixture after this one has stopped the loop
+
+    def make_peer(kind: int, **options: int) -> zmq.Socket:
+        sock = make(kind, **options)
+        peers.append(sock)
+        return sock
 
     def start(history_bytes: int, history_ns: int = 0, repair_hwm: int = 10_000, stamped_hwm: int = 100_000) -> Rig:
         collector = make(zmq.SUB, RCVHWM=100_000)
@@ -79,6 +111,7 @@ def rig(ctx: zmq.Context, sockets: Callable[..., zmq.Socket]) -> Iterator[Callab
         stamped.bind("tcp://127.0.0.1:0")
         repair = make(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=repair_hwm)
         repair.bind("tcp://127.0.0.1:0")
+        monitors.extend(sock.get_monitor_socket(PEER_EVENTS) for sock in (stamped, repair))
         producer = make(zmq.XPUB, SNDHWM=100_000, RCVTIMEO=5000)
         producer.connect(f"inproc://collector-{len(running)}")
         forwarder = _forward.Forwarder({"collector": collector.underlying, "stamped": stamped.underlying,
@@ -89,7 +122,7 @@ def rig(ctx: zmq.Context, sockets: Callable[..., zmq.Socket]) -> Iterator[Callab
         running.append((forwarder, thread))
         assert producer.recv() == b"\x01", "the collector's subscription: from here nothing sent is lost"
         rig = Rig(forwarder, producer, stamped.getsockopt_string(zmq.LAST_ENDPOINT),
-                  repair.getsockopt_string(zmq.LAST_ENDPOINT), make, ctx, repairers)
+                  repair.getsockopt_string(zmq.LAST_ENDPOINT), make_peer, ctx, repairers)
         # The inproc PUB's subscription arrives at once; a probe proves it (and is stream 1 of key "_probe ").
         return rig
 
@@ -100,6 +133,11 @@ def rig(ctx: zmq.Context, sockets: Callable[..., zmq.Socket]) -> Iterator[Callab
         assert not thread.is_alive(), "the loop did not stop"
     for r in repairers:
         r.close()
+    for sock in peers:
+        sock.close(linger=0)
+    for monitor in monitors:
+        _wait_peers_gone(monitor)
+        monitor.close(linger=0)
 
 
 def heads(rig: Rig, prefix: bytes) -> dict[bytes, tuple[int, int]]:
