@@ -336,7 +336,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
         int mode = LOAD(f->mode);
         if (mode == MODE_ABORT)
             return "aborted";
-        int busy = 0, failed = 0, read = 0;
+        int busy = 0, failed = 0, read = 0, repair = 0;
         f->tick_ns = now_ns();
         take_reconnect(f);
         if (mode == MODE_DRAIN && !announced) {
@@ -354,7 +354,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
         for (int o = 0; o < OUTS && !failed; o++)
             failed = f->outs[o] && read_subscriptions(f, o) < 0;
         if (!failed)
-            failed = repair_pass(f, f->tick_ns) < 0;  /* repair.c: within its budget per pass */
+            failed = (repair = repair_pass(f, f->tick_ns)) < 0;  /* repair.c: within its budget per pass */
         if (!failed && f->uprepair)
             failed = uprepair_pass(f) < 0;  /* uprepair.c: the link's gaps asked of the hub, its answers delivered */
         f->local[C_TICKS]++;
@@ -364,7 +364,7 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
             *err = Z.errno_();
             return *err == Z_ETERM ? "terminated" : NULL;
         }
-        if (busy)
+        if (busy || repair)  /* an input or a repair endpoint left waiting by its budget */
             continue;
         long wait_ms = TICK_MS;
         if (mode == MODE_DRAIN) {
@@ -376,13 +376,13 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
             wait_ms = 5;
         }
         zpollitem_t items[INPUTS_CAP + 3];
-        int nitems = f->ninputs;
+        int nitems = f->ninputs, repair_at = -1, relay_at = -1;
         for (int i = 0; i < f->ninputs; i++)
             items[i] = (zpollitem_t){f->inputs[i].socket, 0, Z_POLLIN, 0};
-        if (f->repair)  /* a request wakes the loop too */
-            items[nitems++] = (zpollitem_t){f->repair->sock, 0, Z_POLLIN, 0};
+        if (f->repair)  /* a request wakes the loop too (repair.c: by the endpoint's fd) */
+            items[repair_at = nitems++] = repair_item(f->repair);
         if (f->relay_repair)
-            items[nitems++] = (zpollitem_t){f->relay_repair->sock, 0, Z_POLLIN, 0};
+            items[relay_at = nitems++] = repair_item(f->relay_repair);
         if (f->uprepair)  /* and the hub's answers to this node's repair requests */
             items[nitems++] = (zpollitem_t){uprepair_socket(f->uprepair), 0, Z_POLLIN, 0};
         /* Not the outputs: every reader's progress report wakes their sockets, and waking on those cost a
@@ -390,5 +390,9 @@ static const char *forward_until_stopped(Forwarder *f, int *err)
          * tick (docs/concepts.md, "What remains unbounded"). */
         if (Z.poll(items, nitems, wait_ms) < 0 && (*err = Z.errno_()) != EINTR)
             return *err == Z_ETERM ? "terminated" : NULL;
+        if (repair_at >= 0)
+            repair_woken(f->repair, &items[repair_at]);
+        if (relay_at >= 0)
+            repair_woken(f->relay_repair, &items[relay_at]);
     }
 }

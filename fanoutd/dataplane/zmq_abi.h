@@ -26,6 +26,7 @@ typedef void(zfree_fn)(void *data, void *hint);
 #define Z_POLLIN 1
 #define Z_POLLOUT 2
 #define Z_EVENTS 15
+#define Z_FD 14
 #define Z_ETERM (156384712 + 53)
 #define Z_XPUB_NODROP 69
 #define Z_SUBSCRIBE 6
