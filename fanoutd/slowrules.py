@@ -54,8 +54,8 @@ PACE_FROM = 0.75
 # Under pace, the share of slow_consumer_max_pending an output held back by its bytes must fall to before it takes
 # messages again: a low-water mark, as libzmq's queues have one. Resuming as soon as one message fits held the
 # producers back again at the next: at 1 KiB flat out, over a thousand stalls a second, each a look by the guard
-# and a 200 us sleep of the loop, which cost a reader-bound cell a fifth of its rate (bench/README.md, "Pacing in
-# runs"). A quarter of the budget between the marks lets that much through between stalls.
+# and a 200 us sleep of the loop, Python's share of the two cores taken from the readers (bench/README.md, "Pacing
+# in runs"). A quarter of the budget between the marks lets that much through between stalls.
 PACE_RESUME = 0.5
 
 

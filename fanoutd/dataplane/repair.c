@@ -44,14 +44,14 @@ static repair_t *repair_new(void *sock, int route)
 {
     repair_t *r = calloc(1, sizeof *r);
     size_t len = sizeof r->fd;
-    if (r && Z.getsockopt(sock, Z_FD, &r->fd, &len) < 0) {
+    if (!r)
+        return NULL;
+    if (Z.getsockopt(sock, Z_FD, &r->fd, &len) < 0) {
         free(r);
         return NULL;
     }
-    if (r) {
-        r->sock = sock;
-        r->route = route;
-    }
+    r->sock = sock;
+    r->route = route;
     return r;
 }
 
@@ -324,8 +324,8 @@ static int repair_pass(Forwarder *f, int64_t now)
 
 /* The idle wait's poll item for a repair endpoint: its ZMQ_FD as a plain fd, not the socket. Polled as a socket,
  * zmq_poll asks for its ZMQ_EVENTS before and after every wait, two system calls each (libzmq's fork check and a
- * poll of its mailbox), at every pass of an idle loop: at 40,000 messages a second, a tenth of what a delivery to
- * four readers costs. The fd is readable once the socket has commands to take (a request's arrival is one), and
+ * poll of its mailbox), at every pass of an idle loop (what that cost: docs/architecture.md, "History and
+ * repair"). The fd is readable once the socket has commands to take (a request's arrival is one), and
  * stays readable until they are taken; repair_woken takes them when it woke the loop, and every pass reads the
  * endpoint until it is empty or its budget runs out (then the loop does not sleep), so nothing waits unseen. */
 static zpollitem_t repair_item(const repair_t *r)
