@@ -9,13 +9,17 @@ commit before the change), in alternating order on every repeat, with the
 same C clients for both, and prints each side's median and B's ratio to A.
 Flat-out rates drift with whatever else the machine runs, so it also
 measures the broker's CPU per delivery at fixed offered rates (the cost
-cells of bench/README.md), which drifts less. Only ratios from one run mean
-anything on a shared, noisy machine.
+cells of bench/README.md), which drifts less, and, for each flat-out cell,
+the CPU per message of the forwarding loop's thread and of libzmq's I/O
+threads (from /proc, over the run): a change that makes one of them dearer
+shows there even when the rate hides it behind the other. Only ratios from
+one run mean anything on a shared, noisy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from fobench import fleet, fleetmodes, matrix, report
 from fobench.build import BUILD_DIR, build_all
-from fobench.trial import TrialSpec
+from fobench.trial import TrialResult, TrialSpec
 
 
 def _median(values: list[float]) -> float | None:
@@ -36,6 +40,22 @@ def _rate(v: float | None) -> str:
 
 def _cpu(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
+
+
+def _ns(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_ns(result: TrialResult) -> tuple[float, float] | None:
+    """CPU per message sent of the loop's thread and of libzmq's I/O threads together, in ns."""
+    loop = result.threads.get("fanoutd-fwd")
+    io = sum(t for name, t in result.threads.items() if name.startswith("ZMQbg/IO"))
+    if loop is None or not result.sent:
+        return None
+    return loop * TICK_NS / result.sent, io * TICK_NS / result.sent
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -72,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"A": matrix.Runner(bins, args.a), "B": matrix.Runner(bins, args.b)}
     cells = [(size, subs) for size in map(int, args.sizes.split(",")) for subs in map(int, args.subs.split(","))]
     rates: dict[tuple[int, int, str], list[float]] = {}
+    threads: dict[tuple[int, int, str], list[tuple[float, float]]] = {}
     for rep in range(args.repeats):
         for size, subs in cells:
             for side in ("A", "B") if rep % 2 == 0 else ("B", "A"):
@@ -79,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = runners[side].run(spec, f"[{rep + 1}/{args.repeats}] {size:>5} B x{subs} {side}")
                 if result.ok:
                     rates.setdefault((size, subs, side), []).append(result.rate)
+                    if (split := _thread_ns(result)) is not None:
+                        threads.setdefault((size, subs, side), []).append(split)
     costs: dict[tuple[int, int, int, str], list[float]] = {}
     if args.cost_seconds > 0:
         for rep in range(args.repeats):
@@ -97,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     for size, subs in cells:
         a, b = _median(rates.get((size, subs, "A"), [])), _median(rates.get((size, subs, "B"), []))
         lines.append(f"| {size} B x{subs}, msg/s | {_rate(a)} | {_rate(b)} | {_ratio(a, b)} |")
+    for size, subs in cells:
+        for i, name in enumerate(("loop", "I/O threads")):
+            a, b = (_median([t[i] for t in threads.get((size, subs, side), [])]) for side in "AB")
+            lines.append(f"| {size} B x{subs}, {name} CPU, ns/msg | {_ns(a)} | {_ns(b)} | {_ratio(a, b)} |")
     for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells] if costs else ():
         a, b = (_median(costs.get((size, subs, rate, side), [])) for side in "AB")
         lines.append(f"| CPU {size} B x{subs} @ {rate:,}/s, µs/delivery | {_cpu(a)} | {_cpu(b)} | {_ratio(a, b)} |")

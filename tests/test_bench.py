@@ -51,6 +51,9 @@ def test_ab_compares_two_builds_side_by_side(tmp_path):
     assert a.endswith("k") and b.endswith("k") and 0.2 < float(ratio) < 5, rows
     a, b, ratio = rows["CPU 100 B x4 @ 40,000/s, µs/delivery"]
     assert 0 < float(a) < 100 and 0 < float(b) < 100 and 0.2 < float(ratio) < 5, rows
+    for thread in ("loop", "I/O threads"):  # the run's CPU by thread, per message (a short run may show 0 ticks)
+        a, b, ratio = rows[f"100 B x1, {thread} CPU, ns/msg"]
+        assert 0 <= float(a.replace(",", "")) < 100_000 and 0 <= float(b.replace(",", "")) < 100_000, rows
 
 
 @pytest.mark.timeout(120)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import clients, servers
 from .clients import TOPIC_LEN
-from .procs import Child, ProcError, prometheus_counters, rss_bytes
+from .procs import Child, ProcError, prometheus_counters, rss_bytes, thread_ticks
 from . import subscriptions
 
 READY_TIMEOUT = 15.0
@@ -73,6 +73,7 @@ class TrialResult:
     sinks: list[SinkResult] = field(default_factory=list)
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds, bytes)
     counters: dict[str, float] = field(default_factory=dict)    # fanoutd's own, after the run
+    threads: dict[str, int] = field(default_factory=dict)       # the broker's CPU ticks per thread name, over the run
     error: str | None = None
 
     def measured(self) -> list[SinkResult]:
@@ -205,12 +206,14 @@ def _run_raw(server: servers.Server, spec: TrialSpec, bins: dict[str, Path], res
             seen = subscriptions.count(server.system, server.port, server.monitor_port)
             if seen != len(sinks):
                 raise ProcError(f"{server.system}: {seen} subscriptions, expected {len(sinks)}")
+        before = thread_ticks(server.pid)
         producer.send_line("go")
         budget = 60.0 + (spec.count / spec.rate if spec.rate else 0)
         pub = producer.result(budget)
         result.sent = int(pub["sent"])
         for output, sink in sinks:
             result.sinks.append(_sink_result(output, sink.result(budget), int(pub["t_first"])))
+        result.threads = {name: ticks - before.get(name, 0) for name, ticks in thread_ticks(server.pid).items()}
         if "metrics" in server.extras:
             result.counters = prometheus_counters(f"http://{server.extras['metrics']}/metrics", "fanoutd_")
     finally:

@@ -156,6 +156,11 @@ static int Forwarder_init(Forwarder *f, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "a Forwarder is initialised once");
         return -1;
     }
+    if (!f->parts && !(f->parts = aligned_alloc(64, ZMSG_LINES(FRAMES_CAP + 2)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    f->scratch = &f->parts[FRAMES_CAP + 1];
     void *s[S_COUNT] = {NULL};
     if (parse_sockets(sockets, s) < 0)
         return -1;

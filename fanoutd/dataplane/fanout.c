@@ -227,7 +227,7 @@ static int deliver(Forwarder *f, int out, zmsg_t *msgs, int n, uint64_t mine)
  * a byte bound (stall_above). 0 done, -1 error. */
 static int fan_out(Forwarder *f, int out, zmsg_t *frames, int n, zmsg_t *tail, int consume)
 {
-    zmsg_t msgs[FRAMES_CAP + 2];
+    zmsg_t msgs[FRAMES_CAP + 2] ZMSG_LINE;
     uint64_t mine = 0;
     int count = 0, rc = 0;
     /* Without a byte bound nothing reads the ledger: frames go unwrapped, at no cost (held.c says what it is). */

@@ -219,6 +219,7 @@ static void Forwarder_dealloc(Forwarder *f)
     free(f->relay_repair);
     free(f->uprepair);
     subs_free(f->subs);
+    free(f->parts);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 

@@ -161,8 +161,8 @@ typedef struct {
     uint64_t last_stream;    /* the last stream id given */
     stream_table stamps;     /* topic key -> stream id, last sequence given */
     stream_table seen;       /* upstream (epoch, stream) -> last sequence seen */
-    zmsg_t parts[FRAMES_CAP + 1];
-    zmsg_t scratch;
+    zmsg_t *parts;           /* FRAMES_CAP + 1 of them on cache lines (ZMSG_LINE), its own allocation */
+    zmsg_t *scratch;         /* where a frame past max_frames is read and dropped: after the parts */
 } Forwarder;
 
 /* Publish the loop's counters to the hub: relaxed stores, once per batch or tick, when a stall begins and at

@@ -37,7 +37,7 @@ typedef struct hentry {
     uint16_t keylen;
     int nframes;
     int hops;                 /* the route it came with from upstream (0: a producer's): after the frames */
-    zmsg_t frames[];          /* wrappers sharing the received frames (held.c) */
+    zmsg_t frames[] ZMSG_LINE;  /* wrappers sharing the received frames (held.c), on cache lines */
 } hentry_t;
 
 /* The node ids of the route an entry came with (hops of them), kept so a relay repair replies with the route
@@ -249,7 +249,8 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp, const unsi
         cost += size + (size > HELD_WRAP_MIN ? sizeof(held_t) : 0);
     }
     history_trim(h, cost <= h->bound ? cost : 0, f->tick_ns);
-    hentry_t *e = cost <= h->bound ? malloc(sizeof *e + (size_t)n * sizeof(zmsg_t) + route) : NULL;
+    size_t bytes = (sizeof(hentry_t) + ZMSG_LINES(n) + route + 63) / 64 * 64;  /* aligned_alloc takes whole lines */
+    hentry_t *e = cost <= h->bound ? aligned_alloc(64, bytes) : NULL;
     uint64_t counted = 0;
     int wrapped = 0;
     while (e && wrapped < n && held_wrap(h->ledger, &e->frames[wrapped], &f->parts[wrapped], 0, &counted) == 0)

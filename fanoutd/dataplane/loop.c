@@ -58,7 +58,7 @@ static int push_out(Forwarder *f, int n)
     int strip = LOAD(f->strip_topic), flags, rc = 0;
     uint64_t above = LOAD(f->push_above), counted = 0;
     ledger_t *ledger = above ? f->push_held : NULL;
-    zmsg_t out;
+    zmsg_t out ZMSG_LINE;
     if (push_over_bound(ledger, above)) {
         f->local[C_PUSH_MAX_PENDING]++;
         return 0;
@@ -68,7 +68,7 @@ static int push_out(Forwarder *f, int n)
         size_t len = Z.msg_size(&f->parts[0]);
         size_t topic = strip ? wire_topic_len(data, len) : len;
         if (topic < len) {
-            zmsg_t payload;
+            zmsg_t payload ZMSG_LINE;
             size_t off = topic + 1;
             if (Z.msg_init_size(&payload, len - off) < 0)
                 return -1;
@@ -121,7 +121,7 @@ static int publish_out(Forwarder *f, int n)
  * node added to the route it came with) or the stamped output (stamped). */
 static int trailed_out(Forwarder *f, int out, int n, const trailer_t *from, const stamp_t *s)
 {
-    zmsg_t trailer;
+    zmsg_t trailer ZMSG_LINE;
     int route = out == OUT_RELAY;
     if (make_trailer(f, &trailer, s, route, from ? from->ids : NULL, from ? from->hops : 0) < 0)
         return -1;
@@ -139,7 +139,7 @@ static int trailed_out(Forwarder *f, int out, int n, const trailer_t *from, cons
  * stamped output, answer each subscription. */
 static int read_subscriptions(Forwarder *f, int out)
 {
-    zmsg_t m;
+    zmsg_t m ZMSG_LINE;
     for (int i = 0; i < BATCH; i++) {
         if (Z.msg_init(&m) < 0)
             return -1;
@@ -201,7 +201,7 @@ static int read_rest(Forwarder *f, void *input, int max_frames, int *n, uint64_t
     *total = Z.msg_size(&p[0]);
     int more = Z.msg_more(&p[0]);
     while (more) {
-        zmsg_t *dst = *n < max_frames ? &p[*n] : &f->scratch;
+        zmsg_t *dst = *n < max_frames ? &p[*n] : f->scratch;
         if (Z.msg_init(dst) < 0) {
             close_parts(f, *n);
             return -1;
@@ -213,7 +213,7 @@ static int read_rest(Forwarder *f, void *input, int max_frames, int *n, uint64_t
         }
         *total += Z.msg_size(dst);
         more = Z.msg_more(dst);
-        if (dst == &f->scratch) {
+        if (dst == f->scratch) {
             *overflow = 1;
             if (Z.msg_close(dst) < 0) {
                 close_parts(f, *n);

@@ -94,7 +94,7 @@ static int repair_send(repair_t *r, zmsg_t *m, int more)
 
 static int send_routing_id(repair_t *r, zmsg_t *id)
 {
-    zmsg_t m;
+    zmsg_t m ZMSG_LINE;
     return copy_part(&m, id) < 0 ? -1 : repair_send(r, &m, 1);
 }
 
@@ -102,7 +102,7 @@ static int send_routing_id(repair_t *r, zmsg_t *id)
  * (kind: RANGE, or LAST for a last value); -1 if it could not go. */
 static int send_repaired(Forwarder *f, repair_t *r, zmsg_t *id, uint32_t tag, hentry_t *e, int kind)
 {
-    zmsg_t m;
+    zmsg_t m ZMSG_LINE;
     unsigned char *p;
     if (send_routing_id(r, id) < 0 || !(p = trailer_head(&m, WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN,
                                                           WIRE_REPAIR_ANSWER | kind)))
@@ -183,7 +183,7 @@ static int serve_range(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned cha
             seq = upto + 1;
         }
     }
-    zmsg_t m;
+    zmsg_t m ZMSG_LINE;
     size_t len = WIRE_HEAD_LEN + WIRE_REPAIR_RANGE_LEN + 2 + (size_t)nruns * WIRE_REPAIR_RUN_LEN;
     unsigned char *p;
     if (send_routing_id(r, id) < 0 ||
@@ -239,7 +239,7 @@ static int serve_heads(Forwarder *f, repair_t *r, zmsg_t *id, const unsigned cha
     put_u64(r->heads + WIRE_REPAIR_TAG_LEN, f->epoch);
     r->heads[WIRE_REPAIR_TAG_LEN + 8] = (unsigned char)(count >> 8);
     r->heads[WIRE_REPAIR_TAG_LEN + 9] = (unsigned char)count;
-    zmsg_t m;
+    zmsg_t m ZMSG_LINE;
     unsigned char *p;
     if (send_routing_id(r, id) < 0 ||
         !(p = trailer_head(&m, WIRE_HEAD_LEN + at, WIRE_REPAIR_ANSWER | WIRE_REPAIR_HEADS | (more ? WIRE_REPAIR_MORE : 0))))
@@ -276,7 +276,7 @@ static int repair_serve(Forwarder *f, repair_t *r, int64_t now)
 {
     void *sock = r->sock;
     for (int read = 0, served = 0; read < REPAIR_READ_PER_PASS && served < REPAIR_SERVED_PER_PASS; read++) {
-        zmsg_t id, req, part;
+        zmsg_t id ZMSG_LINE, req ZMSG_LINE, part ZMSG_LINE;
         if (Z.msg_init(&id) < 0 || Z.msg_init(&req) < 0)
             return -1;
         if (Z.msg_recv(&id, sock, Z_DONTWAIT) < 0) {

@@ -110,7 +110,7 @@ static int answer_subscription(void *sock, zmsg_t *sub)
     size_t len = Z.msg_size(sub);
     if (len < 1 || d[0] != 1)
         return 0;  /* an unsubscription */
-    zmsg_t parts[2];  /* the prefix, then the trailer: control, not counted as held bytes */
+    zmsg_t parts[2] ZMSG_LINE;  /* the prefix, then the trailer: control, not counted as held bytes */
     if (Z.msg_init_size(&parts[0], len - 1) < 0)
         return -1;
     memcpy(Z.msg_data(&parts[0]), d + 1, len - 1);

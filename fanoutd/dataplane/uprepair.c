@@ -122,7 +122,7 @@ static int uprepair_ask_heads(Forwarder *f, uprepair_t *u)
             continue;
         }
         uint32_t tag = next_tag(u);
-        zmsg_t m;
+        zmsg_t m ZMSG_LINE;
         unsigned char *p = trailer_head(&m, WIRE_HEAD_LEN + WIRE_REPAIR_TAG_LEN + len, WIRE_REPAIR_HEADS);
         if (!p)
             return -1;
@@ -213,7 +213,7 @@ static int uprepair_send(Forwarder *f, uprepair_t *u)
         if (slot == UPREPAIR_IN_FLIGHT)
             return 0;
         uint32_t tag = next_tag(u);
-        zmsg_t m;
+        zmsg_t m ZMSG_LINE;
         unsigned char *p = trailer_head(&m, WIRE_HEAD_LEN + WIRE_REPAIR_RANGE_LEN, WIRE_REPAIR_RANGE);
         if (!p)
             return -1;
@@ -265,7 +265,7 @@ static int drain_rest(void *sock, zmsg_t *first)
 {
     int more = Z.msg_more(first);
     while (more) {
-        zmsg_t m;
+        zmsg_t m ZMSG_LINE;
         if (Z.msg_init(&m) < 0 || Z.msg_recv(&m, sock, 0) < 0)
             return -1;
         more = Z.msg_more(&m);
@@ -277,7 +277,7 @@ static int drain_rest(void *sock, zmsg_t *first)
 /* Read one answer: 1 read, 0 none waiting, -1 when libzmq failed (errno_). */
 static int uprepair_read(Forwarder *f, uprepair_t *u)
 {
-    zmsg_t head;
+    zmsg_t head ZMSG_LINE;
     if (Z.msg_init(&head) < 0)
         return -1;
     if (Z.msg_recv(&head, u->sock, Z_DONTWAIT) < 0) {
