@@ -37,6 +37,7 @@ class Config:
     slow_consumer_timeout: float
     slow_consumer_policy: str
     slow_consumer_max_pending: int
+    receive_copy: bool
     slow_consumer_pace_share: float
     slow_consumer_pace_window: float
     subscriptions_per_connection: int

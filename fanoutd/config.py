@@ -121,6 +121,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(fanoutd_pending_bytes); under pace producers are held back from 3/4 of it until it is down to 1/2, "
             "under cut the output stalls at it; past it the reader furthest behind is cut (rule max_pending); 0: no byte bound "
             "(the high-water marks only)", live=True),
+    Setting("receive_copy", "bool", True,
+            "copy each received message out of libzmq's 8 KiB receive buffers, so a held message keeps only its own "
+            "bytes and fanoutd_pending_bytes is the memory held; false: libzmq's zero-copy receive, cheaper per "
+            "message (bench/README.md, \"The copy of received messages\") but a held message that arrived alone "
+            "keeps its whole buffer, uncounted (docs/concepts.md, \"Held bytes\"); applies at start"),
     # Equal readers under overload take turns being furthest behind, each about 1/n of the time held: 0.5 would sit
     # at the average of two of them; 0.75 still cuts a reader at a tenth of the others' rate (held ~90% for it).
     Setting("slow_consumer_pace_share", "share", 0.75,

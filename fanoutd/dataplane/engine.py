@@ -54,7 +54,7 @@ class Engine:
         self.epoch = int.from_bytes(node_id, "big") or 1
         self._config = config
         self._context = context
-        _copy_received(context)
+        _receive_buffers(context, copy=config.receive_copy)
         self._specs = describe(config, secret_key, upstream_server)
         self._sockets: dict[str, zmq.Socket] = {}
         self._endpoints: dict[str, tuple[str, ...]] = {}  # per role, as bound (the kernel's port for :*)
@@ -307,20 +307,26 @@ def _by_output(numbers: tuple[int, ...]) -> dict[str, int]:
     return {role: n for role, n in zip(_forward.OUTPUTS, numbers) if n}
 
 
-def _copy_received(context: zmq.Context) -> None:
-    """Have libzmq copy each received message into its own allocation, before any data socket exists.
+def _receive_buffers(context: zmq.Context, copy: bool) -> None:
+    """Have libzmq copy each received message into its own allocation (``copy``, the setting receive_copy) or
+    hand out messages that point into its receive buffers, before any data socket exists.
 
-    By default libzmq reads a connection into 8 KiB buffers and hands out
+    libzmq reads a connection into 8 KiB buffers and by default hands out
     messages that point into them: a message outliving its neighbours keeps
     the whole buffer. At a moderate rate each message arrives alone, so a
     backlog of 1 KiB messages held for a slow reader pinned eight times its
     bytes (48 MiB held took 280 MiB of memory: bench/README.md, "Slow readers
     and overload"); copied, what the held-bytes ledger counts is what is
-    held. The copy costs a memcpy and an allocation per message on libzmq's
-    I/O thread (measured beside the rest in bench/README.md).
+    held. The copy costs an allocation and a memcpy per message on libzmq's
+    I/O thread and its free on another (bench/README.md, "The copy of
+    received messages"), which a deployment whose readers keep up may rather
+    not pay.
     """
     try:
-        context.set(ZERO_COPY_RECV, 0)
+        context.set(ZERO_COPY_RECV, 0 if copy else 1)
     except zmq.ZMQError as exc:
-        log.warning("this libzmq refuses ZMQ_ZERO_COPY_RECV (%s): held messages may keep up to 8 KiB of receive "
-                    "buffer each beyond the bytes fanoutd_pending_bytes counts", exc)
+        if copy:
+            log.warning("this libzmq refuses ZMQ_ZERO_COPY_RECV (%s): held messages may keep up to 8 KiB of "
+                        "receive buffer each beyond the bytes fanoutd_pending_bytes counts", exc)
+        else:
+            log.warning("this libzmq refuses ZMQ_ZERO_COPY_RECV (%s): received messages stay copied", exc)
