@@ -35,6 +35,7 @@ typedef struct hentry {
     size_t cost;              /* what it counts in the history's bytes */
     uint64_t frame_bytes;     /* its frames' sizes: what a reply of it sends */
     uint16_t keylen;
+    uint8_t skip;             /* bytes malloc gave before it, to start a cache line (hentry_new) */
     int nframes;
     int hops;                 /* the route it came with from upstream (0: a producer's): after the frames */
     zmsg_t frames[] ZMSG_LINE;  /* wrappers sharing the received frames (held.c), on cache lines */
@@ -168,12 +169,31 @@ static hentry_t *history_at(hstream_t *s, uint64_t seq)
     return s->ring[(s->head + (uint32_t)(seq - s->first)) & (s->cap - 1)];
 }
 
+/* An entry of n frames and a route of route bytes, starting a cache line as its frames must (ZMSG_LINE):
+ * malloc's own alignment plus a skip, which aligned_alloc would cost in splitting the heap (bench/README.md,
+ * "Messages on cache lines"). NULL when out of memory. */
+#define HENTRY_SLACK 63  /* what hentry_new asks for beyond the entry, counted in its cost */
+static hentry_t *hentry_new(int n, size_t route)
+{
+    unsigned char *raw = malloc(sizeof(hentry_t) + ZMSG_LINES(n) + route + HENTRY_SLACK);
+    if (!raw)
+        return NULL;
+    hentry_t *e = (hentry_t *)(((uintptr_t)raw + HENTRY_SLACK) & ~(uintptr_t)63);
+    e->skip = (uint8_t)((unsigned char *)e - raw);
+    return e;
+}
+
+static void hentry_release(hentry_t *e)
+{
+    free((unsigned char *)e - e->skip);
+}
+
 static void hentry_free(history_t *h, hentry_t *e)
 {
     for (int i = 0; i < e->nframes; i++)
         (void)Z.msg_close(&e->frames[i]);  /* a wrapper or a small copy: closing cannot fail */
     h->bytes -= e->cost;
-    free(e);
+    hentry_release(e);
 }
 
 /* Evict the oldest entry: the first of its stream's ring (entries are appended in stamp order). */
@@ -241,7 +261,7 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp, const unsi
 {
     history_t *h = f->history;
     size_t route = (size_t)hops * WIRE_NODE_ID_LEN;
-    size_t cost = sizeof(hentry_t) + (size_t)n * sizeof(zmsg_t) + route;
+    size_t cost = sizeof(hentry_t) + ZMSG_LINES(n) + route + HENTRY_SLACK;
     uint64_t frame_bytes = 0;
     for (int i = 0; i < n; i++) {
         size_t size = Z.msg_size(&f->parts[i]);
@@ -249,8 +269,7 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp, const unsi
         cost += size + (size > HELD_WRAP_MIN ? sizeof(held_t) : 0);
     }
     history_trim(h, cost <= h->bound ? cost : 0, f->tick_ns);
-    size_t bytes = (sizeof(hentry_t) + ZMSG_LINES(n) + route + 63) / 64 * 64;  /* aligned_alloc takes whole lines */
-    hentry_t *e = cost <= h->bound ? aligned_alloc(64, bytes) : NULL;
+    hentry_t *e = cost <= h->bound ? hentry_new(n, route) : NULL;
     uint64_t counted = 0;
     int wrapped = 0;
     while (e && wrapped < n && held_wrap(h->ledger, &e->frames[wrapped], &f->parts[wrapped], 0, &counted) == 0)
@@ -265,7 +284,7 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp, const unsi
         if (e) {
             for (int i = 0; i < wrapped; i++)
                 (void)Z.msg_close(&e->frames[i]);
-            free(e);
+            hentry_release(e);
         }
         if (s && !s->count)
             hstream_remove(h, s);  /* made for this message: its stream starts at the next one kept */
@@ -277,7 +296,7 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp, const unsi
             s->first = stamp->seq;
         s->last = stamp->seq;
         *e = (hentry_t){.stream = stamp->stream, .seq = stamp->seq, .at_ns = f->tick_ns, .cost = cost,
-                        .frame_bytes = frame_bytes, .keylen = stamp->keylen, .nframes = n, .hops = hops};
+                        .frame_bytes = frame_bytes, .keylen = stamp->keylen, .skip = e->skip, .nframes = n, .hops = hops};
         if (route)
             memcpy(&e->frames[n], ids, route);
         h->bytes += cost;
