@@ -208,11 +208,17 @@ def wait_tcp(port: int, timeout: float, child: Child | None = None) -> None:
     raise ProcError(f"nothing listening on {LOOPBACK}:{port} after {timeout:.0f} s")
 
 
+def _stat(path: str) -> tuple[str, int]:
+    """The name and utime + stime, in clock ticks, of a /proc stat file (a process's or one thread's)."""
+    with open(path) as f:
+        head, _, rest = f.read().rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], int(fields[11]) + int(fields[12])
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process, all its threads, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return _stat(f"/proc/{pid}/stat")[1]
 
 
 def thread_ticks(pid: int) -> dict[str, int]:
@@ -221,13 +227,10 @@ def thread_ticks(pid: int) -> dict[str, int]:
     out: dict[str, int] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{task}/stat") as f:
-                head, _, rest = f.read().rpartition(")")
-            fields = rest.split()
+            name, ticks = _stat(f"/proc/{pid}/task/{task}/stat")
         except OSError:
             continue
-        name = head.partition("(")[2]
-        out[name] = out.get(name, 0) + int(fields[11]) + int(fields[12])
+        out[name] = out.get(name, 0) + ticks
     return out
 
 
