@@ -19,7 +19,6 @@ one run mean anything on a shared, noisy machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from fobench import fleet, fleetmodes, matrix, report
 from fobench.build import BUILD_DIR, build_all
+from fobench.procs import CLOCK_TICKS
 from fobench.trial import TrialResult, TrialSpec
 
 
@@ -46,16 +46,14 @@ def _ns(v: float | None) -> str:
     return "n/a" if v is None else f"{v:,.0f}"
 
 
-TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
-
-
 def _thread_ns(result: TrialResult) -> tuple[float, float] | None:
     """CPU per message sent of the loop's thread and of libzmq's I/O threads together, in ns."""
     loop = result.threads.get("fanoutd-fwd")
     io = sum(t for name, t in result.threads.items() if name.startswith("ZMQbg/IO"))
     if loop is None or not result.sent:
         return None
-    return loop * TICK_NS / result.sent, io * TICK_NS / result.sent
+    tick_ns = 1e9 / CLOCK_TICKS
+    return loop * tick_ns / result.sent, io * tick_ns / result.sent
 
 
 def _ratio(a: float | None, b: float | None) -> str:
