@@ -60,6 +60,13 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:.3f}" if a and b else "n/a"
 
 
+def _pairs(runs: dict[int, dict[str, float]]) -> str:
+    """The median and range of B / A over the repeats where both sides ran: the ratio of the sides' medians
+    can sit far from every pair when runs of one build spread widely, as they do on a shared machine."""
+    ratios = sorted(r["B"] / r["A"] for r in runs.values() if r.get("A") and r.get("B"))
+    return f"{statistics.median(ratios):.3f} ({ratios[0]:.2f}-{ratios[-1]:.2f})" if ratios else "n/a"
+
+
 def origin(python: str) -> str:
     """Where the fanoutd that ``python -P -m fanoutd`` runs comes from (the bench starts it that way)."""
     r = subprocess.run([python, "-P", "-c", "import fanoutd; print(fanoutd.__file__)"], capture_output=True,
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"A": matrix.Runner(bins, args.a), "B": matrix.Runner(bins, args.b)}
     cells = [(size, subs) for size in map(int, args.sizes.split(",")) for subs in map(int, args.subs.split(","))]
     rates: dict[tuple[int, int, str], list[float]] = {}
+    rate_runs: dict[tuple[int, int], dict[int, dict[str, float]]] = {}
     threads: dict[tuple[int, int, str], list[tuple[float, float]]] = {}
     for rep in range(args.repeats):
         for size, subs in cells:
@@ -98,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = runners[side].run(spec, f"[{rep + 1}/{args.repeats}] {size:>5} B x{subs} {side}")
                 if result.ok:
                     rates.setdefault((size, subs, side), []).append(result.rate)
+                    rate_runs.setdefault((size, subs), {}).setdefault(rep, {})[side] = result.rate
                     if (split := _thread_ns(result)) is not None:
                         threads.setdefault((size, subs, side), []).append(split)
     costs: dict[tuple[int, int, int, str], list[float]] = {}
+    cost_runs: dict[tuple[int, int, int], dict[int, dict[str, float]]] = {}
     if args.cost_seconds > 0:
         for rep in range(args.repeats):
             for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells]:
@@ -113,18 +123,21 @@ def main(argv: list[str] | None = None) -> int:
                           f"{'failed' if cpu is None else f'{cpu:.3f} µs/delivery'}", file=sys.stderr, flush=True)
                     if cpu is not None:
                         costs.setdefault((size, subs, rate, side), []).append(cpu)
+                        cost_runs.setdefault((size, subs, rate), {}).setdefault(rep, {})[side] = cpu
     lines = [f"A: `{origins['A']}`, B: `{origins['B']}`, {args.repeats} alternating repeats, medians", "",
-             "| cell | A | B | B / A |", "|---|---|---|---|"]
+             "| cell | A | B | B / A | B / A per pair: median (range) |", "|---|---|---|---|---|"]
     for size, subs in cells:
         a, b = _median(rates.get((size, subs, "A"), [])), _median(rates.get((size, subs, "B"), []))
-        lines.append(f"| {size} B x{subs}, msg/s | {_rate(a)} | {_rate(b)} | {_ratio(a, b)} |")
+        lines.append(f"| {size} B x{subs}, msg/s | {_rate(a)} | {_rate(b)} | {_ratio(a, b)} | "
+                     f"{_pairs(rate_runs.get((size, subs), {}))} |")
     for size, subs in cells:
         for i, name in enumerate(("loop", "I/O threads")):
             a, b = (_median([t[i] for t in threads.get((size, subs, side), [])]) for side in "AB")
-            lines.append(f"| {size} B x{subs}, {name} CPU, ns/msg | {_ns(a)} | {_ns(b)} | {_ratio(a, b)} |")
+            lines.append(f"| {size} B x{subs}, {name} CPU, ns/msg | {_ns(a)} | {_ns(b)} | {_ratio(a, b)} | |")
     for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells] if costs else ():
         a, b = (_median(costs.get((size, subs, rate, side), [])) for side in "AB")
-        lines.append(f"| CPU {size} B x{subs} @ {rate:,}/s, µs/delivery | {_cpu(a)} | {_cpu(b)} | {_ratio(a, b)} |")
+        lines.append(f"| CPU {size} B x{subs} @ {rate:,}/s, µs/delivery | {_cpu(a)} | {_cpu(b)} | {_ratio(a, b)} | "
+                     f"{_pairs(cost_runs.get((size, subs, rate), {}))} |")
     report.write_table(lines, args.out)
     return 0
 

@@ -47,12 +47,14 @@ def test_ab_compares_two_builds_side_by_side(tmp_path):
     assert f"A: `{ROOT / 'fanoutd' / '__init__.py'}`" in table, table  # the build under test, by its own install
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
             for line in table.splitlines() if line.startswith("| ") and "---" not in line}
-    a, b, ratio = rows["100 B x1, msg/s"]
+    a, b, ratio, pairs = rows["100 B x1, msg/s"]
     assert a.endswith("k") and b.endswith("k") and 0.2 < float(ratio) < 5, rows
-    a, b, ratio = rows["CPU 100 B x4 @ 40,000/s, µs/delivery"]
+    assert pairs.startswith(f"{ratio} (") and pairs.endswith(")"), rows  # one pair: its median is the ratio
+    a, b, ratio, pairs = rows["CPU 100 B x4 @ 40,000/s, µs/delivery"]
     assert 0 < float(a) < 100 and 0 < float(b) < 100 and 0.2 < float(ratio) < 5, rows
+    assert pairs.startswith(f"{ratio} ("), rows
     for thread in ("loop", "I/O threads"):  # the run's CPU by thread, per message (a short run may show 0 ticks)
-        a, b, ratio = rows[f"100 B x1, {thread} CPU, ns/msg"]
+        a, b, ratio, _ = rows[f"100 B x1, {thread} CPU, ns/msg"]
         assert 0 <= float(a.replace(",", "")) < 100_000 and 0 <= float(b.replace(",", "")) < 100_000, rows
 
 
