@@ -95,7 +95,7 @@ SETTINGS: tuple[Setting, ...] = (
     # to get its gap back at tens of MB/s of traffic, in memory shared with what the outputs hold (no copies).
     Setting("history_bytes", "budget", 64 * MIB,
             "bytes the repair history of the stamped output and the relay may hold (frames, shared with the outputs, plus "
-            "about 200 bytes per message), oldest evicted first; 0: no history (the repair endpoint then "
+            "about 200 bytes per message, 320 with a frame over 256 bytes), oldest evicted first; 0: no history (the repair endpoint then "
             "answers every range as gone)"),
     Setting("history_seconds", "seconds", 0.0,
             "the age past which the repair history forgets a message (0: only history_bytes bounds it)"),
