@@ -22,7 +22,7 @@ import threading
 import time
 
 from fobench.build import build_all
-from fobench.inproc import cpu_ns, rig
+from fobench.inproc import burst, rig
 
 
 def child(bins: str, size: int, count: int) -> None:
@@ -46,15 +46,7 @@ def child(bins: str, size: int, count: int) -> None:
         assert producer.stdout.readline().strip() == "subscribed"
         time.sleep(0.3)
         published = lambda: forwarder.counters()["published_messages"]  # noqa: E731
-        start = published()
-        producer.stdin.write("go\n")
-        producer.stdin.flush()
-        while published() == start:
-            time.sleep(0.001)
-        first, cpu0 = published(), cpu_ns()
-        while published() < start + count:
-            time.sleep(0.01)
-        print((cpu_ns() - cpu0) / (published() - first))
+        print(burst(published, producer, count)[1])
     finally:
         producer.kill()
         sink.kill()
@@ -71,6 +63,7 @@ def main() -> int:
     p.add_argument("--b", required=True, help="interpreter of build B")
     p.add_argument("--sizes", default="100,512,1024,16384", help="message sizes, bytes")
     p.add_argument("--repeats", type=int, default=3, help="runs per size and build (default 3)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the message counts (the tests run 0.01)")
     p.add_argument("--child", nargs=3, metavar=("BINS", "SIZE", "COUNT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -79,7 +72,7 @@ def main() -> int:
     bins = build_all()["msink"].parent
     print("| size | A ns/msg | B ns/msg | B/A |\n|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
-        count = max(100_000, 100_000_000 // max(size, 100))
+        count = max(1000, int(args.scale * max(100_000, 100_000_000 // max(size, 100))))
         runs: dict[str, list[float]] = {"a": [], "b": []}
         for rep in range(args.repeats):
             for side in ("a", "b") if rep % 2 == 0 else ("b", "a"):

@@ -43,7 +43,7 @@ import threading
 import time
 
 from fobench.build import build_all
-from fobench.inproc import cpu_ns, peak_rss, rig
+from fobench.inproc import burst, cpu_ns, peak_rss, rig
 
 HISTORY_DEFAULT = 64 << 20  # history_bytes' default (fanoutd/config.py)
 FIXED_BYTES_PER_S = 80_000_000  # the fixed rate is at most this many bytes a second
@@ -82,19 +82,11 @@ def child(spec: dict) -> dict:
         while "ready" not in sink.stdout.readline():  # connected, subscribed, and a warm-up message through
             pass
         assert producer.stdout.readline().strip() == "subscribed"
-        start = counter("stamped_messages")
-        producer.stdin.write("go\n")
-        producer.stdin.flush()
-        while counter("stamped_messages") == start:
-            time.sleep(0.001)
-        first, cpu0, t0 = counter("stamped_messages"), cpu_ns(), time.monotonic()
-        while counter("stamped_messages") < start + count:
-            time.sleep(0.01)
-        done, cpu1, t1 = counter("stamped_messages"), cpu_ns(), time.monotonic()
+        rate, cpu = burst(lambda: counter("stamped_messages"), producer, count)
         sunk = json.loads(sink.communicate(timeout=60)[0].splitlines()[-1])
         if sunk["bad"] or sunk["received"] < count:
             raise SystemExit(f"history bench: the subscriber got {sunk}")
-        result.update(rate=(done - first) / (t1 - t0), cpu_ns=(cpu1 - cpu0) / (done - first), rss=peak_rss())
+        result.update(rate=rate, cpu_ns=cpu, rss=peak_rss())
         if spec["repair_peers"] and repair is not None:
             result.update(_serve_repair(spec, counter, f"tcp://127.0.0.1:{repair_port}"))
     finally:

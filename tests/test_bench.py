@@ -271,3 +271,19 @@ def test_history_compares_history_on_off_and_before_and_serves_repair(tmp_path):
         assert rate > 0 and 0 < cpu < 1e6 and rss > 0, row
     size, peers, served, cpu = rows[8]
     assert peers == "1" and float(served.replace(",", "")) > 0 and float(cpu.replace(",", "")) > 0, rows[8]
+
+
+@pytest.mark.timeout(120)
+def test_heldcost_reads_the_cpu_per_message_of_two_builds():
+    """bench/heldcost.py runs each build's in-process loop on a burst and prints the CPU per message of both;
+    the same build on both sides here, so only the figures' sanity is asserted."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "heldcost.py"), "--b", sys.executable, "--sizes",
+                        "100,16384", "--repeats", "1", "--scale", "0.01"], capture_output=True, text=True,
+                       timeout=110, cwd=ROOT / "bench")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()
+            if line.startswith("| ") and " B |" in line]
+    assert [row[0] for row in rows] == ["100 B", "16384 B"], r.stdout
+    for row in rows:
+        a, b, ratio = (float(c.replace(",", "")) for c in row[1:4])
+        assert 0 < a < 1e6 and 0 < b < 1e6 and ratio > 0, row
