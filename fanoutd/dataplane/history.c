@@ -169,13 +169,21 @@ static hentry_t *history_at(hstream_t *s, uint64_t seq)
     return s->ring[(s->head + (uint32_t)(seq - s->first)) & (s->cap - 1)];
 }
 
+#define HENTRY_SLACK 63  /* what hentry_new asks for beyond the entry, counted in its cost */
+
+/* What hentry_new allocates for n frames and a route of route bytes: the part of an entry's cost that is not
+ * its frames' bytes. */
+static size_t hentry_size(int n, size_t route)
+{
+    return sizeof(hentry_t) + ZMSG_LINES(n) + route + HENTRY_SLACK;
+}
+
 /* An entry of n frames and a route of route bytes, starting a cache line as its frames must (ZMSG_LINE):
  * malloc's own alignment plus a skip, which aligned_alloc would cost in splitting the heap (bench/README.md,
  * "Messages on cache lines"). NULL when out of memory. */
-#define HENTRY_SLACK 63  /* what hentry_new asks for beyond the entry, counted in its cost */
 static hentry_t *hentry_new(int n, size_t route)
 {
-    unsigned char *raw = malloc(sizeof(hentry_t) + ZMSG_LINES(n) + route + HENTRY_SLACK);
+    unsigned char *raw = malloc(hentry_size(n, route));
     if (!raw)
         return NULL;
     hentry_t *e = (hentry_t *)(((uintptr_t)raw + HENTRY_SLACK) & ~(uintptr_t)63);
@@ -261,7 +269,7 @@ static void history_record(Forwarder *f, int n, const stamp_t *stamp, const unsi
 {
     history_t *h = f->history;
     size_t route = (size_t)hops * WIRE_NODE_ID_LEN;
-    size_t cost = sizeof(hentry_t) + ZMSG_LINES(n) + route + HENTRY_SLACK;
+    size_t cost = hentry_size(n, route);  /* the allocation, then the frames' bytes */
     uint64_t frame_bytes = 0;
     for (int i = 0; i < n; i++) {
         size_t size = Z.msg_size(&f->parts[i]);
