@@ -60,6 +60,11 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:.3f}" if a and b else "n/a"
 
 
+def _sides(runs: dict[int, dict[str, float]]) -> tuple[float | None, float | None]:
+    """The median of each side over the repeats where it ran."""
+    return _median([r["A"] for r in runs.values() if "A" in r]), _median([r["B"] for r in runs.values() if "B" in r])
+
+
 def _pairs(runs: dict[int, dict[str, float]]) -> str:
     """The median and range of B / A over the repeats where both sides ran: the ratio of the sides' medians
     can sit far from every pair when runs of one build spread widely, as they do on a shared machine."""
@@ -96,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     bins = build_all()
     runners = {"A": matrix.Runner(bins, args.a), "B": matrix.Runner(bins, args.b)}
     cells = [(size, subs) for size in map(int, args.sizes.split(",")) for subs in map(int, args.subs.split(","))]
-    rates: dict[tuple[int, int, str], list[float]] = {}
     rate_runs: dict[tuple[int, int], dict[int, dict[str, float]]] = {}
     threads: dict[tuple[int, int, str], list[tuple[float, float]]] = {}
     for rep in range(args.repeats):
@@ -105,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 spec = TrialSpec("fanoutd", size, subs, count=matrix.count_for(size, subs, args.scale))
                 result = runners[side].run(spec, f"[{rep + 1}/{args.repeats}] {size:>5} B x{subs} {side}")
                 if result.ok:
-                    rates.setdefault((size, subs, side), []).append(result.rate)
                     rate_runs.setdefault((size, subs), {}).setdefault(rep, {})[side] = result.rate
                     if (split := _thread_ns(result)) is not None:
                         threads.setdefault((size, subs, side), []).append(split)
-    costs: dict[tuple[int, int, int, str], list[float]] = {}
     cost_runs: dict[tuple[int, int, int], dict[int, dict[str, float]]] = {}
     if args.cost_seconds > 0:
         for rep in range(args.repeats):
@@ -122,20 +124,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  [{rep + 1}/{args.repeats}] cost {size:>5} B x{subs} @ {rate:,}/s {side} "
                           f"{'failed' if cpu is None else f'{cpu:.3f} µs/delivery'}", file=sys.stderr, flush=True)
                     if cpu is not None:
-                        costs.setdefault((size, subs, rate, side), []).append(cpu)
                         cost_runs.setdefault((size, subs, rate), {}).setdefault(rep, {})[side] = cpu
     lines = [f"A: `{origins['A']}`, B: `{origins['B']}`, {args.repeats} alternating repeats, medians", "",
              "| cell | A | B | B / A | B / A per pair: median (range) |", "|---|---|---|---|---|"]
     for size, subs in cells:
-        a, b = _median(rates.get((size, subs, "A"), [])), _median(rates.get((size, subs, "B"), []))
+        a, b = _sides(rate_runs.get((size, subs), {}))
         lines.append(f"| {size} B x{subs}, msg/s | {_rate(a)} | {_rate(b)} | {_ratio(a, b)} | "
                      f"{_pairs(rate_runs.get((size, subs), {}))} |")
     for size, subs in cells:
         for i, name in enumerate(("loop", "I/O threads")):
             a, b = (_median([t[i] for t in threads.get((size, subs, side), [])]) for side in "AB")
             lines.append(f"| {size} B x{subs}, {name} CPU, ns/msg | {_ns(a)} | {_ns(b)} | {_ratio(a, b)} | |")
-    for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells] if costs else ():
-        a, b = (_median(costs.get((size, subs, rate, side), [])) for side in "AB")
+    for size, subs, rate in fleetmodes.COST_CELLS[:args.cost_cells] if cost_runs else ():
+        a, b = _sides(cost_runs.get((size, subs, rate), {}))
         lines.append(f"| CPU {size} B x{subs} @ {rate:,}/s, µs/delivery | {_cpu(a)} | {_cpu(b)} | {_ratio(a, b)} | "
                      f"{_pairs(cost_runs.get((size, subs, rate), {}))} |")
     report.write_table(lines, args.out)
